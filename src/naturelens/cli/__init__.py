@@ -1,0 +1,13 @@
+"""naturelens command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+from naturelens.cli import classify, workspace  # noqa: F401  (commands register on import)
+from naturelens.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,142 @@
+"""Commands that make, fill and describe workspaces and taxonomies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from naturelens.cli.app import app, console, err, fail, taxonomy_app
+from naturelens.cli.progress import photo_progress
+from naturelens.sources import SourceError
+from naturelens.taxonomy import TaxonomyError, builtin_taxonomies, load_taxonomy
+from naturelens.workspace import Workspace, WorkspaceError
+
+
+def open_workspace(path: Path, read_only: bool = False) -> Workspace:
+    try:
+        return Workspace.open(path, read_only=read_only)
+    except (WorkspaceError, TaxonomyError) as exc:
+        fail(str(exc))
+        raise  # unreachable; keeps type checkers content
+
+
+@app.command()
+def init(
+    workspace: Path = typer.Argument(..., help="Folder to create the workspace in."),
+    taxonomy: str = typer.Option("flips", help="Built-in taxonomy name or a taxonomy YAML file."),
+) -> None:
+    """Make a new workspace for a taxonomy."""
+    try:
+        ws = Workspace.create(workspace, taxonomy)
+    except (WorkspaceError, TaxonomyError) as exc:
+        fail(str(exc))
+    console.print(f"Workspace [bold]{workspace}[/] ready, taxonomy {ws.taxonomy.label}.")
+    ws.close()
+
+
+@app.command()
+def ingest(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    sources: list[str] = typer.Argument(
+        ..., help="Folders, manifests (.csv, .tsv, .parquet), URL lists (.txt) or URLs."
+    ),
+    labels_from_folders: bool = typer.Option(
+        True, help="Use a photo's sub-folder name as its gold label."
+    ),
+) -> None:
+    """Add photos to a workspace; running it again adds only what is new."""
+    with open_workspace(workspace) as ws:
+        try:
+            with photo_progress("ingest", None) as advance:
+                report = ws.ingest(
+                    sources, labels_from_folders=labels_from_folders, progress=advance
+                )
+        except SourceError as exc:
+            fail(str(exc))
+        console.print(
+            f"{report.added} new photos, {report.duplicates} duplicates, "
+            f"{report.skipped} already ingested, {report.failed} failures, "
+            f"{report.labelled} labels."
+        )
+        for problem in report.label_problems[:20]:
+            err.print(f"[yellow]label:[/] {problem}", highlight=False)
+        if len(report.label_problems) > 20:
+            err.print(f"... and {len(report.label_problems) - 20} more label problems")
+        if report.failed:
+            console.print(f"See the failures with `naturelens status {workspace} --failures`.")
+
+
+@app.command()
+def status(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    failures: bool = typer.Option(False, "--failures", help="List every failure with its reason."),
+) -> None:
+    """Summarise photos, failures, labels, embeddings and runs."""
+    with open_workspace(workspace) as ws:
+        summary = ws.status()
+        if failures:
+            summary["failure_list"] = ws.failures()
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"[bold]{summary['workspace']}[/] — taxonomy {summary['taxonomy']}")
+    console.print(
+        f"{summary['photos']} photos from {summary['references']} references, "
+        f"{summary['failures']} failures, {summary['labelled']} labelled"
+    )
+    if summary["failures_by_reason"]:
+        table = Table("failure", "count", title="Failures")
+        for reason, n in summary["failures_by_reason"].items():
+            table.add_row(reason, str(n))
+        console.print(table)
+    table = Table("class", "labelled photos", title="Gold labels")
+    for cls, n in summary["labelled_per_class"].items():
+        table.add_row(cls, str(n))
+    console.print(table)
+    if summary["embeddings"]:
+        console.print("Embeddings: " + ", ".join(e["model"] for e in summary["embeddings"]))
+    if summary["runs"]:
+        table = Table("run", "method", "status", title="Runs")
+        for r in summary["runs"]:
+            table.add_row(r["run_id"], r["method"], r["status"])
+        console.print(table)
+    for f in summary.get("failure_list", []):
+        console.print(f"{f['ref']}: {f['reason']} ({f['detail']})", highlight=False)
+
+
+@taxonomy_app.command("list")
+def taxonomy_list() -> None:
+    """List the built-in taxonomies."""
+    for name in builtin_taxonomies():
+        tax = load_taxonomy(name)
+        extra = f" + {tax.open_set.id}" if tax.open_set else ""
+        console.print(
+            f"[bold]{name}[/] {tax.version}: {len(tax.classes)} classes{extra} — {tax.description}"
+        )
+
+
+@taxonomy_app.command("show")
+def taxonomy_show(name: str = typer.Argument(..., help="Built-in name or YAML file.")) -> None:
+    """Show a taxonomy's classes and definitions."""
+    try:
+        tax = load_taxonomy(name)
+    except TaxonomyError as exc:
+        fail(str(exc))
+    table = Table("id", "name", "definition", title=f"{tax.label} ({tax.source})")
+    for c in tax.all_classes:
+        table.add_row(c.id, c.name, c.definition)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    workspace: Path = typer.Argument(Path("demo-workspace"), help="Folder for the demo workspace."),
+) -> None:
+    """Build a workspace from sample photos that installed packages ship, and run the pipeline."""
+    from naturelens.demo import run_demo
+
+    run_demo(workspace, console).close()

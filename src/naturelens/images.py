@@ -1,0 +1,208 @@
+"""Safe photo decoding: every file either becomes an RGB image or a stated reason.
+
+Social-media exports contain truncated downloads, HTML error pages saved as ``.jpg``,
+CMYK scans, 16-bit PNGs, animated GIFs and the odd decompression bomb. Decoding here
+never raises for a bad photo: callers get :class:`PhotoDecodeError` with a short,
+groupable reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse images above this many pixels (about 16k x 11k) before decoding them.
+MAX_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+try:  # HEIC/HEIF from phones, when the optional plugin is installed
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # pragma: no cover - optional
+    pass
+
+
+class PhotoDecodeError(Exception):
+    """A photo cannot be decoded. ``reason`` is short and groupable."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class PhotoInfo:
+    width: int
+    height: int
+    format: str
+    lat: float | None = None
+    lon: float | None = None
+    taken_at: datetime | None = None
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise PhotoDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PhotoDecodeError("too many pixels", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise PhotoDecodeError("not an image") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad photo
+        raise PhotoDecodeError("unreadable image", f"{type(exc).__name__}: {exc}") from exc
+    if img.width * img.height > MAX_PIXELS:
+        raise PhotoDecodeError("too many pixels", f"{img.width}x{img.height}")
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit: scale to 8 bits rather than clip.
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() if arr.max() > 255 else 255.0
+        img = Image.fromarray((arr / top * 255).round().astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        span = (arr.max() - arr.min()) or 1.0
+        img = Image.fromarray(((arr - arr.min()) / span * 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return img.convert("RGB")
+
+
+def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
+    """Decode bytes to an RGB image with EXIF orientation applied.
+
+    Parameters
+    ----------
+    data
+        The file's bytes.
+    max_side
+        When given, JPEG decoding uses Pillow's draft mode to decode at a reduced
+        scale no smaller than this many pixels on the short side (much faster for
+        large photos), and the result is downscaled so its short side is at most
+        ``2 * max_side``.
+
+    Raises
+    ------
+    PhotoDecodeError
+        For empty, truncated, non-image or oversized files.
+    """
+    img = _open(data)
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        if max_side and img.format == "JPEG":
+            img.draft("RGB", (max_side, max_side))
+        img.load()
+        out = _to_rgb(img)
+    except PhotoDecodeError:
+        raise
+    except OSError as exc:
+        msg = str(exc).lower()
+        reason = "truncated image" if "truncat" in msg or "broken" in msg else "unreadable image"
+        raise PhotoDecodeError(reason, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise PhotoDecodeError("unreadable image", f"{type(exc).__name__}: {exc}") from exc
+    if max_side and min(out.size) > 2 * max_side:
+        scale = 2 * max_side / min(out.size)
+        out = out.resize(
+            (max(1, round(out.width * scale)), max(1, round(out.height * scale))),
+            Image.Resampling.BILINEAR,
+        )
+    return out
+
+
+def inspect_photo(data: bytes) -> PhotoInfo:
+    """Fully decode ``data`` once (to prove it is readable) and read its metadata.
+
+    Raises
+    ------
+    PhotoDecodeError
+        When the photo cannot be decoded.
+    """
+    img = decode_photo(data)
+    info = PhotoInfo(width=img.width, height=img.height, format="")
+    src = _open(data)
+    info.format = (src.format or "").upper()
+    try:
+        exif = src.getexif()
+    except Exception:  # noqa: BLE001 - broken EXIF is not a broken photo
+        exif = None
+    if exif:
+        info.lat, info.lon = _exif_gps(exif)
+        info.taken_at = _exif_time(exif)
+    return info
+
+
+def _ratio(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        num, den = value
+        return float(num) / float(den)
+
+
+def _exif_gps(exif) -> tuple[float | None, float | None]:
+    try:
+        gps = exif.get_ifd(0x8825)
+    except Exception:  # noqa: BLE001
+        return None, None
+    try:
+        lat_ref, lat, lon_ref, lon = gps.get(1), gps.get(2), gps.get(3), gps.get(4)
+        if not lat or not lon:
+            return None, None
+
+        def degrees(dms) -> float:
+            d, m, s = (_ratio(v) for v in dms)
+            return d + m / 60 + s / 3600
+
+        la, lo = degrees(lat), degrees(lon)
+        if str(lat_ref).upper().startswith("S"):
+            la = -la
+        if str(lon_ref).upper().startswith("W"):
+            lo = -lo
+        if not (-90 <= la <= 90 and -180 <= lo <= 180):
+            return None, None
+        return round(la, 7), round(lo, 7)
+    except Exception:  # noqa: BLE001
+        return None, None
+
+
+def _exif_time(exif) -> datetime | None:
+    raw = None
+    try:
+        raw = exif.get_ifd(0x8769).get(36867)  # DateTimeOriginal
+    except Exception:  # noqa: BLE001
+        pass
+    raw = raw or exif.get(306)  # DateTime
+    if not raw:
+        return None
+    try:
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def load_photo(path: str | Path, max_side: int | None = None) -> Image.Image:
+    """Read and decode a photo file (see :func:`decode_photo`)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise PhotoDecodeError("file not readable", str(exc)) from exc
+    return decode_photo(data, max_side=max_side)

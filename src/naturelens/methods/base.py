@@ -1,0 +1,180 @@
+"""The contract every classification method follows, and the runner that stores results.
+
+Methods follow scikit-learn's contract: ``__init__`` only stores keyword arguments,
+``fit(photos, labels)`` learns and returns ``self``, learned state lives in attributes
+ending in ``_``, and ``predict_iter`` streams one :class:`Prediction` per photo. Photos
+are passed as a :class:`PhotoSet` (a workspace plus photo ids), never as a bare list
+whose positions could drift from the photos they stand for.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, ClassVar
+
+import numpy as np
+
+from naturelens.workspace import Prediction, Workspace
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """Photos of a workspace, by id."""
+
+    workspace: Workspace
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, ids: Sequence[str]) -> PhotoSet:
+        return PhotoSet(self.workspace, tuple(ids))
+
+    def batches(self, size: int) -> Iterator[PhotoSet]:
+        it = iter(self.ids)
+        while chunk := tuple(islice(it, size)):
+            yield PhotoSet(self.workspace, chunk)
+
+
+class Method:
+    """Base class: a classifier of photos into the workspace taxonomy's classes."""
+
+    name: ClassVar[str] = ""
+    needs_labels: ClassVar[bool] = True
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor's arguments, as stored (scikit-learn's ``get_params``)."""
+        names = [
+            p.name
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        ]
+        return {n: getattr(self, n) for n in names}
+
+    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Method:
+        """Learn from labelled photos (``labels[i]`` is the class id of ``photos.ids[i]``)."""
+        return self
+
+    def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
+        """Yield one prediction per photo of ``photos`` (any order, each photo once)."""
+        raise NotImplementedError
+
+    def predict(self, photos: PhotoSet) -> list[str | None]:
+        """Class id per photo in the order of ``photos.ids`` (None when not classified)."""
+        by_id = {p.photo_id: p for p in self.predict_iter(photos)}
+        return [by_id[i].class_id if by_id[i].status == "ok" else None for i in photos.ids]
+
+    def predict_proba(self, photos: PhotoSet) -> np.ndarray:
+        """Per-class probabilities, rows in the order of ``photos.ids``, columns ``classes_``."""
+        classes = self.classes_for(photos.workspace)
+        by_id = {p.photo_id: p for p in self.predict_iter(photos)}
+        out = np.zeros((len(photos), len(classes)))
+        for row, pid in enumerate(photos.ids):
+            scores = by_id[pid].scores or {}
+            out[row] = [scores.get(c, 0.0) for c in classes]
+        return out
+
+    def classes_for(self, ws: Workspace) -> list[str]:
+        return list(getattr(self, "classes_", None) or ws.taxonomy.all_ids)
+
+
+def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]) -> None:
+    if len(photo_ids) != len(labels):
+        raise ValueError(f"{len(photo_ids)} photos but {len(labels)} labels")
+    unknown = sorted(set(labels) - set(ws.taxonomy.all_ids))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
+
+
+def run_method(
+    ws: Workspace,
+    method: Method,
+    predict_ids: Sequence[str],
+    train_ids: Sequence[str] = (),
+    extra_params: dict[str, Any] | None = None,
+    write_every: int = 64,
+    progress: Callable[[int], None] | None = None,
+    resume: bool = True,
+) -> str:
+    """Fit ``method`` on ``train_ids`` (with their gold labels) and store predictions.
+
+    The run is recorded with its parameters and the training photos. If an identical
+    run was interrupted, it is resumed: photos it already predicted are not sent to the
+    model again. Predictions are written every ``write_every`` photos, so a killed run
+    loses at most that many.
+
+    Returns
+    -------
+    str
+        The run id.
+    """
+    gold = ws.labels()
+    train_ids = list(train_ids)
+    if method.needs_labels and not train_ids:
+        raise ValueError(
+            f"method {method.name!r} needs labelled photos; label some (folder names or a "
+            "manifest 'label' column) or choose a zero-shot method"
+        )
+    missing = [p for p in train_ids if p not in gold]
+    if missing:
+        raise ValueError(f"{len(missing)} training photos have no gold label")
+    labels = [gold[p] for p in train_ids]
+    _check_labels(ws, train_ids, labels)
+    params = {
+        "method": method.get_params(),
+        "train": sorted(train_ids),
+        "predict": len(predict_ids),
+        **(extra_params or {}),
+    }
+    run_id, resumed = ws.start_run(method.name, params, resume=resume)
+    done = ws.done_photo_ids(run_id) if resumed else set()
+    todo = [p for p in predict_ids if p not in done]
+    started = time.perf_counter()
+    try:
+        if todo:
+            photos = PhotoSet(ws, tuple(train_ids))
+            method.fit(photos, labels if train_ids else None)
+            fit_seconds = time.perf_counter() - started
+            ws.update_run_summary(run_id, {"fit_seconds": round(fit_seconds, 3)})
+            buffer: list[Prediction] = []
+            wanted = set(todo)
+            for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
+                assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
+                wanted.discard(pred.photo_id)
+                buffer.append(pred)
+                if len(buffer) >= write_every:
+                    ws.write_predictions(run_id, buffer)
+                    if progress:
+                        progress(len(buffer))
+                    buffer = []
+            ws.write_predictions(run_id, buffer)
+            if progress and buffer:
+                progress(len(buffer))
+            assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
+    except BaseException:
+        ws.finish_run(run_id, status="interrupted")
+        raise
+    seconds = time.perf_counter() - started
+    totals = ws.db.execute(
+        "SELECT count(*), sum(seconds), sum(tokens_in), sum(tokens_out), sum(cost), "
+        "count(*) FILTER (WHERE status = 'ok') FROM predictions WHERE run_id = ?",
+        [run_id],
+    ).fetchone()
+    previous = ws.run(run_id).get("summary") or {}
+    summary = {
+        **previous,
+        "photos": totals[0],
+        "classified": totals[5],
+        "wall_seconds": round(previous.get("wall_seconds", 0) + seconds, 3),
+        "tokens_in": int(totals[2] or 0),
+        "tokens_out": int(totals[3] or 0),
+        "cost": float(totals[4] or 0.0),
+        "labels_used": len(train_ids),
+        "resumed_photos": len(done),
+    }
+    ws.finish_run(run_id, status="done", summary=summary)
+    return run_id

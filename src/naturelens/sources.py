@@ -1,0 +1,221 @@
+"""Photo sources: folders, manifests (CSV or Parquet) and URL lists.
+
+A source yields :class:`PhotoRef` records: where a photo's bytes are and what the
+collection says about it. Rows that cannot be used keep their reason in ``problem``
+so the workspace records them instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+PHOTO_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+}
+MANIFEST_COLUMNS = {
+    "id",
+    "path",
+    "url",
+    "label",
+    "lat",
+    "lon",
+    "owner",
+    "taken_at",
+    "title",
+    "tags",
+}
+
+
+class SourceError(ValueError):
+    """A source cannot be read at all (missing file, unknown format, missing columns)."""
+
+
+@dataclass
+class PhotoRef:
+    """One reference to a photo, before its bytes are read."""
+
+    ref: str  # unique key of this reference: a path, a URL, or manifest#row-id
+    source: str  # "folder", "manifest" or "url"
+    path: str | None = None
+    url: str | None = None
+    manifest_id: str | None = None
+    label: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    owner: str | None = None
+    taken_at: datetime | None = None
+    title: str | None = None
+    tags: str | None = None
+    problem: str | None = None  # why this row cannot be used, if it cannot
+
+
+def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterator[PhotoRef]:
+    """Yield the photo references of a folder, a manifest file or a URL."""
+    text = str(source)
+    if text.startswith(("http://", "https://")):
+        yield PhotoRef(ref=text, source="url", url=text)
+        return
+    path = Path(source)
+    if path.is_dir():
+        yield from iter_folder(path, labels_from_folders=labels_from_folders)
+    elif path.is_file() and path.suffix.lower() in {".csv", ".parquet", ".txt", ".tsv"}:
+        if path.suffix.lower() == ".txt":
+            yield from iter_url_list(path)
+        else:
+            yield from iter_manifest(path)
+    elif path.exists():
+        raise SourceError(
+            f"{source}: not a folder, a manifest (.csv, .tsv, .parquet) or a URL list (.txt)"
+        )
+    else:
+        raise SourceError(f"{source}: no such file or folder")
+
+
+def iter_folder(root: Path, labels_from_folders: bool = True) -> Iterator[PhotoRef]:
+    """Every photo file below ``root``, in a stable order.
+
+    With ``labels_from_folders``, a photo's first sub-folder under ``root`` is its raw
+    label (``root/Nature/x.jpg`` -> ``Nature``); the workspace matches it to the taxonomy.
+    Files with other suffixes are listed too when they are not hidden: a ``.txt`` among
+    photos is reported, not silently skipped, unless it is obviously not a photo (no
+    suffix of a known photo type and not named like one).
+    """
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in PHOTO_SUFFIXES:
+                continue
+            full = Path(dirpath) / name
+            rel = full.relative_to(root)
+            label = rel.parts[0] if labels_from_folders and len(rel.parts) > 1 else None
+            yield PhotoRef(ref=str(full), source="folder", path=str(full), label=label)
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        opts = pacsv.ReadOptions(encoding="utf-8")
+        parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        # Everything as text: values are validated row by row below.
+        convert = pacsv.ConvertOptions(column_types={}, strings_can_be_null=True)
+        table = pacsv.read_csv(
+            path, read_options=opts, parse_options=parse, convert_options=convert
+        )
+        return table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: cannot read manifest: {exc}") from exc
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    text = str(value).strip()
+    return text or None
+
+
+def _coordinate(value, name: str, limit: float) -> float | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise ValueError(f"malformed coordinate: {name}={text!r} is not a number") from exc
+    if not math.isfinite(number) or abs(number) > limit:
+        raise ValueError(
+            f"malformed coordinate: {name}={text!r} is outside [-{limit:g}, {limit:g}]"
+        )
+    return number
+
+
+def _time(value) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    text = _text(value)
+    if text is None:
+        return None
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%Y:%m:%d %H:%M:%S"):
+        try:
+            return datetime.strptime(text[:19], fmt)
+        except ValueError:
+            continue
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=None)
+    except ValueError as exc:
+        raise ValueError(f"malformed taken_at: {text!r} is not a date") from exc
+
+
+def iter_manifest(path: Path) -> Iterator[PhotoRef]:
+    """Rows of a CSV, TSV or Parquet manifest as photo references.
+
+    Columns: ``id``, ``path`` or ``url`` (one is required per row), and optionally
+    ``label``, ``lat``, ``lon``, ``owner``, ``taken_at``, ``title``, ``tags``.
+    Relative paths are resolved against the manifest's folder.
+    """
+    path = path.resolve()
+    table = _read_table(path)
+    columns = set(table.column_names)
+    if not ({"path", "url"} & columns):
+        raise SourceError(f"{path}: a manifest needs a 'path' or a 'url' column")
+    base = path.parent
+    for batch in table.to_batches(max_chunksize=4096):
+        for i, row in enumerate(batch.to_pylist()):
+            row_id = _text(row.get("id"))
+            ref_key = f"{path}#{row_id}" if row_id else f"{path}#row{i + 1}"
+            ref = PhotoRef(ref=ref_key, source="manifest", manifest_id=row_id)
+            try:
+                file = _text(row.get("path"))
+                url = _text(row.get("url"))
+                if file:
+                    full = Path(file) if Path(file).is_absolute() else base / file
+                    ref.path = str(full)
+                elif url:
+                    ref.url = url
+                else:
+                    raise ValueError("bad row: neither 'path' nor 'url' is given")
+                ref.label = _text(row.get("label"))
+                ref.owner = _text(row.get("owner"))
+                ref.title = _text(row.get("title"))
+                ref.tags = _text(row.get("tags"))
+                ref.lat = _coordinate(row.get("lat"), "lat", 90)
+                ref.lon = _coordinate(row.get("lon"), "lon", 180)
+                if (ref.lat is None) != (ref.lon is None):
+                    raise ValueError("malformed coordinate: lat and lon must be given together")
+                ref.taken_at = _time(row.get("taken_at"))
+            except ValueError as exc:
+                ref.problem = str(exc)
+            yield ref
+
+
+def iter_url_list(path: Path) -> Iterator[PhotoRef]:
+    """One URL per line; blank lines and lines starting with ``#`` are ignored."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            url = line.strip()
+            if url and not url.startswith("#"):
+                problem = None if url.startswith(("http://", "https://")) else "bad row: not a URL"
+                yield PhotoRef(ref=url, source="url", url=url, problem=problem)

@@ -1,0 +1,213 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from naturelens.cli import app
+from naturelens.images import PhotoDecodeError, decode_photo
+from naturelens.testing.bad_inputs import make_bad_corpus
+from naturelens.testing.synthetic import make_photo_set
+from naturelens.workspace import Workspace
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_bad_corpus(tmp_path / "corpus")
+
+
+def test_bad_corpus_every_failure_recorded_every_good_photo_once(tmp_path, corpus):
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    report = ws.ingest(corpus.sources, labels_from_folders=False)
+    failures = {f["ref"]: f["reason"] for f in ws.failures()}
+    for ref, reason in corpus.failures.items():
+        assert failures.get(ref) == reason, (ref, failures.get(ref))
+    assert len(failures) == len(corpus.failures)
+    table = ws.photo_table()
+    ids = [row["photo_id"] for row in table]
+    for name, path in corpus.good.items():
+        assert ids.count(hashlib.sha256(path.read_bytes()).hexdigest()) == 1, name
+    # the duplicate is one photo with two references, not two photos
+    assert len(table) == len(corpus.good)
+    assert report.duplicates >= 1
+    status = ws.status()
+    assert status["photos"] == len(corpus.good)
+    assert status["failures"] == len(corpus.failures)
+    assert status["failures_by_reason"]["too many pixels"] == 1
+
+
+def test_exif_orientation_gps_and_time(tmp_path, corpus):
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    ws.ingest([corpus.folder], labels_from_folders=False)
+    row = next(r for r in ws.photo_table() if r["path"].endswith("rotated.jpg"))
+    assert (row["width"], row["height"]) == (40, 64)  # stored landscape, shown portrait
+    assert row["lat"] == pytest.approx(40.425, abs=1e-4)
+    assert row["lon"] == pytest.approx(-3.7, abs=1e-4)
+    assert str(row["taken_at"]) == "2021-06-15 10:30:00"
+    img = ws.open_image(row["photo_id"])
+    assert img.size == (40, 64) and img.mode == "RGB"
+
+
+def test_manifest_values_win_over_exif(tmp_path, corpus):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,path,lat,lon\nr,{corpus.good['rotated']},10.5,20.25\n")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    ws.ingest([manifest])
+    (row,) = ws.photo_table()
+    assert (row["lat"], row["lon"]) == (10.5, 20.25)
+
+
+@pytest.mark.parametrize("name", ["alpha", "cmyk", "sixteen", "palette", "animated"])
+def test_awkward_formats_decode_to_rgb(corpus, name):
+    img = decode_photo(corpus.good[name].read_bytes())
+    assert img.mode == "RGB" and min(img.size) > 0
+
+
+def test_sixteen_bit_keeps_its_range(corpus):
+    img = decode_photo(corpus.good["sixteen"].read_bytes())
+    lo, hi = img.convert("L").getextrema()
+    assert lo < 10 and hi > 240  # scaled to 8 bits, not clipped to white
+
+
+def test_alpha_composited_on_white(tmp_path):
+    path = tmp_path / "clear.png"
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(path)
+    assert decode_photo(path.read_bytes()).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_decode_errors_have_reasons(corpus):
+    with pytest.raises(PhotoDecodeError) as exc:
+        decode_photo(b"")
+    assert exc.value.reason == "empty file"
+    with pytest.raises(PhotoDecodeError) as exc:
+        decode_photo((corpus.folder / "bomb.png").read_bytes())
+    assert exc.value.reason == "too many pixels"
+
+
+def test_folder_labels_matched_case_insensitively_and_unknown_reported(tmp_path):
+    make_photo_set(tmp_path / "p", "flips", per_class=2, size=32)
+    (tmp_path / "p" / "sport").rename(tmp_path / "p" / "SPORT") if (
+        tmp_path / "p" / "sport"
+    ).exists() else None
+    odd = tmp_path / "p" / "Beach"
+    odd.mkdir()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(odd / "x.jpg")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    report = ws.ingest([tmp_path / "p"])
+    labels = ws.labels()
+    assert len(labels) == 12 and set(labels.values()) == set(ws.taxonomy.class_ids)
+    assert report.label_problems and "Beach" in report.label_problems[0]
+    assert ws.status()["labelled_per_class"]["sport"] == 2
+
+
+def test_reingest_adds_only_what_is_new(tmp_path):
+    make_photo_set(tmp_path / "p", "flips", per_class=2, size=32)
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    first = ws.ingest([tmp_path / "p"])
+    assert first.added == 12
+    second = ws.ingest([tmp_path / "p"])
+    assert (second.added, second.skipped) == (0, 12)
+
+
+def test_urls_downloaded_cached_and_failures_recorded(tmp_path):
+    served = tmp_path / "site"
+    make_photo_set(served, "flips", per_class=1, size=32)
+    (served / "bad.jpg").write_text("not a photo")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a, **k: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        urls = tmp_path / "urls.txt"
+        urls.write_text(
+            f"{base}/Nature/nature_00000.jpg\n{base}/Sport/sport_00000.jpg\n"
+            f"{base}/missing.jpg\n{base}/bad.jpg\n"
+        )
+        ws = Workspace.create(tmp_path / "ws", "flips")
+        ws.ingest([urls])
+        status = ws.status()
+        assert status["photos"] == 2
+        assert status["failures_by_reason"] == {"download failed": 1, "not an image": 1}
+        assert len(list((tmp_path / "ws" / "cache" / "downloads").iterdir())) == 3
+    finally:
+        server.shutdown()
+
+
+def test_status_json_cli(tmp_path, corpus):
+    assert runner.invoke(app, ["init", str(tmp_path / "ws"), "--taxonomy", "ces11"]).exit_code == 0
+    result = runner.invoke(
+        app, ["ingest", str(tmp_path / "ws"), str(corpus.folder), "--no-labels-from-folders"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["status", str(tmp_path / "ws"), "--json"])
+    data = json.loads(result.stdout)
+    assert data["photos"] == len(corpus.good)
+    assert data["failures"] == 4 and data["failures_by_reason"]["not an image"] == 1
+    assert set(data["labelled_per_class"]) == {
+        "nature_landscape",
+        "fauna_flora",
+        "recreational",
+        "sports",
+        "cultural",
+        "religious",
+        "gastronomy",
+        "rural_tourism",
+        "urban",
+        "sun_beach",
+        "not_relevant",
+    }
+
+
+def test_cli_errors_are_messages_not_tracebacks(tmp_path):
+    result = runner.invoke(app, ["status", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "not a naturelens workspace" in result.output
+    result = runner.invoke(app, ["init", str(tmp_path / "ws"), "--taxonomy", "nope"])
+    assert result.exit_code == 2 and "built-in" in result.output
+    runner.invoke(app, ["init", str(tmp_path / "ws2")])
+    result = runner.invoke(app, ["ingest", str(tmp_path / "ws2"), str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such file or folder" in result.output
+
+
+KILL_SCRIPT = """
+import sys
+from naturelens.workspace import Workspace
+ws = Workspace.open(sys.argv[1])
+ws.ingest([sys.argv[2]], batch_size=20)
+"""
+
+
+def test_ingest_killed_with_sigkill_resumes_without_loss(tmp_path):
+    make_photo_set(tmp_path / "p", "flips", per_class=60, size=48)
+    Workspace.create(tmp_path / "ws", "flips").close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "ws"), str(tmp_path / "p")]
+    )
+    # Kill once some batches are committed (the WAL or catalog grows), else soon after start.
+    wal = tmp_path / "ws" / "catalog.duckdb.wal"
+    for _ in range(600):
+        if proc.poll() is not None or (wal.exists() and wal.stat().st_size > 20_000):
+            break
+        threading.Event().wait(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ws = Workspace.open(tmp_path / "ws")
+    before = ws.status()["photos"]
+    assert before < 360, "the ingest finished before it could be killed"
+    report = ws.ingest([tmp_path / "p"])
+    assert report.skipped == before
+    status = ws.status()
+    assert status["photos"] == 360 and status["failures"] == 0
+    assert status["labelled"] == 360
+    assert report.added == 360 - before
