@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -30,8 +31,12 @@ def photo_set(tmp_path_factory):
 
 @pytest.fixture
 def labelled_workspace(tmp_path, photo_set):
-    """A fresh workspace with the synthetic photo set ingested and labelled."""
+    """A fresh workspace with its own copy of the synthetic photo set, ingested and labelled.
+
+    The copy lets a test damage a photo file without touching other tests' photos.
+    """
+    shutil.copytree(photo_set, tmp_path / "photo-set")
     ws = Workspace.create(tmp_path / "ws", "flips")
-    ws.ingest([photo_set])
+    ws.ingest([tmp_path / "photo-set"])
     yield ws
     ws.close()

@@ -105,4 +105,52 @@ def run_demo(root: Path, console: Console | None = None) -> Workspace:
     for cls, n in status["labelled_per_class"].items():
         table.add_row(cls, str(n))
     console.print(table)
+
+    # Classification: the offline pipeline (EfficientNet-Lite0 tags -> MiniLM zero-shot).
+    _classify_offline(ws, console)
+
+    # Report: galleries, scores and map of the demo run, written into the workspace.
+    _write_report(ws, console)
     return ws
+
+
+def _write_report(ws: Workspace, console: Console) -> Path:
+    """Write the HTML report into the demo workspace and print where it is."""
+    from naturelens.report import build_report
+
+    path = build_report(ws, ws.root / "report.html")
+    console.print(f"Report: [bold]{path.resolve()}[/] (open it in a browser)")
+    return path
+
+
+def _classify_offline(ws: Workspace, console: Console) -> str:
+    """Run the offline label-free pipeline and print each photo's class and top tags."""
+    from naturelens.pipeline import pipeline_results, run_offline_pipeline
+
+    console.print(
+        "Classifying with the offline pipeline: EfficientNet-Lite0 tags each photo, "
+        "MiniLM matches the tags to the class definitions (no labels, no GPU, no internet)."
+    )
+    run_id = run_offline_pipeline(ws)
+    rows = pipeline_results(ws, run_id)
+    table = Table(title=f"run {run_id}")
+    table.add_column("photo", no_wrap=True)
+    table.add_column("class", no_wrap=True)
+    table.add_column("conf.", justify="right")
+    table.add_column("top tags")
+    table.add_column("gold", no_wrap=True)
+    correct = labelled = 0
+    for r in sorted(rows, key=lambda r: r["photo"]):
+        cls = r["class_id"] if r["status"] == "ok" else f"({r['status']}: {r['detail']})"
+        tags = ", ".join(name for name, _ in r["tags"][:3])
+        gold = r["label"] or ""
+        if gold:
+            labelled += 1
+            correct += gold == r["class_id"]
+            gold = "[green]✓[/]" if gold == r["class_id"] else f"[red]✗ {gold}[/]"
+        conf = f"{r['confidence']:.2f}" if r["confidence"] is not None else ""
+        table.add_row(r["photo"], cls, conf, tags, gold)
+    console.print(table)
+    if labelled:
+        console.print(f"{correct} of {labelled} gold-labelled photos classified correctly.")
+    return run_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from naturelens.cli import classify, workspace  # noqa: F401  (commands register on import)
+from naturelens.cli import classify, cost, describe, evaluate, vision, workspace  # noqa: F401  (commands register on import)
 from naturelens.cli.app import app
 
 

@@ -1,0 +1,157 @@
+"""Score mode against generation: the same local VLM, photos and prompt style, one run.
+
+Generation writes a JSON answer token by token; score mode runs one forward pass over
+photo + prompt and one over all class ids at once (sharing the prefix through the KV
+cache), and gives a probability for every class. The model is a randomly initialised
+LLaVA (CLIP ViT tower at 224 px, patch 14, so 256 image tokens; an 8-layer Llama) built
+offline: big enough that the timings mean something on a CPU, and loaded through the same
+``load_vlm`` path as a hub checkpoint. A random model never stops early, so generation
+always writes ``--answer-tokens`` tokens: the length of a short JSON answer.
+
+    python benchmarks/score_vs_generate.py [--photos 16] [--batch-size 4] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from naturelens.prompts import load_prompt  # noqa: E402
+from naturelens.taxonomy import load_taxonomy  # noqa: E402
+from naturelens.testing.synthetic import synthetic_photo  # noqa: E402
+from naturelens.testing.tiny_models import tiny_model  # noqa: E402
+from naturelens.vlm import ChatRequest, answer_schema, load_vlm  # noqa: E402
+
+
+def build_llava(folder: Path, layers: int, hidden: int) -> Path:
+    """A random LLaVA with a real-size image pipeline, saved like a hub checkpoint."""
+    from transformers import (
+        AutoProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tiny = tiny_model("llava", folder / "tiny")
+    tokenizer = AutoProcessor.from_pretrained(tiny).tokenizer
+    config = LlavaConfig(
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": 384,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 6,
+            "num_attention_heads": 6,
+            "image_size": 224,
+            "patch_size": 14,
+            "projection_dim": 384,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 8 // 3,
+            "num_hidden_layers": layers,
+            "num_attention_heads": hidden // 64,
+            "num_key_value_heads": hidden // 64,
+            "max_position_embeddings": 4096,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=256,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # Never stop early: every generated answer is exactly the length asked for.
+    model.generation_config.eos_token_id = None
+    try:  # the PIL twin, when torchvision is missing (as on this project's machines)
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=AutoProcessor.from_pretrained(tiny).chat_template,
+    )
+    out = folder / "llava-bench"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--answer-tokens", type=int, default=24)
+    parser.add_argument("--prompt", default="simple")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    taxonomy = load_taxonomy("flips")
+    template = load_prompt(args.prompt)
+    photos = [synthetic_photo(i % 6, i, 320) for i in range(args.photos)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_llava(Path(tmp), args.layers, args.hidden)
+        vlm = load_vlm(str(folder), batch_size=args.batch_size, device=args.device)
+        params = sum(p.numel() for p in vlm.model.parameters()) / 1e6
+        generate_requests = [
+            ChatRequest(
+                [p],
+                template.render(taxonomy, mode="generate"),
+                json_schema=answer_schema(taxonomy.all_ids),
+                max_tokens=args.answer_tokens,
+            )
+            for p in photos
+        ]
+        score_requests = [ChatRequest([p], template.render(taxonomy, mode="score")) for p in photos]
+        choices = taxonomy.all_ids
+        # Warm up both paths (kernel selection, allocator) before timing.
+        vlm.chat(generate_requests[: args.batch_size])
+        vlm.score(score_requests[: args.batch_size], choices)
+        best = {"generate": float("inf"), "score": float("inf")}
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            replies = vlm.chat(generate_requests)
+            best["generate"] = min(best["generate"], time.perf_counter() - started)
+            assert all(r.error is None for r in replies)
+            started = time.perf_counter()
+            scores = vlm.score(score_requests, choices)
+            best["score"] = min(best["score"], time.perf_counter() - started)
+            assert all(r.error is None for r in scores)
+        tokens_in = sum(r.tokens_in for r in replies) / len(replies)
+        per_photo = {k: v / args.photos for k, v in best.items()}
+        print(
+            f"model: random LLaVA, {params:.0f} M parameters, {vlm.device}, "
+            f"{tokens_in:.0f} prompt tokens per photo, batch {args.batch_size}, "
+            f"{args.photos} photos, best of {args.repeats}"
+        )
+        print(f"generate ({args.answer_tokens}-token answer): {per_photo['generate']:.3f} s/photo")
+        print(f"score ({len(choices)} classes, KV cache shared): {per_photo['score']:.3f} s/photo")
+        print(f"score mode is {per_photo['generate'] / per_photo['score']:.1f}x faster")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The cost command: what model calls cost so far, and what a run would cost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from naturelens.cli.app import app, console, fail
+from naturelens.cli.workspace import open_workspace
+from naturelens.ledger import estimate_cost, spend_summary
+
+
+@app.command()
+def cost(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    method: str = typer.Option(
+        None, help="Estimate a run of this method first: prompt or describe."
+    ),
+    model: str = typer.Option(None, help="Model card for the estimate (e.g. gpt-4o-mini)."),
+    prompt: str = typer.Option(
+        None, help="Prompt for the estimate: simple, extended, icl or a file."
+    ),
+    base_url: str = typer.Option(None, help="OpenAI-compatible server the model runs on."),
+    detail: str = typer.Option("low", help="Image detail for the estimate: low or high."),
+    shots: int = typer.Option(1, help="For icl: example photos per class in every request."),
+    max_tokens: int = typer.Option(96, help="The longest answer allowed."),
+) -> None:
+    """Summarise what model calls cost so far; with --model, estimate a run over all photos."""
+    with open_workspace(workspace) as ws:
+        rows = spend_summary(ws)
+        if rows:
+            table = Table(
+                "run",
+                "model",
+                "calls",
+                "errors",
+                "tokens in",
+                "tokens out",
+                "seconds",
+                "cost $",
+                title="spent so far",
+            )
+            for r in rows:
+                table.add_row(
+                    r["run_id"],
+                    r["model"],
+                    str(r["calls"]),
+                    str(r["errors"]),
+                    f"{int(r['tokens_in'] or 0):,}",
+                    f"{int(r['tokens_out'] or 0):,}",
+                    f"{float(r['seconds'] or 0):.1f}",
+                    f"{float(r['cost'] or 0):.4f}",
+                )
+            console.print(table)
+            total = sum(float(r["cost"] or 0) for r in rows)
+            calls = sum(int(r["calls"]) for r in rows)
+            console.print(f"total: {calls} calls, ${total:.4f}")
+        else:
+            console.print("No model calls recorded yet.")
+        if model is None and method is None:
+            return
+        if model is None:
+            fail("--model is needed for an estimate (e.g. --model gpt-4o-mini)")
+        if method not in (None, "prompt", "describe"):
+            fail(
+                "cost estimates are for methods that call a model per photo "
+                f"(prompt, describe), not {method!r}"
+            )
+        chosen = prompt or ("describe" if method == "describe" else "simple")
+        try:
+            est = estimate_cost(
+                ws,
+                model,
+                chosen,
+                base_url=base_url,
+                detail=detail,
+                shots=shots,
+                max_tokens=max_tokens,
+                answer_tokens=120 if chosen == "describe" else None,
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        table = Table(
+            "photos",
+            "tokens in",
+            "tokens out",
+            "cost $",
+            "batch API $",
+            "basis",
+            title=f"estimate: {est.model}, prompt {est.prompt_version}, detail {detail}",
+        )
+        table.add_row(
+            f"{est.photos:,}",
+            f"{est.tokens_in:,}",
+            f"{est.tokens_out:,}",
+            f"{est.cost:.4f}",
+            f"{est.batch_cost:.4f}" if est.batch_cost is not None else "-",
+            est.basis,
+        )
+        console.print(table)

@@ -1,0 +1,236 @@
+"""Commands that judge and show results: evaluate, compare, report, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.progress import photo_progress
+from naturelens.cli.workspace import open_workspace
+from naturelens.workspace import WorkspaceError
+
+
+@app.command()
+def evaluate(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    run: str = typer.Option(None, "--run", "-r", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95 % intervals."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+) -> None:
+    """Score a run against the gold labels: accuracy, F1, kappa, confusion matrix.
+
+    Failed and unparsed predictions count as wrong; their number is printed.
+    """
+    from naturelens.evaluation import NO_CLASS, evaluate_run
+
+    with open_workspace(workspace, read_only=True) as ws:
+        try:
+            result = evaluate_run(ws, run, n_resamples=resamples, seed=seed)
+        except WorkspaceError as exc:
+            fail(str(exc))
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    console.print(
+        f"[bold]{result['run_id']}[/] ({result['method']}): {result['photos']} labelled photos "
+        f"scored, {result['unlabelled_photos']} predicted photos without a gold label"
+    )
+    table = Table("score", "value", "95 % interval", title="Scores")
+    for key, label in [
+        ("accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("macro_f1", "macro F1"),
+        ("weighted_f1", "weighted F1"),
+        ("kappa", "Cohen's kappa"),
+    ]:
+        lo_hi = result["intervals"].get(key)
+        value = result[key]
+        table.add_row(
+            label,
+            "-" if value is None else f"{value:.3f}",
+            f"{lo_hi[0]:.3f} – {lo_hi[1]:.3f}" if lo_hi else "-",
+        )
+    console.print(table)
+    per_class = Table("class", "precision", "recall", "F1", "gold", "predicted", title="Per class")
+    for row in result["per_class"]:
+        per_class.add_row(
+            row["name"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+            str(row["support"]), str(row["predicted"]),
+        )  # fmt: skip
+    console.print(per_class)
+    cm = result["confusion"]
+    # Numbered columns keep the matrix readable in a narrow terminal.
+    heads = [str(i + 1) for i in range(len(cm["rows"]))] + ["none"]
+    matrix = Table("gold \\ predicted", *heads, title="Confusion matrix")
+    for i, (name, row) in enumerate(zip(cm["rows"], cm["matrix"], strict=True)):
+        matrix.add_row(f"{i + 1} {name}", *(str(v) if v else "·" for v in row))
+    console.print(matrix)
+    if result["clusters"]:
+        c = result["clusters"]
+        console.print(
+            f"Clusters: Hungarian-matched accuracy {c['accuracy']:.3f}, NMI {c['nmi']:.3f}, "
+            f"ARI {c['ari']:.3f}, purity {c['purity']:.3f} ({c['clusters']} clusters)"
+        )
+    if result["open_set"]:
+        o = result["open_set"]
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        console.print(
+            f"Open set ({o['open_class']}): rejection precision {fmt(o['rejection_precision'])}, "
+            f"recall {fmt(o['rejection_recall'])} ({o['rejected']} rejected, "
+            f"{o['gold_open']} gold)"
+        )
+    s = result["statuses"]
+    console.print(
+        f"Statuses: {s['ok']} ok, {s['rejected']} rejected, {s['unparsed']} unparsed, "
+        f"{s['failed']} failed. {result['counted_wrong']} photo(s) named no class and count "
+        f"as wrong (column 'none', {NO_CLASS!r} in JSON)."
+    )
+
+
+@app.command()
+def compare(
+    workspace: Path = typer.Argument(..., help="Workspace folder with gold labels."),
+    methods: str = typer.Option(
+        ...,
+        "--methods",
+        "-m",
+        help="Comma-separated NAME[:KEY=VALUE...] specs, e.g. "
+        "'probe,zeroshot:model=clip-vit-b32,prompt:prompt=extended'.",
+    ),
+    shots: int = typer.Option(
+        None, help="Labelled photos per class to learn from (default: a stratified holdout)."
+    ),
+    seeds: int = typer.Option(1, help="Number of splits to average over (mean ± sd)."),
+    test_fraction: float = typer.Option(0.3, help="Without --shots: share of photos to test on."),
+    fresh: bool = typer.Option(False, help="Recompute runs even when identical ones exist."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Run or reuse methods on the same splits and print the comparison table.
+
+    Every method is tested on the same photos; learning methods train on the same
+    labelled photos. A finished run with identical parameters is reused. The table is
+    saved in the workspace (comparisons/ and the catalog) for the report.
+    """
+    from naturelens.compare import (
+        CompareError,
+        format_accuracy,
+        format_energy,
+        parse_method_specs,
+        save_comparison,
+    )
+    from naturelens.compare import compare as run_compare
+
+    try:
+        specs = parse_method_specs(methods)
+    except CompareError as exc:
+        fail(str(exc))
+    with open_workspace(workspace) as ws:
+
+        def report_error(spec, seed, exc):
+            err.print(f"[yellow]{spec.label}[/] (seed {seed}) failed: {exc}", highlight=False)
+
+        try:
+            result = run_compare(
+                ws, specs, shots=shots, seeds=seeds, test_fraction=test_fraction,
+                progress=photo_progress, on_error=report_error, fresh=fresh,
+            )  # fmt: skip
+        except CompareError as exc:
+            fail(str(exc))
+        path = save_comparison(ws, result)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, default=str))
+        return
+    p = result.protocol
+    if p["shots"] is not None:
+        title = f"{p['shots']} labelled photos per class, {p['seeds']} seed(s)"
+    elif p["test_fraction"] is not None:
+        title = f"stratified holdout of {p['test_fraction']:.0%}, {p['seeds']} seed(s)"
+    else:
+        title = "no method learns: every labelled photo is a test photo"
+    title += f", {p['test_photos'][0]} test photos"
+    table = Table(title=title)
+    table.add_column("method", overflow="fold")
+    for head in ("labels used", "accuracy", "macro-F1", "photos/s", "wall time (s)", "tokens",
+                 "cost / 1,000 photos", "energy"):  # fmt: skip
+        table.add_column(head, justify="right")
+    for row in result.table():
+        if not row.get("seeds"):
+            table.add_row(row["method"], f"[red]{row['error']}[/]")
+            continue
+        num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
+        table.add_row(
+            row["method"], str(row["labels_used"]), format_accuracy(row),
+            format_accuracy(row, "macro_f1"), num(row["photos_per_second"]),
+            num(row["wall_seconds"]), num(row["tokens"], 0),
+            "-" if row["cost_per_1000"] is None else f"${row['cost_per_1000']:.4f}",
+            format_energy(row),
+        )  # fmt: skip
+    console.print(table)
+    for row in result.table():
+        if row.get("note"):
+            console.print(f"{row['method']}: {row['note']}", highlight=False)
+    sources = sorted({r["energy_source"] for r in result.table() if r.get("energy_source")})
+    for source in sources:
+        console.print(f"energy: {source}", highlight=False)
+    console.print("Failed and unparsed predictions count as wrong.")
+    reused = sum(r.get("reused", 0) for r in result.table())
+    if reused:
+        console.print(f"{reused} run(s) reused from earlier identical runs.")
+    console.print(f"Saved to {path}")
+
+
+@app.command()
+def report(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write."),
+    run: str = typer.Option(
+        None, "--run", "-r", help="Run to show (default: the latest finished)."
+    ),
+    cell_km: float = typer.Option(1.0, help="Grid cell size for photo-user-days, in km."),
+    title: str = typer.Option("naturelens report", help="Title of the page."),
+    gallery_limit: int = typer.Option(
+        2000, help="Most photos per class in the galleries (0: all)."
+    ),
+    page_size: int = typer.Option(48, help="Photos per gallery page."),
+    thumb_size: int = typer.Option(160, help="Thumbnail size in pixels."),
+    embed_thumbs: bool = typer.Option(
+        False, help="Put thumbnails inside the HTML file (one file to share)."
+    ),
+) -> None:
+    """Write an HTML report: distribution, galleries, disagreements, scores, map."""
+    from naturelens.report import ReportError, ReportOptions, build_report
+
+    options = ReportOptions(
+        run_id=run, title=title, cell_km=cell_km, gallery_limit=gallery_limit,
+        page_size=page_size, thumb_size=thumb_size, embed_thumbs=embed_thumbs,
+    )  # fmt: skip
+    with open_workspace(workspace, read_only=True) as ws:
+        try:
+            path = build_report(ws, output, options, progress=photo_progress)
+        except (ReportError, WorkspaceError) as exc:
+            fail(str(exc))
+    console.print(f"Report written to {path}")
+
+
+@app.command()
+def export(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    run: str = typer.Option(None, "--run", "-r", help="Run to export (default: the latest)."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="File to write: .csv, .parquet or .geojson."
+    ),
+) -> None:
+    """Export a run's predictions with the photos' metadata (CSV, Parquet or GeoJSON)."""
+    from naturelens.export import ExportError, export_run
+
+    with open_workspace(workspace, read_only=True) as ws:
+        try:
+            n = export_run(ws, run, output)
+        except (ExportError, WorkspaceError) as exc:
+            fail(str(exc))
+    console.print(f"{n} predictions written to {output}")

@@ -1,0 +1,108 @@
+"""Commands for vision backbones: compute embeddings, apply a saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from naturelens.cli.app import app, console, fail
+from naturelens.cli.progress import photo_progress
+from naturelens.cli.workspace import open_workspace
+
+
+@app.command()
+def embed(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    model: str = typer.Option(
+        "dinov2-small",
+        help="Backbone card name, local folder or hub id (name@cls+mean for a pooling).",
+    ),
+    batch_size: int = typer.Option(32, help="Photos per forward pass."),
+    device: str = typer.Option(
+        None, help="cpu, cuda, cuda:1 or mps (default: the best available)."
+    ),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    workers: int = typer.Option(None, help="Photo-decoding threads (default: by device)."),
+    retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
+) -> None:
+    """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
+    from naturelens.backbones import BackboneError
+    from naturelens.embed import embed_photos, embedding_set, missing_photo_ids
+    from naturelens.models import CardError
+
+    with open_workspace(workspace) as ws:
+        try:
+            total = len(missing_photo_ids(ws, model))
+            if retry_failed:
+                total += len(embedding_set(ws, model).failures(ws.photo_ids()))
+            with photo_progress(f"embed {model}", total) as advance:
+                emb = embed_photos(
+                    ws,
+                    model,
+                    batch_size=batch_size,
+                    device=device,
+                    precision=precision,
+                    progress=advance,
+                    workers=workers,
+                    retry_failed=retry_failed,
+                )
+        except (CardError, BackboneError, ImportError, ValueError) as exc:
+            fail(str(exc))
+        failures = emb.failures()
+        console.print(
+            f"{emb.computed} photos embedded, {emb.failed} failed now, "
+            f"{len(emb)} stored in total ({len(failures)} failures recorded) -> {emb.folder}"
+        )
+        if failures:
+            table = Table("failure", "photos", title="Photos without an embedding")
+            counts: dict[str, int] = {}
+            for reason in failures.values():
+                key = reason.split(":", 1)[0]
+                counts[key] = counts.get(key, 0) + 1
+            for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+                table.add_row(reason, str(n))
+            console.print(table)
+
+
+@app.command()
+def predict(
+    workspace: Path = typer.Argument(..., help="Workspace folder."),
+    model_dir: Path = typer.Option(
+        ..., help="A saved model folder (under <workspace>/models/, or a folder name there)."
+    ),
+    photos: str = typer.Option("unlabelled", help="Which photos: unlabelled or all."),
+    fresh: bool = typer.Option(
+        False, help="Start a new run even if an identical one was interrupted."
+    ),
+) -> None:
+    """Apply a saved probe, fine-tuned or contrastive model to the workspace's photos."""
+    from naturelens.methods import run_method
+    from naturelens.methods.probe import SavedModel, read_model_info
+
+    if photos not in ("unlabelled", "all"):
+        fail("--photos must be unlabelled or all")
+    with open_workspace(workspace) as ws:
+        folder = model_dir if model_dir.exists() else ws.root / "models" / str(model_dir)
+        try:
+            info = read_model_info(folder)
+        except ValueError as exc:
+            fail(str(exc))
+        targets = ws.photo_ids(labelled=False) if photos == "unlabelled" else ws.photo_ids()
+        if not targets:
+            fail("no photos to classify (every photo is labelled; try --photos all)")
+        method = SavedModel(str(folder.resolve()))
+        try:
+            with photo_progress(f"predict {info['method']}", len(targets)) as advance:
+                run_id = run_method(ws, method, targets, progress=advance, resume=not fresh)
+        except (ValueError, ImportError) as exc:
+            fail(str(exc))
+        counts: dict[str, int] = {}
+        for p in ws.predictions(run_id):
+            key = p.class_id if p.status == "ok" else f"({p.status})"
+            counts[key] = counts.get(key, 0) + 1
+        table = Table("class", "photos", title=f"run {run_id}")
+        for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            table.add_row(cls, str(n))
+        console.print(table)

