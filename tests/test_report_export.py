@@ -188,7 +188,9 @@ def test_report_without_runs_shows_gold_galleries(labelled_workspace, tmp_path):
     assert "No finished run yet" in html and "No geotagged photos" in html
     data = json.loads(re.search(r'id="report-data">(.*?)</script>', html, re.S).group(1))
     assert {g["id"] for g in data["gallery"]} == set(labelled_workspace.taxonomy.class_ids)
-    assert all(len(g["items"]) == 4 and g["total"] == 8 for g in data["gallery"]), [(g["id"], len(g["items"]), g["total"]) for g in data["gallery"]]
+    assert all(len(g["items"]) == 4 and g["total"] == 8 for g in data["gallery"]), [
+        (g["id"], len(g["items"]), g["total"]) for g in data["gallery"]
+    ]
 
 
 def test_photo_user_days_by_hand(labelled_workspace):
