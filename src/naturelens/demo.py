@@ -133,24 +133,23 @@ def _classify_offline(ws: Workspace, console: Console) -> str:
     )
     run_id = run_offline_pipeline(ws)
     rows = pipeline_results(ws, run_id)
-    table = Table(title=f"run {run_id}")
-    table.add_column("photo", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    table.add_column("conf.", justify="right")
-    table.add_column("top tags")
-    table.add_column("gold", no_wrap=True)
+    console.print(f"[bold]run {run_id}[/]: photo -> class (confidence), gold label, top tags")
     correct = labelled = 0
     for r in sorted(rows, key=lambda r: r["photo"]):
         cls = r["class_id"] if r["status"] == "ok" else f"({r['status']}: {r['detail']})"
-        tags = ", ".join(name for name, _ in r["tags"][:3])
-        gold = r["label"] or ""
-        if gold:
+        # A tag is an ImageNet class such as "espresso" or "Mexican hairless, xoloitzcuintli".
+        tags = "; ".join(name.split(",")[0] for name, _ in r["tags"][:3])
+        conf = f" ({r['confidence']:.2f})" if r["confidence"] is not None else ""
+        gold = ""
+        if r["label"]:
             labelled += 1
-            correct += gold == r["class_id"]
-            gold = "[green]✓[/]" if gold == r["class_id"] else f"[red]✗ {gold}[/]"
-        conf = f"{r['confidence']:.2f}" if r["confidence"] is not None else ""
-        table.add_row(r["photo"], cls, conf, tags, gold)
-    console.print(table)
+            correct += r["label"] == r["class_id"]
+            gold = (
+                " [green]✓[/]" if r["label"] == r["class_id"] else f" [red]✗ gold {r['label']}[/]"
+            )
+        console.print(
+            f"  {r['photo']} -> [bold]{cls}[/]{conf}{gold}  [dim]{tags}[/]", highlight=False
+        )
     if labelled:
         console.print(f"{correct} of {labelled} gold-labelled photos classified correctly.")
     return run_id
