@@ -16,7 +16,7 @@ from naturelens.cli import app
 from naturelens.images import PhotoDecodeError, decode_photo
 from naturelens.testing.bad_inputs import make_bad_corpus
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Workspace
+from naturelens.workspace import Prediction, Workspace
 
 runner = CliRunner()
 
@@ -181,7 +181,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from naturelens.workspace import Workspace
+from naturelens.workspace import Prediction, Workspace
 ws = Workspace.open(sys.argv[1])
 ws.ingest([sys.argv[2]], batch_size=20)
 """
@@ -211,3 +211,26 @@ def test_ingest_killed_with_sigkill_resumes_without_loss(tmp_path):
     assert status["photos"] == 360 and status["failures"] == 0
     assert status["labelled"] == 360
     assert report.added == 360 - before
+
+
+def test_api_keys_are_never_stored_with_a_run(labelled_workspace):
+    from naturelens.methods.base import Method, run_method
+
+    class Keyed(Method):
+        name = "keyed"
+        needs_labels = False
+
+        def __init__(self, api_key=None, max_tokens=5):
+            self.api_key = api_key
+            self.max_tokens = max_tokens
+
+        def predict_iter(self, photos):
+            for pid in photos.ids:
+                yield Prediction(pid, "nature", 1.0)
+
+    ws = labelled_workspace
+    run_id = run_method(ws, Keyed(api_key="sk-very-secret"), ws.photo_ids()[:2])
+    params = ws.run(run_id)["params"]["method"]
+    assert params == {"api_key": "<hidden>", "max_tokens": 5}
+    ws.close()
+    assert not any(b"sk-very-secret" in f.read_bytes() for f in ws.root.rglob("*") if f.is_file())

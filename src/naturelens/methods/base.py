@@ -10,6 +10,7 @@ whose positions could drift from the photos they stand for.
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ class Method:
         return list(getattr(self, "classes_", None) or ws.taxonomy.all_ids)
 
 
+_SECRET = re.compile(r"(^|_)(api_key|key|secret|password|token)$")
+
+
+def _without_secrets(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as stored with a run: API keys and the like are never written down."""
+    return {k: ("<hidden>" if v and _SECRET.search(k) else v) for k, v in params.items()}
+
+
 def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]) -> None:
     if len(photo_ids) != len(labels):
         raise ValueError(f"{len(photo_ids)} photos but {len(labels)} labels")
@@ -125,7 +134,7 @@ def run_method(
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
     params = {
-        "method": method.get_params(),
+        "method": _without_secrets(method.get_params()),
         "train": sorted(train_ids),
         "predict": len(predict_ids),
         **(extra_params or {}),
