@@ -213,7 +213,7 @@ class Contrastive(Method):
         return self
 
     def _train(self, ws, pool, label_of, class_index, rng, generator) -> list[dict[str, float]]:
-        from naturelens.embed import default_workers, iter_pixel_batches
+        from naturelens.embed import photo_batches
 
         backbone = self.backbone_
         dim = backbone.dim
@@ -229,14 +229,13 @@ class Contrastive(Method):
             weight_decay=1e-4,
         )
         decode = augmenting_decoder(backbone.preprocessing, self.seed, views=2)
-        workers = default_workers(backbone.device.type) if self.workers is None else self.workers
         history = []
         for epoch in range(self.epochs):
             backbone.train()
             projector.train()
             order = [pool[i] for i in rng.permutation(len(pool))]
             total, steps = 0.0, 0
-            for batch in iter_pixel_batches(ws, order, decode, self.batch_size, workers):
+            for batch in photo_batches(ws, order, backbone, self.batch_size, decode, self.workers):
                 if len(batch.ids) < 2:
                     continue  # one photo alone has no negatives
                 views = batch.pixels.reshape(-1, *batch.pixels.shape[2:])  # (2B, H, W, 3)
@@ -258,15 +257,12 @@ class Contrastive(Method):
         return history
 
     def _embed_labelled(self, ws, photo_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-        from naturelens.embed import default_workers, iter_pixel_batches
+        from naturelens.embed import photo_batches
 
         backbone = self.backbone_
-        workers = default_workers(backbone.device.type) if self.workers is None else self.workers
         ids: list[str] = []
         chunks: list[np.ndarray] = []
-        for batch in iter_pixel_batches(
-            ws, photo_ids, backbone.preprocessing.decode, self.batch_size, workers
-        ):
+        for batch in photo_batches(ws, photo_ids, backbone, self.batch_size, workers=self.workers):
             if batch.ids:
                 ids += batch.ids
                 chunks.append(backbone.embed(batch.pixels))

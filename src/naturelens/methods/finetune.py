@@ -219,13 +219,9 @@ def prediction_stream(
     workers: int | None,
 ) -> Iterator[Prediction]:
     """Decode photos in threads, classify each batch, yield one prediction per photo."""
-    from naturelens.embed import default_workers, iter_pixel_batches
+    from naturelens.embed import photo_batches
 
-    workers = default_workers(backbone.device.type) if workers is None else workers
-    batches = iter_pixel_batches(
-        ws, dict.fromkeys(photo_ids), backbone.preprocessing.decode, batch_size, workers
-    )
-    for batch in batches:
+    for batch in photo_batches(ws, dict.fromkeys(photo_ids), backbone, batch_size, workers=workers):
         if batch.ids:
             start = time.perf_counter()
             with torch.inference_mode():
@@ -380,7 +376,7 @@ class FineTune(Method):
         return self.head_(feats.to(self.head_.weight.dtype))
 
     def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> FineTune:
-        from naturelens.embed import default_workers, iter_pixel_batches
+        from naturelens.embed import photo_batches
 
         if labels is None:
             raise ValueError("finetune needs labelled photos")
@@ -409,8 +405,7 @@ class FineTune(Method):
         )
         train_ids = [ids[i] for i in train_idx]
         val_ids = [ids[i] for i in val_idx]
-        workers = default_workers(backbone.device.type) if self.workers is None else self.workers
-        val_pixels, val_ids = _decode_all(ws, val_ids, backbone, workers)
+        val_pixels, val_ids = _decode_all(ws, val_ids, backbone, self.workers)
         val_y = torch.tensor([label_of[i] for i in val_ids], device=backbone.device)
 
         lr = DEFAULT_LR[self.mode] if self.lr is None else self.lr
@@ -433,7 +428,8 @@ class FineTune(Method):
             order = balanced_order(train_labels, rng, self.balanced)
             total, seen = 0.0, 0
             epoch_ids = [train_ids[i] for i in order]
-            for batch in iter_pixel_batches(ws, epoch_ids, decode, self.batch_size, workers):
+            batches = photo_batches(ws, epoch_ids, backbone, self.batch_size, decode, self.workers)
+            for batch in batches:
                 if not batch.ids:
                     continue
                 x = training_input(backbone, batch.pixels, generator if self.augment else None)
@@ -444,7 +440,9 @@ class FineTune(Method):
                 optimizer.step()
                 total += float(loss.detach()) * len(batch.ids)
                 seen += len(batch.ids)
-            record = {"epoch": epoch + 1, "train_loss": total / max(seen, 1)}
+            if not seen:
+                raise ValueError("finetune: none of the training photos could be decoded")
+            record = {"epoch": epoch + 1, "train_loss": total / seen}
             if val_ids:
                 record.update(self._validate(val_pixels, val_y, loss_fn))
                 if record["val_loss"] < best_loss - 1e-4:
@@ -546,14 +544,14 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _decode_all(
-    ws: Workspace, photo_ids: Sequence[str], backbone: Backbone, workers: int
+    ws: Workspace, photo_ids: Sequence[str], backbone: Backbone, workers: int | None
 ) -> tuple[np.ndarray, list[str]]:
     """Eval-preprocessed pixels of a (small) set of photos, and the ids that decoded."""
-    from naturelens.embed import iter_pixel_batches
+    from naturelens.embed import photo_batches
 
     ids: list[str] = []
     chunks: list[np.ndarray] = []
-    for batch in iter_pixel_batches(ws, photo_ids, backbone.preprocessing.decode, 64, workers):
+    for batch in photo_batches(ws, photo_ids, backbone, 64, workers=workers):
         if batch.ids:
             ids += batch.ids
             chunks.append(batch.pixels)
