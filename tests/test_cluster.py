@@ -198,15 +198,25 @@ def _latest(ws_path, method="cluster"):
         return run, w.predictions(run["run_id"]), w.labels()
 
 
-def _classify(ws_path, *args):
-    result = runner.invoke(app, ["classify", str(ws_path), "--method", "cluster", *args])
+def _invoke(ws_path, *params):
+    """Run ``classify --method cluster`` on the real EfficientNet features, each of
+    ``params`` ("key=value") given as a ``--param``."""
+    args = [x for p in params for x in ("--param", p)]
+    return runner.invoke(
+        app,
+        ["classify", str(ws_path), "--method", "cluster", "--model", "efficientnet-lite0", *args],
+    )
+
+
+def _classify(ws_path, *params):
+    result = _invoke(ws_path, *params)
     assert result.exit_code == 0, result.output
     return result
 
 
 def test_cli_clusters_real_embeddings_and_names_clusters_by_majority(ws):
     naming = _naming_run(ws)
-    _classify(ws, "--model", "efficientnet-lite0", "--param", f"naming_run={naming}")
+    _classify(ws, f"naming_run={naming}")
     run, preds, gold = _latest(ws)
     assert len(preds) == 48
     assert all(p.status == "ok" for p in preds)
@@ -228,13 +238,8 @@ def test_a_cluster_without_a_clear_majority_stays_unnamed(ws):
     naming = _naming_run(ws, correct_every=2)
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "k=6",
-        "--param",
         f"naming_run={naming}",
-        "--param",
         "homogeneity=0.9",
     )
     _, preds, _ = _latest(ws)
@@ -247,13 +252,8 @@ def test_a_cluster_without_a_clear_majority_stays_unnamed(ws):
 def test_hdbscan_and_agglomerative_from_the_cli(ws):
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "algorithm=hdbscan",
-        "--param",
         "naming=none",
-        "--param",
         "min_cluster_size=5",
     )
     _, preds, gold = _latest(ws)
@@ -266,13 +266,8 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
     assert cluster_scores([g for g, _ in kept], [c for _, c in kept])["purity"] > 0.8
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "algorithm=agglomerative",
-        "--param",
         "k=6",
-        "--param",
         "naming=none",
     )
     _, preds, gold = _latest(ws)
@@ -284,17 +279,10 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
 def test_umap_then_hdbscan_the_classic_label_free_route(ws):
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "reduce=umap",
-        "--param",
         "dims=5",
-        "--param",
         "algorithm=hdbscan",
-        "--param",
         "min_cluster_size=5",
-        "--param",
         "naming=none",
     )
     run, preds, gold = _latest(ws)
@@ -305,9 +293,7 @@ def test_umap_then_hdbscan_the_classic_label_free_route(ws):
 
 
 def test_majority_naming_needs_another_run(ws):
-    result = runner.invoke(
-        app, ["classify", str(ws), "--method", "cluster", "--model", "efficientnet-lite0"]
-    )
+    result = _invoke(ws)
     assert result.exit_code != 0
     assert "another run" in str(result.exception) + result.output
 
@@ -316,17 +302,10 @@ def test_cli_names_clusters_with_a_vision_language_model(ws, tiny_root):
     llava = tiny_model("llava", tiny_root)
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "k=6",
-        "--param",
         "naming=vlm",
-        "--param",
         f"namer={llava}",
-        "--param",
         "medoids=2",
-        "--param",
         "max_tokens=8",
     )
     run, preds, _ = _latest(ws)
@@ -357,8 +336,7 @@ def test_cli_names_clusters_with_a_vision_language_model(ws, tiny_root):
 
 def test_an_interrupted_cluster_run_reuses_its_clustering(ws):
     naming = _naming_run(ws)
-    args = ["--model", "efficientnet-lite0", "--param", f"naming_run={naming}"]
-    _classify(ws, *args)
+    _classify(ws, f"naming_run={naming}")
     run, before, _ = _latest(ws)
     with Workspace.open(ws) as w:  # as if it had been killed two thirds of the way through
         w.db.execute(
@@ -368,7 +346,7 @@ def test_an_interrupted_cluster_run_reuses_its_clustering(ws):
         )
         w.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run["run_id"]])
         assert (w.root / "models" / f"{run['run_id']}-clusters.parquet").exists()
-    _classify(ws, *args)
+    _classify(ws, f"naming_run={naming}")
     again, after, _ = _latest(ws)
     assert again["run_id"] == run["run_id"] and again["summary"]["resumed_photos"] == 32
     assert [(p.photo_id, p.scores["cluster"], p.class_id) for p in after] == [
@@ -383,7 +361,7 @@ def test_a_photo_without_an_embedding_fails_with_its_reason(tmp_path):
         w.ingest([tmp_path / "photos"])
         victim = w.photo_ids()[0]
         w.photo_path(victim).write_bytes(b"not a photo any more")
-    _classify(ws, "--model", "efficientnet-lite0", "--param", "naming=none")
+    _classify(ws, "naming=none")
     _, preds, _ = _latest(ws)
     failed = [p for p in preds if p.status == "failed"]
     assert [p.photo_id for p in failed] == [victim]
@@ -397,11 +375,7 @@ def test_cluster_parameters_are_checked(ws):
         (["naming=vlm"], "needs namer"),
         (["homogeneity=1.5"], "homogeneity"),
     ]:
-        args = [x for p in params for x in ("--param", p)]
-        result = runner.invoke(
-            app,
-            ["classify", str(ws), "--method", "cluster", "--model", "efficientnet-lite0", *args],
-        )
+        result = _invoke(ws, *params)
         assert result.exit_code != 0
         assert message in str(result.exception) + result.output
 
@@ -410,17 +384,10 @@ def test_llm_naming_reads_the_medoids_descriptions(ws, tiny_root):
     lm = tiny_model("causal-lm", tiny_root)
     _classify(
         ws,
-        "--model",
-        "efficientnet-lite0",
-        "--param",
         "k=3",
-        "--param",
         "naming=llm",
-        "--param",
         f"namer={lm}",
-        "--param",
         "describer=tags",
-        "--param",
         "max_tokens=8",
     )
     run, preds, _ = _latest(ws)

@@ -214,36 +214,32 @@ def test_embed_zeroshot_with_real_minilm_needs_no_labels(ws):
     assert all(p.detail.startswith("Tags: ") for p in preds)
 
 
-def test_encoder_fine_tunes_a_tiny_bert(ws, tiny_root):
-    bert = tiny_model("bert", tiny_root)
+def _fine_tuned_predictions(ws, tiny_root, classifier, kind, epochs, shots):
+    """Run hybrid with ``classifier`` fine-tuned on a tiny ``kind`` model; check the scores."""
+    model = tiny_model(kind, tiny_root)
     hybrid(
         ws,
-        "classifier=encoder",
-        f"text_model={bert}",
+        f"classifier={classifier}",
+        f"text_model={model}",
         "describer=none",
         "use_title=true",
-        "epochs=2",
-        shots=2,
+        f"epochs={epochs}",
+        shots=shots,
     )
     _, preds, _ = latest(ws)
-    assert len(preds) == 24 and all(p.status == "ok" for p in preds)
+    assert all(p.status == "ok" for p in preds)
     assert all(set(p.scores) == FLIPS and abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+    return preds
+
+
+def test_encoder_fine_tunes_a_tiny_bert(ws, tiny_root):
+    preds = _fine_tuned_predictions(ws, tiny_root, "encoder", "bert", epochs=2, shots=2)
+    assert len(preds) == 24
 
 
 def test_lora_fine_tunes_a_tiny_causal_lm(ws, tiny_root):
-    lm = tiny_model("causal-lm", tiny_root)
-    hybrid(
-        ws,
-        "classifier=lora",
-        f"text_model={lm}",
-        "describer=none",
-        "use_title=true",
-        "epochs=1",
-        shots=1,
-    )
-    _, preds, _ = latest(ws)
-    assert len(preds) == 30 and all(p.status == "ok" for p in preds)
-    assert all(set(p.scores) == FLIPS and abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+    preds = _fine_tuned_predictions(ws, tiny_root, "lora", "causal-lm", epochs=1, shots=1)
+    assert len(preds) == 30
     assert all(p.tokens_in > 0 for p in preds)
 
 

@@ -567,17 +567,22 @@ def test_an_interrupted_run_sends_no_request_twice_and_the_ledger_adds_up(
     assert summary["tokens_in"] == fake.usage_in
 
 
-def test_costs_come_from_the_card_and_the_key_never_reaches_the_workspace(
-    fake, api_key, labelled_workspace, tmp_path, monkeypatch
-):
-    ws = labelled_workspace
+def _priced_card(tmp_path, monkeypatch, extra: str = "") -> None:
+    """Make the card ``priced-vlm`` (the fake server's model, $2/$10 per million tokens)."""
     cards = tmp_path / "cards"
     cards.mkdir()
     (cards / "mine.yaml").write_text(
         "- name: priced-vlm\n  kind: vlm\n  source: fake-vlm\n  backend: openai\n"
-        "  price_in: 2.0\n  price_out: 10.0\n  batch_discount: 0.5\n  image_tokens: 85\n"
+        "  price_in: 2.0\n  price_out: 10.0\n  batch_discount: 0.5\n" + extra
     )
     monkeypatch.setenv("NATURELENS_CARDS", str(cards))
+
+
+def test_costs_come_from_the_card_and_the_key_never_reaches_the_workspace(
+    fake, api_key, labelled_workspace, tmp_path, monkeypatch
+):
+    ws = labelled_workspace
+    _priced_card(tmp_path, monkeypatch, "  image_tokens: 85\n")
     ids = ws.photo_ids()[:3]
     run_id = run_method(ws, _prompt(fake, model="priced-vlm"), ids)
     expected = (fake.usage_in * 2.0 + fake.usage_out * 10.0) / 1e6
@@ -594,13 +599,7 @@ def test_batch_api_mode_answers_at_the_discounted_price(
     fake, api_key, labelled_workspace, tmp_path, monkeypatch
 ):
     ws = labelled_workspace
-    cards = tmp_path / "cards"
-    cards.mkdir()
-    (cards / "mine.yaml").write_text(
-        "- name: priced-vlm\n  kind: vlm\n  source: fake-vlm\n  backend: openai\n"
-        "  price_in: 2.0\n  price_out: 10.0\n  batch_discount: 0.5\n"
-    )
-    monkeypatch.setenv("NATURELENS_CARDS", str(cards))
+    _priced_card(tmp_path, monkeypatch)
     ids = ws.photo_ids()[:4]
     method = _prompt(fake, model="priced-vlm", batch=True, poll_seconds=0.01)
     run_id = run_method(ws, method, ids)

@@ -98,18 +98,23 @@ def classify(
             )
         run_id = _run(ws, probe, targets, train, {}, fresh)
         summary = ws.run(run_id)["summary"]
-        counts: dict[str, int] = {}
-        for p in ws.predictions(run_id):
-            key = p.class_id if p.status == "ok" else f"({p.status})"
-            counts[key] = counts.get(key, 0) + 1
-        table = Table("class", "photos", title=f"run {run_id}")
-        for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-            table.add_row(cls, str(n))
-        console.print(table)
+        print_class_counts(ws, run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
         )
+
+
+def print_class_counts(ws, run_id: str) -> None:
+    """Print a table of a run's photos per class (failed and rejected photos by status)."""
+    counts: dict[str, int] = {}
+    for p in ws.predictions(run_id):
+        key = p.class_id if p.status == "ok" else f"({p.status})"
+        counts[key] = counts.get(key, 0) + 1
+    table = Table("class", "photos", title=f"run {run_id}")
+    for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(cls, str(n))
+    console.print(table)
 
 
 def _run(ws, method, targets, train, extra, fresh) -> str:

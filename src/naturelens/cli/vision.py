@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from naturelens.cli.app import app, console, fail
+from naturelens.cli.classify import print_class_counts
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 
@@ -98,11 +99,4 @@ def predict(
                 run_id = run_method(ws, method, targets, progress=advance, resume=not fresh)
         except (ValueError, ImportError) as exc:
             fail(str(exc))
-        counts: dict[str, int] = {}
-        for p in ws.predictions(run_id):
-            key = p.class_id if p.status == "ok" else f"({p.status})"
-            counts[key] = counts.get(key, 0) + 1
-        table = Table("class", "photos", title=f"run {run_id}")
-        for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-            table.add_row(cls, str(n))
-        console.print(table)
+        print_class_counts(ws, run_id)

@@ -25,12 +25,15 @@ from torch import nn
 
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.methods.finetune import (
+    adapted_backbone,
     augmenting_decoder,
     load_trainable_state,
-    make_trainable,
-    prediction_stream,
+    predict_with_backbone,
     ready_for_inference,
+    restore_adapted,
+    save_adapted,
     set_seed,
+    stack_batches,
     trainable_state,
     training_input,
 )
@@ -41,7 +44,6 @@ from naturelens.methods.probe import (
     make_classifier,
     model_dir_for,
     read_model_info,
-    write_model_dir,
 )
 from naturelens.workspace import Prediction
 
@@ -159,18 +161,7 @@ class Contrastive(Method):
             raise ValueError("epochs must be at least 1 and batch_size at least 2")
 
     def _build(self, ws_root: Path | None) -> None:
-        from naturelens.backbones import load_backbone
-
-        self.backbone_ = load_backbone(
-            self.model,
-            device=self.device,
-            precision=self.precision,
-            workspace=ws_root,
-            training=True,
-        )
-        self.trainable_ = make_trainable(
-            self.backbone_, self.adapt, self.blocks, self.lora_rank, self.lora_alpha
-        )
+        self.backbone_, self.trainable_ = adapted_backbone(self, self.adapt, ws_root)
 
     def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Contrastive:
         if labels is None:
@@ -257,16 +248,11 @@ class Contrastive(Method):
         return history
 
     def _embed_labelled(self, ws, photo_ids: list[str]) -> tuple[np.ndarray, list[str]]:
-        from naturelens.embed import photo_batches
-
         backbone = self.backbone_
-        ids: list[str] = []
-        chunks: list[np.ndarray] = []
-        for batch in photo_batches(ws, photo_ids, backbone, self.batch_size, workers=self.workers):
-            if batch.ids:
-                ids += batch.ids
-                chunks.append(backbone.embed(batch.pixels))
-        return (np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32)), ids
+        empty = np.zeros((0, backbone.dim), np.float32)
+        return stack_batches(
+            ws, photo_ids, backbone, self.batch_size, self.workers, backbone.embed, empty
+        )
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
         def classify(x: torch.Tensor) -> np.ndarray:
@@ -275,55 +261,33 @@ class Contrastive(Method):
             order = [list(self.classifier_.classes_).index(c) for c in self.classes_]
             return proba[:, order]
 
-        return prediction_stream(
-            photos.workspace,
-            photos.ids,
-            self.backbone_,
-            classify,
-            self.classes_,
-            self.model,
-            self.batch_size,
-            self.workers,
-        )
+        return predict_with_backbone(self, photos, classify)
 
     # -- persistence
     def save(self, folder: str | Path) -> Path:
         """Save parameters, the adapted backbone weights and the probe classifier."""
         import joblib
-        from safetensors.torch import save_file
 
-        state = trainable_state(self.backbone_)
-        info = {
-            "method": self.name,
-            "params": self.get_params(),
-            "fingerprint": getattr(self, "fingerprint_", ""),
-            "classes": self.classes_,
-            "n_train": self.n_train_,
-            "n_adapt": self.n_adapt_,
-            "history": self.history_,
-        }
-
-        def write(tmp: Path) -> None:
-            save_file(state, tmp / "weights.safetensors")
-            joblib.dump(self.classifier_, tmp / "classifier.joblib")
-
-        return write_model_dir(Path(folder), info, write)
+        counts = {"n_train": self.n_train_, "n_adapt": self.n_adapt_}
+        return save_adapted(
+            self,
+            folder,
+            trainable_state(self.backbone_),
+            counts,
+            lambda tmp: joblib.dump(self.classifier_, tmp / "classifier.joblib"),
+        )
 
     def _restore(self, folder: Path, ws_root: Path | None = None) -> Contrastive:
         import joblib
-        from safetensors.torch import load_file
 
         info = read_model_info(folder)
         self._build(ws_root)
-        load_trainable_state(self.backbone_, load_file(Path(folder) / "weights.safetensors"))
+        load_trainable_state(
+            self.backbone_, restore_adapted(self, folder, info, ("n_train", "n_adapt"))
+        )
         ready_for_inference(self.backbone_)
         self.classifier_ = joblib.load(Path(folder) / "classifier.joblib")
         self.classes_ = list(info["classes"])
-        self.n_train_ = info.get("n_train", 0)
-        self.n_adapt_ = info.get("n_adapt", 0)
-        self.history_ = info.get("history", [])
-        self.fingerprint_ = info.get("fingerprint", "")
-        self.model_dir_ = Path(folder)
         return self
 
     @classmethod

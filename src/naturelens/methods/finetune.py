@@ -32,6 +32,7 @@ from naturelens.methods.probe import (
     fit_fingerprint,
     is_saved_fit,
     model_dir_for,
+    model_info,
     read_model_info,
     write_model_dir,
 )
@@ -40,6 +41,7 @@ from naturelens.workspace import Prediction, Workspace
 MODES = ("head", "last", "lora")
 # Learning rates for the backbone's trainable parts; the head has its own (head_lr).
 DEFAULT_LR = {"head": 0.0, "last": 2e-5, "lora": 2e-4}
+WEIGHTS_FILE = "weights.safetensors"
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -258,6 +260,105 @@ def ready_for_inference(backbone: Backbone, *modules: nn.Module) -> None:
         m.eval()
 
 
+def adapted_backbone(
+    method: Method, mode: str, ws_root: Path | None
+) -> tuple[Backbone, list[nn.Parameter]]:
+    """Load ``method.model`` for training and unfreeze the part ``mode`` adapts.
+
+    Reads the method's ``device``, ``precision``, ``blocks``, ``lora_rank`` and
+    ``lora_alpha``; returns the backbone and its trainable parameters.
+    """
+    backbone = load_backbone(
+        method.model,
+        device=method.device,
+        precision=method.precision,
+        workspace=ws_root,
+        training=True,
+    )
+    trainable = make_trainable(backbone, mode, method.blocks, method.lora_rank, method.lora_alpha)
+    return backbone, trainable
+
+
+def predict_with_backbone(
+    method: Method, photos: PhotoSet, classify: Callable[[torch.Tensor], np.ndarray]
+) -> Iterator[Prediction]:
+    """:func:`prediction_stream` over ``photos`` with a fitted method's backbone and classes."""
+    return prediction_stream(
+        photos.workspace,
+        photos.ids,
+        method.backbone_,
+        classify,
+        method.classes_,
+        method.model,
+        method.batch_size,
+        method.workers,
+    )
+
+
+def stack_batches(
+    ws: Workspace,
+    photo_ids: Sequence[str],
+    backbone: Backbone,
+    batch_size: int,
+    workers: int | None,
+    convert: Callable[[np.ndarray], np.ndarray],
+    empty: np.ndarray,
+) -> tuple[np.ndarray, list[str]]:
+    """``convert`` applied to the eval-preprocessed pixels of a (small) set of photos,
+    stacked; and the ids that decoded. ``empty`` is the result when none did."""
+    from naturelens.embed import photo_batches
+
+    ids: list[str] = []
+    chunks: list[np.ndarray] = []
+    for batch in photo_batches(ws, photo_ids, backbone, batch_size, workers=workers):
+        if batch.ids:
+            ids += batch.ids
+            chunks.append(convert(batch.pixels))
+    return (np.concatenate(chunks) if chunks else empty), ids
+
+
+def save_adapted(
+    method: Method,
+    folder: str | Path,
+    state: dict[str, torch.Tensor],
+    counts: dict[str, int],
+    write_more: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save a method with adapted backbone weights as a model folder.
+
+    ``state`` goes to ``weights.safetensors``; ``counts`` (photo counts) and the
+    method's ``history_`` join its ``method.json``; ``write_more`` writes further files.
+    """
+    from safetensors.torch import save_file
+
+    info = {**model_info(method), **counts, "history": method.history_}
+
+    def write(tmp: Path) -> None:
+        save_file(state, tmp / WEIGHTS_FILE)
+        if write_more is not None:
+            write_more(tmp)
+
+    return write_model_dir(Path(folder), info, write)
+
+
+def restore_adapted(
+    method: Method, folder: str | Path, info: dict[str, Any], counts: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """Set a restored method's fit attributes from ``info``; returns the saved weights.
+
+    ``counts`` names the photo counts saved by :func:`save_adapted` (``n_train``...),
+    each restored as the attribute of that name plus ``_``.
+    """
+    from safetensors.torch import load_file
+
+    for name in counts:
+        setattr(method, f"{name}_", info.get(name, 0))
+    method.history_ = info.get("history", [])
+    method.fingerprint_ = info.get("fingerprint", "")
+    method.model_dir_ = Path(folder)
+    return load_file(Path(folder) / WEIGHTS_FILE)
+
+
 # --------------------------------------------------------------------------- the method
 
 
@@ -354,16 +455,7 @@ class FineTune(Method):
             raise ValueError("val_fraction must be in [0, 1)")
 
     def _build(self, ws_root: Path | None, n_classes: int) -> None:
-        self.backbone_ = load_backbone(
-            self.model,
-            device=self.device,
-            precision=self.precision,
-            workspace=ws_root,
-            training=True,
-        )
-        self.trainable_ = make_trainable(
-            self.backbone_, self.mode, self.blocks, self.lora_rank, self.lora_alpha
-        )
+        self.backbone_, self.trainable_ = adapted_backbone(self, self.mode, ws_root)
         self.head_ = nn.Linear(self.backbone_.dim, n_classes).to(self.backbone_.device)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -481,54 +573,26 @@ class FineTune(Method):
         def classify(x: torch.Tensor) -> np.ndarray:
             return torch.softmax(self._logits(x).float(), dim=1).cpu().numpy()
 
-        return prediction_stream(
-            photos.workspace,
-            photos.ids,
-            self.backbone_,
-            classify,
-            self.classes_,
-            self.model,
-            self.batch_size,
-            self.workers,
-        )
+        return predict_with_backbone(self, photos, classify)
 
     # -- persistence
     def save(self, folder: str | Path) -> Path:
         """Save parameters, classes, the trained backbone parts and the head."""
-        from safetensors.torch import save_file
-
         state = trainable_state(self.backbone_)
         state.update({f"head.{k}": v for k, v in _cpu_state(self.head_).items()})
-        info = {
-            "method": self.name,
-            "params": self.get_params(),
-            "fingerprint": getattr(self, "fingerprint_", ""),
-            "classes": self.classes_,
-            "n_train": self.n_train_,
-            "n_val": self.n_val_,
-            "history": self.history_,
-        }
-        return write_model_dir(
-            Path(folder), info, lambda tmp: save_file(state, tmp / "weights.safetensors")
-        )
+        counts = {"n_train": self.n_train_, "n_val": self.n_val_}
+        return save_adapted(self, folder, state, counts)
 
     def _restore(self, folder: Path, ws_root: Path | None = None) -> FineTune:
-        from safetensors.torch import load_file
-
         info = read_model_info(folder)
         self.classes_ = list(info["classes"])
         self._build(ws_root, len(self.classes_))
-        state = load_file(Path(folder) / "weights.safetensors")
+        state = restore_adapted(self, folder, info, ("n_train", "n_val"))
         head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
         load_trainable_state(
             self.backbone_, {k: v for k, v in state.items() if not k.startswith("head.")}
         )
         self.head_.load_state_dict(head)
-        self.n_train_ = info.get("n_train", 0)
-        self.n_val_ = info.get("n_val", 0)
-        self.history_ = info.get("history", [])
-        self.fingerprint_ = info.get("fingerprint", "")
-        self.model_dir_ = Path(folder)
         ready_for_inference(self.backbone_, self.head_)
         return self
 
@@ -547,14 +611,6 @@ def _decode_all(
     ws: Workspace, photo_ids: Sequence[str], backbone: Backbone, workers: int | None
 ) -> tuple[np.ndarray, list[str]]:
     """Eval-preprocessed pixels of a (small) set of photos, and the ids that decoded."""
-    from naturelens.embed import photo_batches
-
-    ids: list[str] = []
-    chunks: list[np.ndarray] = []
-    for batch in photo_batches(ws, photo_ids, backbone, 64, workers=workers):
-        if batch.ids:
-            ids += batch.ids
-            chunks.append(batch.pixels)
     size = backbone.preprocessing.input_size
     empty = np.zeros((0, size, size, 3), dtype=np.uint8)
-    return (np.concatenate(chunks) if chunks else empty), ids
+    return stack_batches(ws, photo_ids, backbone, 64, workers, lambda pixels: pixels, empty)

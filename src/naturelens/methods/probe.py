@@ -159,6 +159,18 @@ def write_model_dir(
     return folder
 
 
+def model_info(method: Method) -> dict[str, Any]:
+    """What every fitted method's ``method.json`` records: its name, parameters,
+    fingerprint, classes and number of training photos."""
+    return {
+        "method": method.name,
+        "params": method.get_params(),
+        "fingerprint": getattr(method, "fingerprint_", ""),
+        "classes": method.classes_,
+        "n_train": method.n_train_,
+    }
+
+
 def read_model_info(folder: str | Path) -> dict[str, Any]:
     """The ``method.json`` of a saved model folder."""
     path = Path(folder) / METHOD_FILE
@@ -353,15 +365,10 @@ class Probe(Method):
         """Save the fitted probe (parameters, classes, classifier) as a model folder."""
         import joblib
 
-        info = {
-            "method": self.name,
-            "params": self.get_params(),
-            "fingerprint": getattr(self, "fingerprint_", ""),
-            "classes": self.classes_,
-            "n_train": self.n_train_,
-        }
         return write_model_dir(
-            Path(folder), info, lambda tmp: joblib.dump(self.classifier_, tmp / "classifier.joblib")
+            Path(folder),
+            model_info(self),
+            lambda tmp: joblib.dump(self.classifier_, tmp / "classifier.joblib"),
         )
 
     @classmethod

@@ -257,7 +257,7 @@ class Prompt(Method):
                     try:
                         state.image = ws.open_image(state.photo_id, max_side=self._side())
                     except PhotoDecodeError as exc:
-                        state.failure = f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason
+                        state.failure = str(exc)  # "reason: detail"
             todo = [s for s in todo if not s.failure]
             if not todo:
                 continue
@@ -345,7 +345,7 @@ class Prompt(Method):
                 try:
                     ready.append((pid, ws.open_image(pid, max_side=self._side())))
                 except PhotoDecodeError as exc:
-                    failed[pid] = f"{exc.reason}: {exc.detail}" if exc.detail else exc.reason
+                    failed[pid] = str(exc)  # "reason: detail"
             started = time.perf_counter()
             requests = [self._request(img, text, pid, "score") for pid, img in ready]
             replies = self.vlm_.score(requests, choices) if requests else []

@@ -35,6 +35,11 @@ from naturelens.models import ModelCard, get_card
 from naturelens.taxonomy import Taxonomy
 from naturelens.workspace import Prediction, Workspace
 
+# Stored vectors read per chunk: bounds memory however many photos a run has.
+STORE_CHUNK_ROWS = 1024
+# (photos with vectors, their L2-normalised vectors, failures by photo, seconds taken)
+Chunk = tuple[list[str], np.ndarray, dict[str, str], float]
+
 
 @dataclass(frozen=True)
 class TemplateSet:
@@ -276,64 +281,90 @@ class ZeroShot(Method):
         vectors = self.image_embeddings(images) if images else np.zeros((0, 1))
         return ready, vectors, failed
 
-    def _stored(self, ws: Workspace, ids: Sequence[str]):
-        """Read ``ids`` from the embedding store: (ids found, L2-normalised matrix, failures)."""
-        from naturelens.embed import embedding_set, load_embeddings
+    def _direct_chunks(self, ws: Workspace, photo_ids: Sequence[str]) -> Iterator[Chunk]:
+        """Photos embedded here, ``batch_size`` at a time."""
+        for start in range(0, len(photo_ids), self.batch_size):
+            started = time.perf_counter()
+            ready, vectors, failed = self._direct(ws, photo_ids[start : start + self.batch_size])
+            yield ready, vectors, failed, time.perf_counter() - started
 
-        ready, vectors = load_embeddings(ws, self.model, ids)
-        vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        found = set(ready)
-        reasons = embedding_set(ws, self.model).failures([p for p in ids if p not in found])
-        failed = {p: reasons.get(p, "no image embedding") for p in ids if p not in found}
-        return ready, vectors, failed
+    def _stored_chunks(self, ws: Workspace, photo_ids: Sequence[str]) -> Iterator[Chunk]:
+        """Vectors read from the embedding store in one streaming pass over its parts
+        (only the wanted rows, a chunk at a time), then the photos it has none for."""
+        from naturelens.embed import embedding_set
+
+        store = embedding_set(ws, self.model)
+        seen: set[str] = set()
+        started = time.perf_counter()
+        for ready, vectors in store.iter_vectors(photo_ids, batch_rows=STORE_CHUNK_ROWS):
+            seen.update(ready)
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            yield ready, vectors, {}, time.perf_counter() - started
+            started = time.perf_counter()
+        missing = [pid for pid in photo_ids if pid not in seen]
+        if missing:
+            reasons = store.failures(missing)
+            failed = {pid: reasons.get(pid, "no image embedding") for pid in missing}
+            yield [], np.zeros((0, 1)), failed, 0.0
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
         ws = photos.workspace
         open_id = ws.taxonomy.open_set.id if ws.taxonomy.open_set else None
-        version = self.template_set_.version_tag
-        store = self.embeddings == "store"
-        if store:
+        photo_ids = list(dict.fromkeys(photos.ids))  # one prediction per photo
+        if self.embeddings == "store":
             from naturelens.embed import embed_photos
 
-            # Embeds only photos the store lacks, streaming to disk; then read back per batch.
-            embed_photos(ws, self.model, photos.ids, batch_size=self.batch_size, device=self.device)
-        for part in photos.batches(self.batch_size):
-            started = time.perf_counter()
-            ready, vectors, failed = (self._stored if store else self._direct)(ws, part.ids)
-            probs = self.probabilities(vectors) if ready else None
-            share = (time.perf_counter() - started) / max(1, len(part.ids))
-            rows = {pid: i for i, pid in enumerate(ready)}
-            for pid in part.ids:
-                base = dict(
-                    photo_id=pid, model=self.card_.name, prompt_version=version, seconds=share
+            # Embeds only photos the store lacks, streaming to disk; then reads them back.
+            embed_photos(ws, self.model, photo_ids, batch_size=self.batch_size, device=self.device)
+            chunks = self._stored_chunks(ws, photo_ids)
+        else:
+            chunks = self._direct_chunks(ws, photo_ids)
+        for ready, vectors, failed, seconds in chunks:
+            share = seconds / max(1, len(ready) + len(failed))
+            if ready:
+                for pid, row in zip(ready, self.probabilities(vectors), strict=True):
+                    yield self._prediction(pid, row, open_id, share)
+            for pid, reason in failed.items():
+                yield Prediction(
+                    class_id=None, status="failed", detail=reason, **self._base(pid, share)
                 )
-                if pid in failed:
-                    yield Prediction(class_id=None, status="failed", detail=failed[pid], **base)
-                    continue
-                row = probs[rows[pid]]
-                scores = {c: float(p) for c, p in zip(self.classes_, row, strict=True)}
-                best = self.classes_[int(np.argmax(row))]
-                top = scores[best]
-                if best == open_id:
-                    yield Prediction(
-                        class_id=open_id,
-                        confidence=top,
-                        scores=scores,
-                        status="rejected",
-                        detail="the open-set class scored highest",
-                        **base,
-                    )
-                elif self.threshold is not None and top < float(self.threshold):
-                    yield Prediction(
-                        class_id=open_id,
-                        confidence=top,
-                        scores=scores,
-                        status="rejected",
-                        detail=f"top probability {top:.3f} ({best}) below {self.threshold}",
-                        **base,
-                    )
-                else:
-                    yield Prediction(class_id=best, confidence=top, scores=scores, **base)
+
+    def _base(self, pid: str, seconds: float) -> dict[str, Any]:
+        return dict(
+            photo_id=pid,
+            model=self.card_.name,
+            prompt_version=self.template_set_.version_tag,
+            seconds=seconds,
+        )
+
+    def _prediction(
+        self, pid: str, row: np.ndarray, open_id: str | None, seconds: float
+    ) -> Prediction:
+        """A photo's prediction from its class probabilities: rejected when the open-set
+        class ``open_id`` wins or the top probability is below the threshold."""
+        base = self._base(pid, seconds)
+        scores = {c: float(p) for c, p in zip(self.classes_, row, strict=True)}
+        best = self.classes_[int(np.argmax(row))]
+        top = scores[best]
+        if best == open_id:
+            return Prediction(
+                class_id=open_id,
+                confidence=top,
+                scores=scores,
+                status="rejected",
+                detail="the open-set class scored highest",
+                **base,
+            )
+        if self.threshold is not None and top < float(self.threshold):
+            return Prediction(
+                class_id=open_id,
+                confidence=top,
+                scores=scores,
+                status="rejected",
+                detail=f"top probability {top:.3f} ({best}) below {self.threshold}",
+                **base,
+            )
+        return Prediction(class_id=best, confidence=top, scores=scores, **base)
 
 
 def _features(out: Any):

@@ -42,7 +42,8 @@ class TextClassifier:
 
     @property
     def model_name(self) -> str:
-        return ""
+        """The ``text_model`` parameter, for classifiers that have one."""
+        return getattr(self, "text_model", "")
 
 
 def check_training(texts: Sequence[str], labels: Sequence[str], what: str) -> list[str]:

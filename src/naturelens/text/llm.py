@@ -110,18 +110,16 @@ class CausalLM:
         (log_likelihoods, tokens_in)
             A (texts x choices) array, and each text's length in tokens.
         """
+        from naturelens.vlm.local import answer_tensors
+
         torch = self._torch
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
         if any(not ids for ids in choice_ids):
             raise ValueError(f"an answer among {list(choices)} tokenizes to nothing")
-        n_choices, longest = len(choices), max(len(t) for t in choice_ids)
-        pad = self.tokenizer.pad_token_id
-        cont = torch.full((n_choices, longest), pad, dtype=torch.long)
-        cont_mask = torch.zeros((n_choices, longest), dtype=torch.long)
-        for c, toks in enumerate(choice_ids):
-            cont[c, : len(toks)] = torch.tensor(toks)
-            cont_mask[c, : len(toks)] = 1
-        cont, cont_mask = cont.to(self.device), cont_mask.to(self.device)
+        cont, cont_mask = answer_tensors(
+            choice_ids, self.tokenizer.pad_token_id, torch.long, self.device
+        )
+        n_choices, longest = cont.shape
         out_ll, out_tokens = [], []
         for start in range(0, len(texts), batch_size):
             ids, mask = self._encode(texts[start : start + batch_size])
@@ -216,10 +214,6 @@ class LLMClassifier(TextClassifier):
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.ledger = None
-
-    @property
-    def model_name(self) -> str:
-        return self.text_model
 
     def _remote(self) -> bool:
         if self.base_url:
@@ -375,23 +369,7 @@ class LocalTextChat:
         each = (time.perf_counter() - started) / max(1, len(requests))
         replies = [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
         if self.ledger is not None:
-            self.ledger.record_many(
-                [
-                    dict(
-                        model=self.name,
-                        backend=self.backend,
-                        tokens_in=rep.tokens_in,
-                        tokens_out=rep.tokens_out,
-                        seconds=rep.seconds,
-                        cost=0.0,
-                        photo_id=req.photo_id,
-                        purpose=req.purpose,
-                        prompt_version=req.prompt_version,
-                        reply=rep.text,
-                    )
-                    for req, rep in zip(requests, replies, strict=True)
-                ]
-            )
+            self.ledger.record_replies(self, requests, replies)
         return replies
 
 

@@ -64,10 +64,6 @@ class LoraClassifier(TextClassifier):
         self.max_length = max_length
         self.seed = seed
 
-    @property
-    def model_name(self) -> str:
-        return self.text_model
-
     def fit(self, taxonomy: Taxonomy, texts: Sequence[str] = (), labels: Sequence[str] = ()):
         import torch
         from peft import LoraConfig, get_peft_model

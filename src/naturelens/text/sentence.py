@@ -130,10 +130,6 @@ class EmbedLogistic(TextClassifier):
         self.C = C
         self.batch_size = batch_size
 
-    @property
-    def model_name(self) -> str:
-        return self.text_model
-
     def fit(self, taxonomy, texts=(), labels=()):
         from sklearn.linear_model import LogisticRegression
 
@@ -175,10 +171,6 @@ class EmbedZeroShot(TextClassifier):
         self.text_model = text_model
         self.temperature = temperature
         self.batch_size = batch_size
-
-    @property
-    def model_name(self) -> str:
-        return self.text_model
 
     def fit(self, taxonomy, texts=(), labels=()):
         if self.temperature <= 0:

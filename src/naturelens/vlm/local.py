@@ -261,14 +261,10 @@ class LocalVLM(VisionLanguageModel):
             # 1. The shared prefix (photo + prompt), once per photo.
             out = self.model(**inputs, **self._positions(mask), use_cache=True)
             first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token logprobs
-            longest = max(len(t) for t in choice_ids)
-            pad = self.tokenizer.pad_token_id
-            cont = torch.full((n_choices, longest), pad, dtype=torch.long)
-            cont_mask = torch.zeros((n_choices, longest), dtype=mask.dtype)
-            for c, toks in enumerate(choice_ids):
-                cont[c, : len(toks)] = torch.tensor(toks)
-                cont_mask[c, : len(toks)] = 1
-            cont, cont_mask = cont.to(self.device), cont_mask.to(self.device)
+            cont, cont_mask = answer_tensors(
+                choice_ids, self.tokenizer.pad_token_id, mask.dtype, self.device
+            )
+            longest = cont.shape[1]
             # First answer token: read straight from the prefix's last logits.
             ll = first[:, cont[:, 0]]  # rows x choices
             if longest > 1:
@@ -301,6 +297,25 @@ class LocalVLM(VisionLanguageModel):
             )
             for r in range(n_rows)
         ]
+
+
+def answer_tensors(
+    choice_ids: Sequence[Sequence[int]], pad: int, mask_dtype: torch.dtype, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every answer's tokens, right-padded to the longest, and the mask of real tokens.
+
+    Returns
+    -------
+    (tokens, mask)
+        Two (answers x longest) tensors on ``device``: token ids (long) and ``mask_dtype``.
+    """
+    longest = max(len(t) for t in choice_ids)
+    cont = torch.full((len(choice_ids), longest), pad, dtype=torch.long)
+    cont_mask = torch.zeros((len(choice_ids), longest), dtype=mask_dtype)
+    for c, toks in enumerate(choice_ids):
+        cont[c, : len(toks)] = torch.tensor(toks)
+        cont_mask[c, : len(toks)] = 1
+    return cont.to(device), cont_mask.to(device)
 
 
 def _best(probs: dict[str, float]) -> str:
