@@ -164,3 +164,34 @@ def test_a_model_of_the_wrong_kind_is_a_clear_error(tiny_root, labelled_workspac
     folder = str(tiny_model("dinov2", tiny_root))
     with pytest.raises(ValueError, match="CLIP or SigLIP"):
         make_method("zeroshot", model=folder).fit(PhotoSet(labelled_workspace, ()))
+
+
+def test_store_and_direct_modes_agree_and_never_shift_a_photo(
+    clip, labelled_workspace, monkeypatch
+):
+    ws = labelled_workspace
+    ids = ws.photo_ids()
+    ws.photo_path(ids[5]).write_bytes(b"not a photo any more")
+    import naturelens.embed as embed
+
+    def no_per_batch_reads(*args, **kwargs):
+        raise AssertionError("zero-shot must read the store in one pass")
+
+    monkeypatch.setattr(embed, "load_embeddings", no_per_batch_reads)
+    photos = PhotoSet(ws, tuple(ids) + (ids[0],))  # a repeated id still gets one prediction
+    by_store = make_method("zeroshot", model=clip).fit(photos)
+    by_direct = make_method("zeroshot", model=clip, embeddings="direct").fit(photos)
+    store_list, direct_list = (
+        list(by_store.predict_iter(photos)),
+        list(by_direct.predict_iter(photos)),
+    )
+    assert len(store_list) == len(direct_list) == len(ids)
+    store = {p.photo_id: p for p in store_list}
+    direct = {p.photo_id: p for p in direct_list}
+    assert set(store) == set(direct) == set(ids)
+    assert store[ids[5]].status == direct[ids[5]].status == "failed"
+    assert "not an image" in store[ids[5]].detail
+    for pid in ids:
+        if pid != ids[5]:
+            assert store[pid].class_id == direct[pid].class_id
+            assert store[pid].scores == pytest.approx(direct[pid].scores, abs=2e-2)

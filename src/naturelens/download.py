@@ -12,16 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from naturelens.errors import PhotoError
+
 MAX_BYTES = 50 * 1024 * 1024
 
 
-class DownloadError(Exception):
-    """A URL did not give a photo; ``reason`` is short and groupable."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class DownloadError(PhotoError):
+    """A URL did not give a photo."""
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from naturelens.errors import PhotoError
+
 # Refuse images above this many pixels (about 16k x 11k) before decoding them.
 MAX_PIXELS = 178_956_970
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -30,13 +32,8 @@ except ImportError:  # pragma: no cover - optional
     pass
 
 
-class PhotoDecodeError(Exception):
-    """A photo cannot be decoded. ``reason`` is short and groupable."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class PhotoDecodeError(PhotoError):
+    """A photo cannot be decoded."""
 
 
 @dataclass
