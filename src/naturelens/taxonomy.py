@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from naturelens.shipped import read_shipped_or_file, shipped_names
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -90,8 +91,7 @@ def _normalise(text: str) -> str:
 
 def builtin_taxonomies() -> list[str]:
     """Names of the taxonomies shipped with naturelens."""
-    folder = resources.files("naturelens") / "taxonomies"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("taxonomies")
 
 
 def load_taxonomy(name_or_path: str | Path) -> Taxonomy:
@@ -103,17 +103,13 @@ def load_taxonomy(name_or_path: str | Path) -> Taxonomy:
         When the file is missing or a field is invalid; the message names the file,
         the field and what is wrong.
     """
-    text_name = str(name_or_path)
-    if text_name in builtin_taxonomies():
-        res = resources.files("naturelens") / "taxonomies" / f"{text_name}.yaml"
-        return parse_taxonomy(res.read_text(encoding="utf-8"), source=f"builtin:{text_name}")
-    path = Path(name_or_path)
-    if not path.is_file():
+    found = read_shipped_or_file("taxonomies", name_or_path)
+    if found is None:
         raise TaxonomyError(
             f"{name_or_path}: no such taxonomy file, and not a built-in taxonomy "
             f"(built-in: {', '.join(builtin_taxonomies())})"
         )
-    return parse_taxonomy(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_taxonomy(*found)
 
 
 def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:

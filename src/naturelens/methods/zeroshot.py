@@ -22,7 +22,6 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import yaml
 from naturelens.images import PhotoDecodeError
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.models import ModelCard, get_card
+from naturelens.shipped import read_shipped_or_file, shipped_names
 from naturelens.taxonomy import Taxonomy
 from naturelens.workspace import Prediction, Workspace
 
@@ -55,8 +55,7 @@ class TemplateSet:
 
 
 def builtin_template_sets() -> list[str]:
-    folder = resources.files("naturelens") / "templates" / "zeroshot"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("templates/zeroshot")
 
 
 def load_template_set(name_or_path: str | Path) -> TemplateSet:
@@ -68,16 +67,13 @@ def load_template_set(name_or_path: str | Path) -> TemplateSet:
         When there is no such set or it is malformed.
     """
     name = str(name_or_path)
-    if name in builtin_template_sets():
-        res = resources.files("naturelens") / "templates" / "zeroshot" / f"{name}.yaml"
-        text, source = res.read_text(encoding="utf-8"), f"builtin:{name}"
-    elif Path(name).is_file():
-        text, source = Path(name).read_text(encoding="utf-8"), name
-    else:
+    found = read_shipped_or_file("templates/zeroshot", name)
+    if found is None:
         raise ValueError(
             f"unknown template set {name!r}: not a file, and not one of "
             f"{', '.join(builtin_template_sets())}"
         )
+    text, source = found
     data = yaml.safe_load(text)
     templates = data.get("templates") if isinstance(data, dict) else None
     if not isinstance(templates, list) or not templates:

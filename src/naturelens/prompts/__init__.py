@@ -10,13 +10,13 @@ any YAML file of the same shape, passed by path.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
+from naturelens.shipped import read_shipped_or_file, shipped_names
 from naturelens.taxonomy import PhotoClass, Taxonomy
 
 _ENV = jinja2.Environment(
@@ -82,8 +82,7 @@ def _context(taxonomy: Taxonomy, mode: str) -> dict[str, Any]:
 
 def builtin_prompts() -> list[str]:
     """Names of the prompts shipped with naturelens."""
-    folder = resources.files("naturelens") / "prompts"
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return shipped_names("prompts")
 
 
 def load_prompt(name_or_path: str | Path) -> PromptTemplate:
@@ -95,16 +94,13 @@ def load_prompt(name_or_path: str | Path) -> PromptTemplate:
         When there is no such prompt or a field is missing.
     """
     text_name = str(name_or_path)
-    if text_name in builtin_prompts():
-        res = resources.files("naturelens") / "prompts" / f"{text_name}.yaml"
-        text, source = res.read_text(encoding="utf-8"), f"builtin:{text_name}"
-    elif Path(text_name).is_file():
-        text, source = Path(text_name).read_text(encoding="utf-8"), text_name
-    else:
+    found = read_shipped_or_file("prompts", text_name)
+    if found is None:
         raise PromptError(
             f"unknown prompt {text_name!r}: not a prompt file, and not one of "
             f"{', '.join(builtin_prompts())}"
         )
+    text, source = found
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
