@@ -11,13 +11,12 @@ in batches, keep the vectors in memory and save them at the end.
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
-import sys
+import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from peak_memory import arguments, peak_table, run_child, write_photos
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,52 +49,24 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_count
 """
 
 
-def measure(mode: str, ws_dir: Path, model: Path, n: int) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(ws_dir), str(model), str(n)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return float(out[-2]), float(out[-1])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=10_000)
-    parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument("--size", type=int, default=96, help="side of the generated photos")
-    args = parser.parse_args()
-    import shutil
-
-    from naturelens.testing.synthetic import synthetic_photo
+    args = arguments(__doc__, size=96)
     from naturelens.testing.tiny_models import tiny_model
     from naturelens.workspace import Workspace
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        folder = tmp / "photos"
-        folder.mkdir()
-        start = time.perf_counter()
-        for i in range(args.photos):
-            synthetic_photo(i % 6, i, size=args.size).save(folder / f"{i:06d}.jpg", quality=85)
+        write_photos(tmp / "photos", args.photos, args.size)
         model = tiny_model("dinov2", tmp / "models")
         ws = Workspace.create(tmp / "ws", "flips")
-        ws.ingest([folder], labels_from_folders=False)
+        ws.ingest([tmp / "photos"], labels_from_folders=False)
         ws.close()
-        took = time.perf_counter() - start
-        print(f"generated and ingested {args.photos} photos of {args.size}px in {took:.0f} s")
-        print(f"{'code':<12}{'photos':>8}{'peak MiB':>10}{'seconds':>9}")
-        peaks = {}
-        for mode in ("baseline", "naturelens"):
-            for n in (args.small, args.photos):
-                shutil.rmtree(tmp / "ws" / "embeddings", ignore_errors=True)
-                peak, seconds = measure(mode, tmp / "ws", model, n)
-                peaks[mode, n] = peak
-                print(f"{mode:<12}{n:>8}{peak:>10.0f}{seconds:>9.1f}")
-        for mode in ("baseline", "naturelens"):
-            ratio = peaks[mode, args.photos] / peaks[mode, args.small]
-            print(f"{mode}: peak at {args.photos} / peak at {args.small} = {ratio:.2f}")
+
+        def measure(mode: str, n: int) -> tuple[float, float]:
+            shutil.rmtree(tmp / "ws" / "embeddings", ignore_errors=True)
+            return run_child(CHILD, mode, tmp / "ws", model, n)
+
+        peak_table(args.small, args.photos, measure)
 
 
 if __name__ == "__main__":

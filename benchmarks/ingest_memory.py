@@ -8,12 +8,10 @@ baseline is what research scripts do: decode every photo into a list, then write
 
 from __future__ import annotations
 
-import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from peak_memory import arguments, peak_table, run_child, write_photos
 
 CHILD = """
 import resource, sys, time
@@ -43,43 +41,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_count
 """
 
 
-def measure(mode: str, folder: Path, n: int, tmp: Path) -> tuple[float, float]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(folder), str(tmp / f"{mode}-{n}"), str(n)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return float(out[0]), float(out[1])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photos", type=int, default=10_000)
-    parser.add_argument("--small", type=int, default=1_000)
-    parser.add_argument("--size", type=int, default=256, help="side of the generated photos")
-    args = parser.parse_args()
-    from naturelens.testing.synthetic import synthetic_photo
-
+    args = arguments(__doc__, size=256)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         folder = tmp / "photos"
-        folder.mkdir()
-        start = time.perf_counter()
-        for i in range(args.photos):
-            synthetic_photo(i % 6, i, size=args.size).save(folder / f"{i:06d}.jpg", quality=85)
-        took = time.perf_counter() - start
-        print(f"generated {args.photos} photos of {args.size}px in {took:.0f} s")
-        print(f"{'code':<12}{'photos':>8}{'peak MiB':>10}{'seconds':>9}")
-        peaks = {}
-        for mode in ("baseline", "naturelens"):
-            for n in (args.small, args.photos):
-                peak, seconds = measure(mode, folder, n, tmp)
-                peaks[mode, n] = peak
-                print(f"{mode:<12}{n:>8}{peak:>10.0f}{seconds:>9.1f}")
-        for mode in ("baseline", "naturelens"):
-            ratio = peaks[mode, args.photos] / peaks[mode, args.small]
-            print(f"{mode}: peak at {args.photos} / peak at {args.small} = {ratio:.2f}")
+        write_photos(folder, args.photos, args.size)
+        peak_table(
+            args.small,
+            args.photos,
+            lambda mode, n: run_child(CHILD, mode, folder, tmp / f"{mode}-{n}", n),
+        )
 
 
 if __name__ == "__main__":
