@@ -515,12 +515,13 @@ class Workspace:
         )
 
     def runs(self, method: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM runs"
-        args: list = []
+        """Every run (or every run of ``method``), oldest first."""
         if method:
-            sql += " WHERE method = ?"
-            args = [method]
-        cur = self.db.execute(sql + " ORDER BY started_at, run_id", args)
+            return self._run_records("WHERE method = ?", [method])
+        return self._run_records("", [])
+
+    def _run_records(self, where: str, args: list) -> list[dict[str, Any]]:
+        cur = self.db.execute(f"SELECT * FROM runs {where} ORDER BY started_at, run_id", args)
         cols = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
@@ -532,15 +533,22 @@ class Workspace:
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
         """One run's record; the latest run when ``run_id`` is None."""
-        runs = self.runs()
-        if not runs:
-            raise WorkspaceError(f"{self.root}: no runs yet (run `naturelens classify` first)")
         if run_id is None:
-            return runs[-1]
-        for r in runs:
-            if r["run_id"] == run_id:
-                return r
-        raise WorkspaceError(f"no run {run_id!r}; runs: {[r['run_id'] for r in runs]}")
+            where = "WHERE run_id = (SELECT arg_max(run_id, (started_at, run_id)) FROM runs)"
+            found = self._run_records(where, [])
+        else:
+            found = self._run_records("WHERE run_id = ?", [run_id])
+        if found:
+            return found[0]
+        ids = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT run_id FROM runs ORDER BY started_at, run_id"
+            ).fetchall()
+        ]
+        if not ids:
+            raise WorkspaceError(f"{self.root}: no runs yet (run `naturelens classify` first)")
+        raise WorkspaceError(f"no run {run_id!r}; runs: {ids}")
 
     def done_photo_ids(self, run_id: str) -> set[str]:
         """Photos that already have a prediction in ``run_id`` (for resuming)."""
