@@ -16,7 +16,7 @@ from naturelens.cli import app
 from naturelens.images import PhotoDecodeError, decode_photo
 from naturelens.testing.bad_inputs import make_bad_corpus
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace import Prediction, Workspace, WorkspaceError
 
 runner = CliRunner()
 
@@ -181,7 +181,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace import Prediction, Workspace, WorkspaceError
 ws = Workspace.open(sys.argv[1])
 ws.ingest([sys.argv[2]], batch_size=20)
 """
@@ -234,3 +234,18 @@ def test_api_keys_are_never_stored_with_a_run(labelled_workspace):
     assert params == {"api_key": "<hidden>", "max_tokens": 5}
     ws.close()
     assert not any(b"sk-very-secret" in f.read_bytes() for f in ws.root.rglob("*") if f.is_file())
+
+
+def test_latest_run_is_the_latest_finished_one(labelled_workspace):
+    ws = labelled_workspace
+    with pytest.raises(WorkspaceError, match="no runs yet"):
+        ws.run()
+    done, _ = ws.start_run("probe", {"a": 1})
+    ws.finish_run(done)
+    broken, _ = ws.start_run("zeroshot", {"a": 2})
+    ws.finish_run(broken, status="interrupted")
+    assert ws.run()["run_id"] == done
+    assert ws.run(broken)["status"] == "interrupted"
+    ws.db.execute("UPDATE runs SET status = 'interrupted'")
+    with pytest.raises(WorkspaceError, match="no finished run yet"):
+        ws.run()

@@ -330,7 +330,7 @@ def evaluate_run(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Score a stored run (the latest when ``run_id`` is None) against the gold labels.
+    """Score a stored run (the latest finished when ``run_id`` is None) against the gold labels.
 
     See :func:`evaluate_predictions` for the result; it also carries ``run_id``,
     ``method``, the run's parameters and the number of the run's photos without a gold

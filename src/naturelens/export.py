@@ -38,7 +38,7 @@ class ExportError(ValueError):
 def export_run(
     ws: Workspace, run_id: str | None, output: str | Path, batch_size: int = 5000
 ) -> int:
-    """Write run ``run_id`` (the latest when None) to ``output``; returns the row count.
+    """Write run ``run_id`` (the latest finished when None) to ``output``; returns the row count.
 
     Parameters
     ----------

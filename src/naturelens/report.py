@@ -40,7 +40,7 @@ from naturelens import __version__
 from naturelens.compare import format_accuracy, format_energy, latest_comparison
 from naturelens.evaluation import EvaluationError, evaluate_run
 from naturelens.images import PhotoDecodeError, load_photo
-from naturelens.workspace import Workspace, now
+from naturelens.workspace import Workspace, WorkspaceError, now
 
 # Distinct colours for classes, in taxonomy order (Tableau 10, then 10 lighter ones).
 PALETTE = [
@@ -181,8 +181,10 @@ def _class_meta(ws: Workspace) -> dict[str, dict[str, str]]:
 def _choose_run(ws: Workspace, run_id: str | None) -> dict[str, Any] | None:
     if run_id is not None:
         return ws.run(run_id)
-    done = [r for r in ws.runs() if r["status"] == "done"]
-    return done[-1] if done else None
+    try:
+        return ws.run()
+    except WorkspaceError:
+        return None  # no finished run yet: the report shows the gold labels
 
 
 def _distribution(ws: Workspace, run: dict | None) -> list[dict[str, Any]]:

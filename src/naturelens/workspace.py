@@ -532,22 +532,24 @@ class Workspace:
         return out
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
-        """One run's record; the latest run when ``run_id`` is None."""
+        """One run's record; the latest finished run when ``run_id`` is None.
+
+        An interrupted or failed run is only returned by its id, so commands that
+        default to "the latest run" never report on half a run.
+        """
         if run_id is None:
-            where = "WHERE run_id = (SELECT arg_max(run_id, (started_at, run_id)) FROM runs)"
-            found = self._run_records(where, [])
+            latest = "SELECT arg_max(run_id, (started_at, run_id)) FROM runs WHERE status = 'done'"
+            found = self._run_records(f"WHERE run_id = ({latest})", [])
         else:
             found = self._run_records("WHERE run_id = ?", [run_id])
         if found:
             return found[0]
-        ids = [
-            r[0]
-            for r in self.db.execute(
-                "SELECT run_id FROM runs ORDER BY started_at, run_id"
-            ).fetchall()
-        ]
+        rows = self.db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()
+        ids = [r[0] for r in rows]
         if not ids:
             raise WorkspaceError(f"{self.root}: no runs yet (run `naturelens classify` first)")
+        if run_id is None:
+            raise WorkspaceError(f"{self.root}: no finished run yet; unfinished runs: {ids}")
         raise WorkspaceError(f"no run {run_id!r}; runs: {ids}")
 
     def done_photo_ids(self, run_id: str) -> set[str]:

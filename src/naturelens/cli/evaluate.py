@@ -17,7 +17,7 @@ from naturelens.workspace import WorkspaceError
 @app.command()
 def evaluate(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    run: str = typer.Option(None, "--run", "-r", help="Run id (default: the latest run)."),
+    run: str = typer.Option(None, "--run", "-r", help="Run id (default: the latest finished run)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95 % intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
@@ -220,7 +220,9 @@ def report(
 @app.command()
 def export(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    run: str = typer.Option(None, "--run", "-r", help="Run to export (default: the latest)."),
+    run: str = typer.Option(
+        None, "--run", "-r", help="Run to export (default: the latest finished)."
+    ),
     output: Path = typer.Option(
         ..., "--output", "-o", help="File to write: .csv, .parquet or .geojson."
     ),
