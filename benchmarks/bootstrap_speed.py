@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-from naturelens.evaluation import NO_CLASS, bootstrap_intervals
+from naturelens.evaluation.metrics import NO_CLASS, bootstrap_intervals
 
 
 def baseline(gold, pred, labels, resamples, seed):

@@ -5,9 +5,10 @@ Each measurement runs in a fresh process: the data is generated there in chunks 
 into one float32 array, then clustered; "extra MiB" is the peak resident memory above what
 the process held once the data was in memory.
 
-Ours (naturelens.clustering): L2 normalisation, PCA to 50 dimensions fitted on a 20,000
-sample, then either k-means (k chosen by silhouette on the sample, mini-batch k-means on
-every row) or HDBSCAN (min_cluster_size chosen by DBCV, fitted on the sample, the other
+Ours (naturelens.methods.cluster.algorithms): L2 normalisation, PCA to 50 dimensions
+fitted on a 20,000 sample, then either k-means (k chosen by silhouette on the sample,
+mini-batch k-means on every row) or HDBSCAN (min_cluster_size chosen by DBCV, fitted on
+the sample, the other
 rows assigned by a vote of their 5 nearest sampled neighbours).
 
 Baselines, the direct use of scikit-learn on the full 384-dimensional data: KMeans (Lloyd,
@@ -56,7 +57,12 @@ def peak_mib() -> float:
 
 
 def ours(x: np.ndarray, algorithm: str) -> np.ndarray:
-    from naturelens.clustering import Reducer, cluster_embeddings, l2_normalise, sample_rows
+    from naturelens.methods.cluster.algorithms import (
+        Reducer,
+        cluster_embeddings,
+        l2_normalise,
+        sample_rows,
+    )
 
     algorithm, _, given = algorithm.partition(" k=")
     sample = l2_normalise(x[sample_rows(len(x), 20_000, 0)])

@@ -23,12 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CHILD = """
 import resource, sys, time
 mode, ws_dir, model, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 ws = Workspace.open(ws_dir)
 ids = ws.photo_ids()[:n]
 start = time.perf_counter()
 if mode == "naturelens":
-    from naturelens.embed import embed_photos
+    from naturelens.models.embedding import embed_photos
     emb = embed_photos(ws, model, ids, batch_size=32, precision="fp32")
     assert emb.computed == n, emb.computed
 else:
@@ -52,7 +52,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_count
 def main() -> None:
     args = arguments(__doc__, size=96)
     from naturelens.testing.tiny_models import tiny_model
-    from naturelens.workspace import Workspace
+    from naturelens.workspace.core import Workspace
 
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)

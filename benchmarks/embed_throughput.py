@@ -130,8 +130,8 @@ class Baseline:
 
 
 def run_engine(ws_root: Path, model: Path, batch_size: int, precision: str):
-    from naturelens.embed import embed_photos, load_embeddings
-    from naturelens.workspace import Workspace
+    from naturelens.models.embedding import embed_photos, load_embeddings
+    from naturelens.workspace.core import Workspace
 
     ws = Workspace.open(ws_root)
     shutil.rmtree(ws_root / "embeddings", ignore_errors=True)
@@ -151,7 +151,7 @@ def model_only_rate(model: Path, paths: list[Path], precision: str) -> float:
     """The engine's model on already decoded photos: the ceiling for the whole engine."""
     import numpy as np
 
-    from naturelens.backbones import load_backbone
+    from naturelens.models.backbones import load_backbone
 
     backbone = load_backbone(str(model), device="cpu", precision=precision)
     pixels = np.stack([backbone.preprocessing.decode(p.read_bytes()) for p in paths[:32]])
@@ -182,8 +182,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from naturelens.backbones import pick_device, pick_dtype
-    from naturelens.workspace import Workspace
+    from naturelens.models.backbones import pick_device, pick_dtype
+    from naturelens.workspace.core import Workspace
 
     work = args.work or Path(tempfile.mkdtemp(prefix="naturelens-bench-"))
     photos = work / "photos"

@@ -22,7 +22,7 @@ manifest = Path(ws_dir + ".csv")
 manifest.write_text("id,path\\n" + "".join(f"{i},{f}\\n" for i, f in enumerate(files)))
 start = time.perf_counter()
 if mode == "naturelens":
-    from naturelens.workspace import Workspace
+    from naturelens.workspace.core import Workspace
     ws = Workspace.create(ws_dir, "flips")
     ws.ingest([manifest])
     assert ws.status()["photos"] == n

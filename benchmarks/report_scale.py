@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from naturelens.report import ReportOptions, build_report
+from naturelens.report.html import ReportOptions, build_report
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 
 def main() -> None:

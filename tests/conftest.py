@@ -17,7 +17,7 @@ import httpx  # noqa: E402
 import pytest  # noqa: E402
 
 from naturelens.testing.synthetic import make_photo_set  # noqa: E402
-from naturelens.workspace import Workspace  # noqa: E402
+from naturelens.workspace.core import Workspace  # noqa: E402
 
 
 @pytest.fixture(scope="session")

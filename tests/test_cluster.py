@@ -12,8 +12,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.cluster_metrics import cluster_scores
-from naturelens.clustering import (
+from naturelens.evaluation.clusters import cluster_scores
+from naturelens.evaluation.metrics import evaluate_run
+from naturelens.methods.cluster.algorithms import (
     NOISE,
     Reducer,
     cluster_embeddings,
@@ -22,10 +23,9 @@ from naturelens.clustering import (
     medoids,
     silhouette,
 )
-from naturelens.evaluation import evaluate_run
 from naturelens.testing.synthetic import make_photo_set
 from naturelens.testing.tiny_models import tiny_model
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 runner = CliRunner()
 
@@ -158,7 +158,7 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def embedded_ws(tmp_path_factory, photos):
     """A workspace of the 48 photos with their EfficientNet-Lite0 embeddings, made once."""
-    from naturelens.embed import embed_photos
+    from naturelens.models.embedding import embed_photos
 
     root = tmp_path_factory.mktemp("cluster-ws") / "ws"
     with Workspace.create(root, "flips") as w:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from naturelens import compare as compare_mod
 from naturelens.cli import app
-from naturelens.compare import (
+from naturelens.evaluation import compare as compare_mod
+from naturelens.evaluation.compare import (
     CompareError,
     compare,
     energy_meter,
@@ -18,12 +18,12 @@ from naturelens.compare import (
     parse_method_specs,
     save_comparison,
 )
-from naturelens.evaluation import evaluate_predictions
+from naturelens.evaluation.metrics import evaluate_predictions
+from naturelens.evaluation.protocol import kshot_split
 from naturelens.methods import METHODS, Method, make_method, run_method
 from naturelens.methods.ensemble import Ensemble
-from naturelens.protocol import kshot_split
 from naturelens.testing.tiny_models import tiny_model
-from naturelens.workspace import Prediction
+from naturelens.workspace.core import Prediction
 
 
 class ColourCentroid(Method):

@@ -17,12 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.describe import description_sets, load_descriptions
 from naturelens.taxonomy import load_taxonomy
 from naturelens.testing.synthetic import make_photo_set
 from naturelens.testing.tiny_models import tiny_model
 from naturelens.text import join_text, make_text_classifier
-from naturelens.workspace import Workspace
+from naturelens.text.describe import description_sets, load_descriptions
+from naturelens.workspace.core import Workspace
 
 runner = CliRunner()
 FLIPS = set(load_taxonomy("flips").class_ids)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from naturelens.backbones import (
+from naturelens.cli import app
+from naturelens.models.backbones import (
     BackboneError,
     Preprocessing,
     load_backbone,
@@ -16,19 +17,18 @@ from naturelens.backbones import (
     pick_dtype,
     resolve_card,
 )
-from naturelens.cli import app
-from naturelens.embed import (
+from naturelens.models.cards import CardError, get_card
+from naturelens.models.embedding import (
     embed_batches,
     embed_photos,
     embedding_set,
     load_embeddings,
     missing_photo_ids,
 )
-from naturelens.images import decode_photo
-from naturelens.models import CardError, get_card
+from naturelens.sources.images import decode_photo
 from naturelens.testing.synthetic import synthetic_photo
 from naturelens.testing.tiny_models import tiny_model
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 
 runner = CliRunner()
 

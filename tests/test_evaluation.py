@@ -9,10 +9,10 @@ import pytest
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
-from naturelens import evaluation
 from naturelens.cli import app
-from naturelens.cluster_metrics import cluster_scores
-from naturelens.evaluation import (
+from naturelens.evaluation import metrics as evaluation
+from naturelens.evaluation.clusters import cluster_scores
+from naturelens.evaluation.metrics import (
     NO_CLASS,
     EvaluationError,
     bootstrap_intervals,
@@ -23,7 +23,7 @@ from naturelens.evaluation import (
     scores_from_confusion,
 )
 from naturelens.taxonomy import load_taxonomy
-from naturelens.workspace import Prediction
+from naturelens.workspace.core import Prediction
 
 FLIPS = load_taxonomy("flips")
 CES = load_taxonomy("ces11")

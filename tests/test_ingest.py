@@ -13,10 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.images import PhotoDecodeError, decode_photo
+from naturelens.sources.images import PhotoDecodeError, decode_photo
 from naturelens.testing.bad_inputs import make_bad_corpus
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Prediction, Workspace, WorkspaceError
+from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
 
 runner = CliRunner()
 
@@ -181,7 +181,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from naturelens.workspace import Prediction, Workspace, WorkspaceError
+from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
 ws = Workspace.open(sys.argv[1])
 ws.ingest([sys.argv[2]], batch_size=20)
 """

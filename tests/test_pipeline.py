@@ -13,12 +13,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.describe import load_descriptions
-from naturelens.images import load_photo
-from naturelens.pipeline import pipeline_results, run_offline_pipeline
-from naturelens.tagger import TAGGER, Tagger, imagenet_classes, tag_name
+from naturelens.methods.offline import pipeline_results, run_offline_pipeline
+from naturelens.sources.images import load_photo
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Workspace
+from naturelens.text.describe import load_descriptions
+from naturelens.text.tagger import TAGGER, Tagger, imagenet_classes, tag_name
+from naturelens.workspace.core import Workspace
 
 runner = CliRunner()
 SKIMAGE = Path(skimage.__file__).parent / "data"

@@ -21,7 +21,7 @@ from naturelens.methods.finetune import (
 )
 from naturelens.methods.probe import load_model_dir, model_dir_for
 from naturelens.testing.tiny_models import tiny_model
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 
 runner = CliRunner()
 

@@ -9,7 +9,6 @@ import torch
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.ledger import Ledger
 from naturelens.methods import make_method
 from naturelens.methods.base import PhotoSet
 from naturelens.prompts import PromptError, load_prompt
@@ -17,7 +16,8 @@ from naturelens.taxonomy import load_taxonomy
 from naturelens.testing.synthetic import make_photo_set, synthetic_photo
 from naturelens.testing.tiny_models import tiny_model
 from naturelens.vlm import ChatRequest, answer_schema, load_vlm, parse_answer
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
+from naturelens.workspace.ledger import Ledger
 
 FLIPS = load_taxonomy("flips")
 

@@ -17,10 +17,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.export import ExportError, export_run
-from naturelens.report import ReportOptions, build_report, photo_user_days, thumbnail_path
+from naturelens.report.export import ExportError, export_run
+from naturelens.report.html import ReportOptions, build_report, photo_user_days, thumbnail_path
 from naturelens.testing.synthetic import make_photo_set
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 EVIL_TITLE = (
     "<script>document.title='pwned'</script>"

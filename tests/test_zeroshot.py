@@ -14,7 +14,7 @@ from naturelens.methods.base import PhotoSet
 from naturelens.methods.zeroshot import class_texts, load_template_set
 from naturelens.testing.synthetic import make_photo_set
 from naturelens.testing.tiny_models import tiny_model
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_store_and_direct_modes_agree_and_never_shift_a_photo(
     ws = labelled_workspace
     ids = ws.photo_ids()
     ws.photo_path(ids[5]).write_bytes(b"not a photo any more")
-    import naturelens.embed as embed
+    import naturelens.models.embedding as embed
 
     def no_per_batch_reads(*args, **kwargs):
         raise AssertionError("zero-shot must read the store in one pass")

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 
 # (package, file inside it, FLIPS class or "", title, tags)
 SAMPLES = [
@@ -116,7 +116,7 @@ def run_demo(root: Path, console: Console | None = None) -> Workspace:
 
 def _write_report(ws: Workspace, console: Console) -> Path:
     """Write the HTML report into the demo workspace and print where it is."""
-    from naturelens.report import build_report
+    from naturelens.report.html import build_report
 
     path = build_report(ws, ws.root / "report.html")
     console.print(f"Report: [bold]{path.resolve()}[/] (open it in a browser)")
@@ -125,7 +125,7 @@ def _write_report(ws: Workspace, console: Console) -> Path:
 
 def _classify_offline(ws: Workspace, console: Console) -> str:
     """Run the offline label-free pipeline and print each photo's class and top tags."""
-    from naturelens.pipeline import pipeline_results, run_offline_pipeline
+    from naturelens.methods.offline import pipeline_results, run_offline_pipeline
 
     console.print(
         "Classifying with the offline pipeline: EfficientNet-Lite0 tags each photo, "

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import yaml
 
+from naturelens.errors import NaturelensError
 from naturelens.shipped import read_shipped_or_file, shipped_names
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(NaturelensError, ValueError):
     """A taxonomy file is missing, malformed or inconsistent."""
 
 

@@ -1,24 +1,45 @@
-"""The typer application that every command module registers on."""
+"""The typer application that every command module registers on.
+
+Errors a user can fix (:class:`~naturelens.errors.NaturelensError`) are turned into one line
+on stderr and an exit code here, in one place, whichever command raised them.
+"""
 
 from __future__ import annotations
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
+
+from naturelens.errors import NaturelensError
+
+console = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2, hint: str = "") -> None:
+    """Print a user-facing error on one line and exit with ``code``."""
+    text = NaturelensError(message, hint).one_line()
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+class _Group(typer.core.TyperGroup):
+    """Runs a command and reports a :class:`NaturelensError` as one line, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NaturelensError as exc:
+            fail(exc.one_line(), code=exc.exit_code)
+
 
 app = typer.Typer(
     name="naturelens",
     help="Sort photo collections into your classes with large vision and language models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    cls=_Group,
 )
-taxonomy_app = typer.Typer(help="List and show taxonomies.", no_args_is_help=True)
+taxonomy_app = typer.Typer(help="List and show taxonomies.", no_args_is_help=True, cls=_Group)
 app.add_typer(taxonomy_app, name="taxonomy")
-
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a user-facing error and exit."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)

@@ -12,8 +12,8 @@ from rich.table import Table
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
+from naturelens.evaluation.protocol import kshot_split
 from naturelens.methods import METHODS, make_method, run_method
-from naturelens.protocol import kshot_split
 
 
 def parse_params(pairs: list[str]) -> dict:

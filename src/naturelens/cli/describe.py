@@ -10,7 +10,7 @@ from rich.table import Table
 from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.describe import (
+from naturelens.text.describe import (
     DescribeReport,
     description_sets,
     done_ids,
@@ -73,9 +73,9 @@ def describe(
             return
         if not model:
             fail("--model is required (a VLM card name, a local folder or a server's model)")
-        from naturelens.describe import describe_photos
-        from naturelens.models import CardError
+        from naturelens.models.cards import CardError
         from naturelens.prompts import PromptError, load_prompt
+        from naturelens.text.describe import describe_photos
         from naturelens.vlm import VLMError, load_vlm
 
         ids = ws.photo_ids()
@@ -112,7 +112,7 @@ def tag(
     show: int = typer.Option(0, help="Print this many photos' tags afterwards."),
 ) -> None:
     """Tag every photo with its top ImageNet classes (offline EfficientNet-Lite0; resumable)."""
-    from naturelens.tagger import Tagger, tag_photos
+    from naturelens.text.tagger import Tagger, tag_photos
 
     with open_workspace(workspace) as ws:
         ids = ws.photo_ids()

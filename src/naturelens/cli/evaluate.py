@@ -11,7 +11,7 @@ from rich.table import Table
 from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.workspace import WorkspaceError
+from naturelens.workspace.core import WorkspaceError
 
 
 @app.command()
@@ -26,7 +26,7 @@ def evaluate(
 
     Failed and unparsed predictions count as wrong; their number is printed.
     """
-    from naturelens.evaluation import NO_CLASS, evaluate_run
+    from naturelens.evaluation.metrics import NO_CLASS, evaluate_run
 
     with open_workspace(workspace, read_only=True) as ws:
         try:
@@ -116,14 +116,14 @@ def compare(
     labelled photos. A finished run with identical parameters is reused. The table is
     saved in the workspace (comparisons/ and the catalog) for the report.
     """
-    from naturelens.compare import (
+    from naturelens.evaluation.compare import (
         CompareError,
         format_accuracy,
         format_energy,
         parse_method_specs,
         save_comparison,
     )
-    from naturelens.compare import compare as run_compare
+    from naturelens.evaluation.compare import compare as run_compare
 
     try:
         specs = parse_method_specs(methods)
@@ -203,7 +203,7 @@ def report(
     ),
 ) -> None:
     """Write an HTML report: distribution, galleries, disagreements, scores, map."""
-    from naturelens.report import ReportError, ReportOptions, build_report
+    from naturelens.report.html import ReportError, ReportOptions, build_report
 
     options = ReportOptions(
         run_id=run, title=title, cell_km=cell_km, gallery_limit=gallery_limit,
@@ -228,7 +228,7 @@ def export(
     ),
 ) -> None:
     """Export a run's predictions with the photos' metadata (CSV, Parquet or GeoJSON)."""
-    from naturelens.export import ExportError, export_run
+    from naturelens.report.export import ExportError, export_run
 
     with open_workspace(workspace, read_only=True) as ws:
         try:

@@ -29,9 +29,9 @@ def embed(
     retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
 ) -> None:
     """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
-    from naturelens.backbones import BackboneError
-    from naturelens.embed import embed_photos, embedding_set, missing_photo_ids
-    from naturelens.models import CardError
+    from naturelens.models.backbones import BackboneError
+    from naturelens.models.cards import CardError
+    from naturelens.models.embedding import embed_photos, embedding_set, missing_photo_ids
 
     with open_workspace(workspace) as ws:
         try:

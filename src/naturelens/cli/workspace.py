@@ -10,9 +10,9 @@ from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail, taxonomy_app
 from naturelens.cli.progress import photo_progress
-from naturelens.sources import SourceError
+from naturelens.sources.refs import SourceError
 from naturelens.taxonomy import TaxonomyError, builtin_taxonomies, load_taxonomy
-from naturelens.workspace import Workspace, WorkspaceError
+from naturelens.workspace.core import Workspace, WorkspaceError
 
 
 def open_workspace(path: Path, read_only: bool = False) -> Workspace:

@@ -15,7 +15,7 @@ METHODS: dict[str, str] = {
     "zeroshot": "naturelens.methods.zeroshot:ZeroShot",
     "prompt": "naturelens.methods.prompt:Prompt",
     "hybrid": "naturelens.methods.hybrid:Hybrid",
-    "cluster": "naturelens.methods.cluster:Cluster",
+    "cluster": "naturelens.methods.cluster.method:Cluster",
     "ensemble": "naturelens.methods.ensemble:Ensemble",
 }
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 
 @dataclass(frozen=True)

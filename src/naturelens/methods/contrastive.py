@@ -45,7 +45,7 @@ from naturelens.methods.probe import (
     model_dir_for,
     read_model_info,
 )
-from naturelens.workspace import Prediction
+from naturelens.workspace.core import Prediction
 
 OBJECTIVES = ("supcon", "simclr")
 ADAPT = ("last", "lora")
@@ -204,7 +204,7 @@ class Contrastive(Method):
         return self
 
     def _train(self, ws, pool, label_of, class_index, rng, generator) -> list[dict[str, float]]:
-        from naturelens.embed import photo_batches
+        from naturelens.models.embedding import photo_batches
 
         backbone = self.backbone_
         dim = backbone.dim

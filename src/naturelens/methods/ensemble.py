@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
 from naturelens.methods.base import Method, PhotoSet
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 REJECTED = "(rejected)"
 

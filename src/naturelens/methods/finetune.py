@@ -25,8 +25,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from naturelens.backbones import Backbone, Preprocessing, load_backbone
-from naturelens.images import decode_photo
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.methods.probe import (
     fit_fingerprint,
@@ -36,7 +34,9 @@ from naturelens.methods.probe import (
     read_model_info,
     write_model_dir,
 )
-from naturelens.workspace import Prediction, Workspace
+from naturelens.models.backbones import Backbone, Preprocessing, load_backbone
+from naturelens.sources.images import decode_photo
+from naturelens.workspace.core import Prediction, Workspace
 
 MODES = ("head", "last", "lora")
 # Learning rates for the backbone's trainable parts; the head has its own (head_lr).
@@ -221,7 +221,7 @@ def prediction_stream(
     workers: int | None,
 ) -> Iterator[Prediction]:
     """Decode photos in threads, classify each batch, yield one prediction per photo."""
-    from naturelens.embed import photo_batches
+    from naturelens.models.embedding import photo_batches
 
     for batch in photo_batches(ws, dict.fromkeys(photo_ids), backbone, batch_size, workers=workers):
         if batch.ids:
@@ -306,7 +306,7 @@ def stack_batches(
 ) -> tuple[np.ndarray, list[str]]:
     """``convert`` applied to the eval-preprocessed pixels of a (small) set of photos,
     stacked; and the ids that decoded. ``empty`` is the result when none did."""
-    from naturelens.embed import photo_batches
+    from naturelens.models.embedding import photo_batches
 
     ids: list[str] = []
     chunks: list[np.ndarray] = []
@@ -395,7 +395,7 @@ class FineTune(Method):
     seed
         Seed of the split, the sampling, the augmentation and the head's initialisation.
     device, precision
-        See :func:`naturelens.backbones.load_backbone`; bf16 autocast where supported.
+        See :func:`naturelens.models.backbones.load_backbone`; bf16 autocast where supported.
     workers
         Photo-decoding threads.
     save_as
@@ -468,7 +468,7 @@ class FineTune(Method):
         return self.head_(feats.to(self.head_.weight.dtype))
 
     def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> FineTune:
-        from naturelens.embed import photo_batches
+        from naturelens.models.embedding import photo_batches
 
         if labels is None:
             raise ValueError("finetune needs labelled photos")

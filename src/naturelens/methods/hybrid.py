@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from naturelens.describe import DescriptionSource, load_descriptions
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.text import CLASSIFIERS, make_text_classifier, photo_texts
-from naturelens.workspace import Prediction, Workspace
+from naturelens.text.describe import DescriptionSource, load_descriptions
+from naturelens.workspace.core import Prediction, Workspace
 
 TAGS = DescriptionSource.TAGS
 NO_DESCRIPTION = "none"
@@ -193,7 +193,7 @@ class Hybrid(Method):
         self.descriptions_ = self._description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
         if hasattr(self.text_classifier_, "ledger"):
-            from naturelens.ledger import Ledger, current_run_id
+            from naturelens.workspace.ledger import Ledger, current_run_id
 
             self.text_classifier_.ledger = Ledger(ws, current_run_id(ws, self, photos.ids))
         if not self.needs_labels:

@@ -31,7 +31,7 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 
 from naturelens import __version__
 from naturelens.methods.base import Method, PhotoSet
-from naturelens.workspace import Prediction, Workspace, now
+from naturelens.workspace.core import Prediction, Workspace, now
 
 CLASSIFIERS = ("logreg", "knn", "ncm")
 METHOD_FILE = "method.json"
@@ -278,7 +278,7 @@ class Probe(Method):
 
     # -- embeddings
     def _ensure_embedded(self, ws: Workspace, photo_ids: Sequence[str]) -> None:
-        from naturelens.embed import embed_photos, missing_photo_ids
+        from naturelens.models.embedding import embed_photos, missing_photo_ids
 
         if missing_photo_ids(ws, self.model, photo_ids):
             embed_photos(
@@ -292,7 +292,7 @@ class Probe(Method):
             )
 
     def _backbone(self, ws: Workspace):
-        from naturelens.backbones import load_backbone
+        from naturelens.models.backbones import load_backbone
 
         if getattr(self, "_loaded", None) is None:
             self._loaded = load_backbone(
@@ -302,7 +302,7 @@ class Probe(Method):
 
     # -- scikit-learn contract
     def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Probe:
-        from naturelens.embed import load_embeddings
+        from naturelens.models.embedding import load_embeddings
 
         if labels is None:
             raise ValueError("probe needs labelled photos")
@@ -328,7 +328,7 @@ class Probe(Method):
         return self
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
-        from naturelens.embed import embedding_set
+        from naturelens.models.embedding import embedding_set
 
         ws = photos.workspace
         self._ensure_embedded(ws, photos.ids)

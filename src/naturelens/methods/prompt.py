@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from naturelens.images import PhotoDecodeError
-from naturelens.ledger import Ledger, current_run_id
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.prompts import PromptError, PromptTemplate, load_prompt
+from naturelens.sources.images import PhotoDecodeError
 from naturelens.vlm import ChatReply, ChatRequest, VisionLanguageModel, load_vlm
 from naturelens.vlm.answers import answer_schema, parse_answer
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
+from naturelens.workspace.ledger import Ledger, current_run_id
 
 MODES = ("generate", "score")
 
@@ -395,7 +395,7 @@ def _last_reply(state: _Photo) -> str:
 
 
 def _card_backend(model: str, workspace_root=None) -> str:
-    from naturelens.models import CardError, get_card
+    from naturelens.models.cards import CardError, get_card
 
     try:
         return str(get_card(model, workspace=workspace_root).get("backend", ""))

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from naturelens.images import PhotoDecodeError
 from naturelens.methods.base import Method, PhotoSet
-from naturelens.models import ModelCard, get_card
+from naturelens.models.cards import ModelCard, get_card
 from naturelens.shipped import read_shipped_or_file, shipped_names
+from naturelens.sources.images import PhotoDecodeError
 from naturelens.taxonomy import Taxonomy
-from naturelens.workspace import Prediction, Workspace
+from naturelens.workspace.core import Prediction, Workspace
 
 # Stored vectors read per chunk: bounds memory however many photos a run has.
 STORE_CHUNK_ROWS = 1024
@@ -287,7 +287,7 @@ class ZeroShot(Method):
     def _stored_chunks(self, ws: Workspace, photo_ids: Sequence[str]) -> Iterator[Chunk]:
         """Vectors read from the embedding store in one streaming pass over its parts
         (only the wanted rows, a chunk at a time), then the photos it has none for."""
-        from naturelens.embed import embedding_set
+        from naturelens.models.embedding import embedding_set
 
         store = embedding_set(ws, self.model)
         seen: set[str] = set()
@@ -308,7 +308,7 @@ class ZeroShot(Method):
         open_id = ws.taxonomy.open_set.id if ws.taxonomy.open_set else None
         photo_ids = list(dict.fromkeys(photos.ids))  # one prediction per photo
         if self.embeddings == "store":
-            from naturelens.embed import embed_photos
+            from naturelens.models.embedding import embed_photos
 
             # Embeds only photos the store lacks, streaming to disk; then reads them back.
             embed_photos(ws, self.model, photo_ids, batch_size=self.batch_size, device=self.device)

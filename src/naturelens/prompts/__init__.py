@@ -16,6 +16,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from naturelens.errors import NaturelensError
 from naturelens.shipped import read_shipped_or_file, shipped_names
 from naturelens.taxonomy import PhotoClass, Taxonomy
 
@@ -24,7 +25,7 @@ _ENV = jinja2.Environment(
 )
 
 
-class PromptError(ValueError):
+class PromptError(NaturelensError, ValueError):
     """A prompt template is missing or malformed."""
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.weights import device as pick_device
+from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -16,8 +18,6 @@ from naturelens.text.base import (
     from_probabilities,
     softmax,
 )
-from naturelens.text.weights import device as pick_device
-from naturelens.text.weights import hub_hint, resolve
 
 DEFAULT_ENCODER_MODEL = "distilbert-base-uncased"
 

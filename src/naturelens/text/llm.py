@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.weights import device as pick_device
+from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import TextClassifier, TextPrediction, from_probabilities, softmax
-from naturelens.text.weights import device as pick_device
-from naturelens.text.weights import hub_hint, resolve
 
 DEFAULT_LLM = "qwen2.5-0.5b-instruct"
 DEFAULT_PROMPT = "classify_text"
@@ -218,7 +218,7 @@ class LLMClassifier(TextClassifier):
     def _remote(self) -> bool:
         if self.base_url:
             return True
-        from naturelens.models import CardError, get_card
+        from naturelens.models.cards import CardError, get_card
 
         try:
             return get_card(self.text_model).get("backend") == "openai"
@@ -376,7 +376,7 @@ class LocalTextChat:
 def load_chat_model(name: str, base_url: str | None = None, api_key: str | None = None):
     """A model that answers text requests: a server's model (with ``base_url``), a VLM
     card or folder, or a local causal language model."""
-    from naturelens.models import CardError, get_card
+    from naturelens.models.cards import CardError, get_card
     from naturelens.vlm import load_vlm
 
     if base_url:

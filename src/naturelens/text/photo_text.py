@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from naturelens.describe import load_descriptions
-from naturelens.workspace import Workspace
+from naturelens.text.describe import load_descriptions
+from naturelens.workspace.core import Workspace
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.weights import device, hub_hint, resolve
 from naturelens.taxonomy import PhotoClass, Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -21,7 +22,6 @@ from naturelens.text.base import (
     from_probabilities,
     softmax,
 )
-from naturelens.text.weights import device, hub_hint, resolve
 
 DEFAULT_ENCODER = "minilm"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from naturelens.models import CardError, ModelCard, all_cards, get_card
+from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
 from naturelens.vlm.answers import Answer, answer_schema, parse_answer
 from naturelens.vlm.base import (
     ChatReply,
@@ -59,7 +59,7 @@ def load_vlm(
     **options
         Back-end options: see :class:`~naturelens.vlm.local.LocalVLM` and
         :class:`~naturelens.vlm.remote.RemoteVLM`; ``ledger`` attaches a
-        :class:`~naturelens.ledger.Ledger` that records every call.
+        :class:`~naturelens.workspace.ledger.Ledger` that records every call.
     """
     card = vlm_card(model, base_url, workspace)
     if base_url is not None or card.get("backend") == "openai":

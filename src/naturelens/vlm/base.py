@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from naturelens.models import ModelCard
+from naturelens.errors import NaturelensError
+from naturelens.models.cards import ModelCard
 
 if TYPE_CHECKING:
-    from naturelens.ledger import Ledger
+    from naturelens.workspace.ledger import Ledger
 
 
-class VLMError(RuntimeError):
+class VLMError(NaturelensError, RuntimeError):
     """A vision-language model cannot be used as configured (bad key, unknown model...)."""
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from naturelens.models import ModelCard
+from naturelens.models.cards import ModelCard
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
 
 # Models whose rotary positions are 3-D and computed by the model from the images: they

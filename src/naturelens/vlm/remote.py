@@ -25,7 +25,7 @@ from typing import Any
 import openai
 from PIL import Image
 
-from naturelens.models import ModelCard
+from naturelens.models.cards import ModelCard
 from naturelens.vlm.base import (
     ChatReply,
     ChatRequest,

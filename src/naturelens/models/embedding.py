@@ -43,7 +43,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from naturelens import __version__
-from naturelens.backbones import (
+from naturelens.models.backbones import (
     PRECISIONS,
     Backbone,
     BackboneError,
@@ -52,8 +52,8 @@ from naturelens.backbones import (
     model_spec,
     pick_device,
 )
-from naturelens.images import PhotoDecodeError
-from naturelens.workspace import Workspace, now
+from naturelens.sources.images import PhotoDecodeError
+from naturelens.workspace.core import Workspace, now
 
 EMBEDDINGS = "embeddings"
 
@@ -540,7 +540,7 @@ def embed_photos(
     batch_size
         Photos per forward pass.
     device, precision
-        See :func:`naturelens.backbones.load_backbone`.
+        See :func:`naturelens.models.backbones.load_backbone`.
     progress
         Called with the number of photos handled (embedded or failed) after each batch.
     workers

@@ -37,10 +37,11 @@ import jinja2
 from markupsafe import Markup
 
 from naturelens import __version__
-from naturelens.compare import format_accuracy, format_energy, latest_comparison
-from naturelens.evaluation import EvaluationError, evaluate_run
-from naturelens.images import PhotoDecodeError, load_photo
-from naturelens.workspace import Workspace, WorkspaceError, now
+from naturelens.errors import NaturelensError
+from naturelens.evaluation.compare import format_accuracy, format_energy, latest_comparison
+from naturelens.evaluation.metrics import EvaluationError, evaluate_run
+from naturelens.sources.images import PhotoDecodeError, load_photo
+from naturelens.workspace.core import Workspace, WorkspaceError, now
 
 # Distinct colours for classes, in taxonomy order (Tableau 10, then 10 lighter ones).
 PALETTE = [
@@ -97,7 +98,7 @@ class ReportOptions:
     embed_thumbs: bool = False
 
 
-class ReportError(ValueError):
+class ReportError(NaturelensError, ValueError):
     """The report cannot be written as asked."""
 
 

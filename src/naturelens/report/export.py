@@ -14,7 +14,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from naturelens.workspace import Workspace
+from naturelens.errors import NaturelensError
+from naturelens.workspace.core import Workspace
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".geojson": "geojson"}
 
@@ -31,7 +32,7 @@ ORDER BY p.photo_id
 """
 
 
-class ExportError(ValueError):
+class ExportError(NaturelensError, ValueError):
     """The export cannot be written as asked."""
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from naturelens.workspace import Workspace, now
+from naturelens.workspace.core import Workspace, now
 
 if TYPE_CHECKING:
     from naturelens.vlm.base import ChatReply, ChatRequest, VisionLanguageModel

@@ -1,9 +1,9 @@
 """Compare methods on a labelled workspace under one protocol, with their costs.
 
 Every method sees the same splits: with ``shots`` the k-shot draws of
-:func:`naturelens.protocol.kshot_split` (``shots`` labelled photos per class to learn from,
-the other labelled photos to test on), otherwise a stratified holdout
-(:func:`naturelens.protocol.holdout_split`); one split per seed. Methods that need no
+:func:`naturelens.evaluation.protocol.kshot_split` (``shots`` labelled photos per class to
+learn from, the other labelled photos to test on), otherwise a stratified holdout
+(:func:`naturelens.evaluation.protocol.holdout_split`); one split per seed. Methods that need no
 labels are tested on the same test photos and learn from nothing. When no method in the
 comparison learns and ``shots`` is not given, every labelled photo is a test photo.
 
@@ -46,10 +46,11 @@ from typing import Any
 
 import yaml
 
-from naturelens.evaluation import evaluate_run
+from naturelens.errors import NaturelensError
+from naturelens.evaluation.metrics import evaluate_run
+from naturelens.evaluation.protocol import holdout_split, kshot_split
 from naturelens.methods import METHODS, make_method, run_method
-from naturelens.protocol import holdout_split, kshot_split
-from naturelens.workspace import Workspace, WorkspaceError, now
+from naturelens.workspace.core import Workspace, WorkspaceError, now
 
 # Default device power for the energy estimate. Server CPUs draw roughly 100-280 W (TDP)
 # over 8-64 cores, about 5-15 W per core; data-centre GPUs 250-700 W (A100 PCIe 250-300 W).
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS comparisons (
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
 
-class CompareError(ValueError):
+class CompareError(NaturelensError, ValueError):
     """A comparison cannot run as asked (bad method spec, too few labels...)."""
 
 

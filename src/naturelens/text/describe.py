@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from naturelens.images import PhotoDecodeError
-from naturelens.workspace import Workspace, now
+from naturelens.sources.images import PhotoDecodeError
+from naturelens.workspace.core import Workspace, now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS descriptions (
@@ -181,7 +181,7 @@ def done_ids(ws: Workspace, source: str, prompt_version: str) -> set[str]:
 def source_name(model: str) -> str:
     """The name descriptions by ``model`` are stored under: its card's name, or for a
     local folder the folder's name, or else the name as given (a remote model)."""
-    from naturelens.models import CardError, get_card
+    from naturelens.models.cards import CardError, get_card
 
     try:
         return get_card(model).name
@@ -230,9 +230,9 @@ def describe_photos(
     -------
     DescribeReport
     """
-    from naturelens.ledger import Ledger
     from naturelens.prompts import load_prompt
     from naturelens.vlm import ChatRequest, load_vlm
+    from naturelens.workspace.ledger import Ledger
 
     template = load_prompt(prompt)
     text = template.render(ws.taxonomy)
@@ -347,7 +347,7 @@ class DescriptionSource:
         self.top_k = top_k
         self.max_tokens = max_tokens
         if describer == self.TAGS:
-            from naturelens.tagger import TAGGER, prompt_version
+            from naturelens.text.tagger import TAGGER, prompt_version
 
             self.source, self.version = TAGGER, prompt_version(top_k)
         else:
@@ -364,7 +364,7 @@ class DescriptionSource:
         if not missing:
             return
         if self.describer == self.TAGS:
-            from naturelens.tagger import Tagger, tag_photos
+            from naturelens.text.tagger import Tagger, tag_photos
 
             self._model = self._model or Tagger(top_k=self.top_k)
             tag_photos(ws, missing, tagger=self._model)

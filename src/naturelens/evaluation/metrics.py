@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from naturelens.cluster_metrics import cluster_scores
+from naturelens.evaluation.clusters import cluster_scores
 from naturelens.taxonomy import Taxonomy
-from naturelens.workspace import Prediction, Workspace, WorkspaceError
+from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
 
 NO_CLASS = "(no class)"
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")

@@ -33,9 +33,10 @@ import yaml
 from PIL import Image
 
 from naturelens import __version__
-from naturelens.download import Downloader, DownloadError
-from naturelens.images import PhotoDecodeError, decode_photo, inspect_photo
-from naturelens.sources import PhotoRef, iter_source
+from naturelens.errors import NaturelensError
+from naturelens.sources.download import Downloader, DownloadError
+from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
+from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 
 SCHEMA = """
@@ -129,7 +130,7 @@ WHERE p.failure IS NULL;
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
 
-class WorkspaceError(ValueError):
+class WorkspaceError(NaturelensError, ValueError):
     """A workspace is missing, already exists, or is asked for something it lacks."""
 
 

@@ -2,9 +2,9 @@
 
 Embeddings (any vision backbone, through the embedding engine) are optionally L2
 normalised, reduced (PCA or UMAP) and clustered (k-means, HDBSCAN or agglomerative; see
-:mod:`naturelens.clustering`, which never costs quadratic time or memory in the number of
-photos). The number of clusters, or HDBSCAN's density parameter, is chosen by internal
-scores unless given.
+:mod:`naturelens.methods.cluster.algorithms`, which never costs quadratic time or memory
+in the number of photos). The number of clusters, or HDBSCAN's density parameter, is
+chosen by internal scores unless given.
 
 Naming a cluster gives its photos a class:
 
@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from naturelens.clustering import (
+from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.cluster.algorithms import (
     NOISE,
     Reducer,
     cluster_embeddings,
@@ -39,8 +40,7 @@ from naturelens.clustering import (
     medoids,
     sample_rows,
 )
-from naturelens.methods.base import Method, PhotoSet
-from naturelens.workspace import Prediction, Workspace, WorkspaceError
+from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
 
 NAMINGS = ("majority", "vlm", "llm", "none")
 
@@ -198,7 +198,7 @@ class Cluster(Method):
     # ------------------------------------------------------------------ embeddings
     def _reduced(self, ws: Workspace, photo_ids: Sequence[str]):
         """(ids with vectors, reduced matrix, failures) for ``photo_ids``, streamed."""
-        from naturelens.embed import embed_photos
+        from naturelens.models.embedding import embed_photos
 
         emb = embed_photos(ws, self.model, photo_ids, batch_size=self.batch_size)
         failures = emb.failures(photo_ids)
@@ -221,7 +221,7 @@ class Cluster(Method):
 
     # ------------------------------------------------------------------ predict
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
-        from naturelens.ledger import current_run_id
+        from naturelens.workspace.ledger import current_run_id
 
         ws = photos.workspace
         run_id = current_run_id(ws, self, [])
@@ -318,7 +318,7 @@ class Cluster(Method):
         return load_prompt(self.prompt).version_tag
 
     def _summarise(self, ws, result, names, seconds) -> None:
-        from naturelens.ledger import current_run_id
+        from naturelens.workspace.ledger import current_run_id
 
         run_id = current_run_id(ws, self, [])
         if run_id is None:
@@ -373,11 +373,11 @@ class Cluster(Method):
         return ClusterName(top, share, shares, f"{top} by {share:.0%} of {voters} votes")
 
     def _by_model(self, ws, ids, z, labels, clusters) -> dict[int, ClusterName]:
-        from naturelens.ledger import Ledger, current_run_id
         from naturelens.prompts import load_prompt
         from naturelens.text.llm import load_chat_model
         from naturelens.vlm import ChatRequest, load_vlm
         from naturelens.vlm.answers import answer_schema, parse_answer
+        from naturelens.workspace.ledger import Ledger, current_run_id
 
         template = load_prompt(self.prompt)
         if self.naming == "vlm":
@@ -453,7 +453,7 @@ class Cluster(Method):
 
     def _descriptions(self, ws: Workspace, photo_ids: list[str]) -> dict[str, str]:
         """Descriptions of ``photo_ids`` from ``describer``, written first where missing."""
-        from naturelens.describe import DescriptionSource
+        from naturelens.text.describe import DescriptionSource
 
         found = DescriptionSource(self.describer).texts(ws, photo_ids)
         return {p: d.text for p, d in found.items()}

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from naturelens.describe import DescribeReport, Description, done_ids, write_descriptions
-from naturelens.images import PhotoDecodeError, load_photo
-from naturelens.models import get_card
-from naturelens.workspace import Workspace
+from naturelens.models.cards import get_card
+from naturelens.sources.images import PhotoDecodeError, load_photo
+from naturelens.text.describe import DescribeReport, Description, done_ids, write_descriptions
+from naturelens.workspace.core import Workspace
 
 TAGGER = "efficientnet-lite0-tagger"
 
@@ -77,7 +77,7 @@ class Tagger:
 
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
-        from naturelens.backbones import load_efficientnet_lite0
+        from naturelens.models.backbones import load_efficientnet_lite0
 
         self.card = get_card(model, kind="tagger")
         if self.card.get("architecture") != "efficientnet-lite0":

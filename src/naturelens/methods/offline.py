@@ -18,7 +18,7 @@ from typing import Any
 
 from naturelens.methods.base import run_method
 from naturelens.methods.hybrid import Hybrid
-from naturelens.workspace import Workspace
+from naturelens.workspace.core import Workspace
 
 
 def offline_method(use_title: bool = False, use_tags: bool = False, top_k: int = 5) -> Hybrid:
@@ -60,8 +60,8 @@ def run_offline_pipeline(
 
 def pipeline_results(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
     """Per photo of a pipeline run: file name, class, confidence, status, top tags, gold label."""
-    from naturelens.describe import load_descriptions
-    from naturelens.tagger import TAGGER
+    from naturelens.text.describe import load_descriptions
+    from naturelens.text.tagger import TAGGER
 
     preds = ws.predictions(run_id)
     ids = [p.photo_id for p in preds]

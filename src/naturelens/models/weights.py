@@ -6,7 +6,7 @@ import os
 from importlib import util
 from pathlib import Path
 
-from naturelens.models import CardError, ModelCard, get_card
+from naturelens.models.cards import CardError, ModelCard, get_card
 
 
 def device() -> str:

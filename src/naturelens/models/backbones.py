@@ -25,8 +25,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from naturelens.images import decode_photo
-from naturelens.models import CardError, ModelCard, all_cards, get_card
+from naturelens.errors import NaturelensError
+from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
+from naturelens.sources.images import decode_photo
 
 POOLINGS = ("cls", "mean", "cls+mean", "image_embeds")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -36,7 +37,7 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
 _RESAMPLE_CODES = {2: "bilinear", 3: "bicubic"}
 
 
-class BackboneError(ValueError):
+class BackboneError(NaturelensError, ValueError):
     """A backbone cannot be loaded or used as asked."""
 
 
@@ -113,7 +114,7 @@ class Preprocessing:
 
         Raises
         ------
-        naturelens.images.PhotoDecodeError
+        naturelens.sources.images.PhotoDecodeError
             When the bytes are not a usable photo.
         """
         return self.prepare(decode_photo(data, max_side=self.draft_side))

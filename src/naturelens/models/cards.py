@@ -26,10 +26,12 @@ from typing import Any
 
 import yaml
 
+from naturelens.errors import NaturelensError
+
 KINDS = {"vision", "clip", "siglip", "vlm", "llm", "text", "tagger"}
 
 
-class CardError(ValueError):
+class CardError(NaturelensError, ValueError):
     """A model card is missing or invalid."""
 
 

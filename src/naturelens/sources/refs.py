@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from naturelens.errors import NaturelensError
+
 PHOTO_SUFFIXES = {
     ".jpg",
     ".jpeg",
@@ -44,7 +46,7 @@ MANIFEST_COLUMNS = {
 }
 
 
-class SourceError(ValueError):
+class SourceError(NaturelensError, ValueError):
     """A source cannot be read at all (missing file, unknown format, missing columns)."""
 
 

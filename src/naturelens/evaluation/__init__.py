@@ -1,0 +1,1 @@
+"""Evaluation: metrics, protocols (k-shot, holdout), comparisons of methods, energy and cost."""

@@ -1,0 +1,1 @@
+"""Clustering: reduce and cluster embeddings (``algorithms``) and the ``cluster`` method."""

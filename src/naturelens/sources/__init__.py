@@ -1,0 +1,1 @@
+"""Where photos come from: folders, manifests, URL lists, downloads, safe decoding, ingest."""
