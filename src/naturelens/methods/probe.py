@@ -29,7 +29,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.methods.base import Method, PhotoSet
 from naturelens.workspace.core import Prediction, Workspace, now
 

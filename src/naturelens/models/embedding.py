@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.models.backbones import (
     PRECISIONS,
     Backbone,

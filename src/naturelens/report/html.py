@@ -36,7 +36,7 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.compare import format_accuracy, format_energy, latest_comparison
 from naturelens.evaluation.metrics import EvaluationError, evaluate_run

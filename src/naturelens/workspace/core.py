@@ -32,100 +32,14 @@ import duckdb
 import yaml
 from PIL import Image
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader, DownloadError
-from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
+from naturelens.sources.download import Downloader
+from naturelens.sources.images import PhotoDecodeError, decode_photo
+from naturelens.sources.ingest import read_ref
 from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS photos (
-    photo_id VARCHAR PRIMARY KEY,
-    path VARCHAR,
-    bytes BIGINT,
-    width INTEGER,
-    height INTEGER,
-    format VARCHAR,
-    exif_lat DOUBLE,
-    exif_lon DOUBLE,
-    exif_taken_at TIMESTAMP,
-    failure VARCHAR,
-    failure_detail VARCHAR,
-    added_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS refs (
-    ref VARCHAR PRIMARY KEY,
-    source VARCHAR,
-    photo_id VARCHAR,
-    path VARCHAR,
-    url VARCHAR,
-    manifest_id VARCHAR,
-    label_raw VARCHAR,
-    lat DOUBLE,
-    lon DOUBLE,
-    owner VARCHAR,
-    taken_at TIMESTAMP,
-    title VARCHAR,
-    tags VARCHAR,
-    failure VARCHAR,
-    failure_detail VARCHAR,
-    added_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS labels (
-    photo_id VARCHAR PRIMARY KEY,
-    class_id VARCHAR NOT NULL,
-    origin VARCHAR
-);
-CREATE TABLE IF NOT EXISTS label_problems (
-    ref VARCHAR PRIMARY KEY,
-    photo_id VARCHAR,
-    label_raw VARCHAR,
-    problem VARCHAR
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    method VARCHAR,
-    config_key VARCHAR,
-    params VARCHAR,
-    taxonomy VARCHAR,
-    code_version VARCHAR,
-    started_at TIMESTAMP,
-    ended_at TIMESTAMP,
-    status VARCHAR,
-    summary VARCHAR
-);
-CREATE TABLE IF NOT EXISTS predictions (
-    run_id VARCHAR,
-    photo_id VARCHAR,
-    class_id VARCHAR,
-    confidence DOUBLE,
-    scores VARCHAR,
-    status VARCHAR,
-    detail VARCHAR,
-    model VARCHAR,
-    prompt_version VARCHAR,
-    seconds DOUBLE,
-    tokens_in BIGINT,
-    tokens_out BIGINT,
-    cost DOUBLE,
-    created_at TIMESTAMP,
-    PRIMARY KEY (run_id, photo_id)
-);
-CREATE OR REPLACE VIEW photo_view AS
-SELECT p.photo_id, p.path, p.bytes, p.width, p.height, p.format,
-       coalesce(r.lat, p.exif_lat) AS lat,
-       coalesce(r.lon, p.exif_lon) AS lon,
-       coalesce(r.taken_at, p.exif_taken_at) AS taken_at,
-       r.owner, r.title, r.tags, r.url, r.manifest_id, l.class_id AS label
-FROM photos p
-LEFT JOIN (
-    SELECT * FROM refs WHERE photo_id IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY photo_id ORDER BY added_at, ref) = 1
-) r USING (photo_id)
-LEFT JOIN labels l USING (photo_id)
-WHERE p.failure IS NULL;
-"""
+from naturelens.workspace import schema
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
@@ -174,6 +88,7 @@ class Prediction:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    cluster: int | None = None
 
     def __post_init__(self):
         assert self.status in PREDICTION_STATUSES, self.status
@@ -234,17 +149,45 @@ class Workspace:
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
+        """The catalog's connection, opened (and brought up to the current schema) on first use."""
         if self._db is None:
-            path = str(self.root / "catalog.duckdb")
-            try:
-                self._db = duckdb.connect(path, read_only=self.read_only)
-            except duckdb.IOException as exc:
-                raise WorkspaceError(
-                    f"{self.root}: the catalog is in use by another naturelens process ({exc})"
-                ) from exc
-            if not self.read_only:
-                self._db.execute(SCHEMA)
+            path = self.root / "catalog.duckdb"
+            self._db = self._connect(path, self.read_only)
+            version = schema.catalog_version(self._db)
+            if version != schema.SCHEMA_VERSION:
+                self._db.close()
+                self._db = None
+                self._upgrade(path, version)
+                self._db = self._connect(path, self.read_only)
         return self._db
+
+    def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WorkspaceError(
+                f"{self.root}: the catalog is in use by another naturelens process ({exc})"
+            ) from exc
+
+    def _upgrade(self, path: Path, version: int | None) -> None:
+        """Make the tables of a new catalog, or migrate an older one after backing it up."""
+        if version is not None and version > schema.SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"{self.root}: the catalog was written by a newer naturelens (schema "
+                f"{version}, this one reads {schema.SCHEMA_VERSION}); upgrade naturelens"
+            )
+        db = self._connect(path, read_only=False)
+        try:
+            if version is None:
+                schema.create(db)
+                return
+            db.execute("CHECKPOINT")  # everything in the file, so the copy is complete
+            db.close()
+            schema.backup(path)
+            db = self._connect(path, read_only=False)
+            schema.migrate(db, version)
+        finally:
+            db.close()
 
     def close(self) -> None:
         if self._db is not None:
@@ -314,7 +257,7 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: _read_ref(r, fetched), todo))
+        results = list(pool.map(lambda r: read_ref(r, fetched), todo))
         known = {
             row[0]
             for row in self.db.execute(
@@ -577,12 +520,16 @@ class Workspace:
                 p.tokens_out,
                 p.cost,
                 stamp,
+                p.cluster,
             )
             for p in predictions
         ]
         if rows:
             self.db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR REPLACE INTO predictions (run_id, photo_id, class_id, confidence, "
+                "scores, status, detail, model, prompt_version, seconds, tokens_in, tokens_out, "
+                "cost, created_at, cluster) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
         return len(rows)
 
@@ -590,7 +537,7 @@ class Workspace:
         """A run's predictions, sorted by photo id."""
         cur = self.db.execute(
             "SELECT photo_id, class_id, confidence, scores, status, detail, model, "
-            "prompt_version, seconds, tokens_in, tokens_out, cost FROM predictions "
+            "prompt_version, seconds, tokens_in, tokens_out, cost, cluster FROM predictions "
             "WHERE run_id = ? ORDER BY photo_id",
             [run_id],
         )
@@ -608,6 +555,7 @@ class Workspace:
                 tokens_in=r[9] or 0,
                 tokens_out=r[10] or 0,
                 cost=r[11] or 0.0,
+                cluster=r[12],
             )
             for r in cur.fetchall()
         ]
@@ -667,51 +615,3 @@ class Workspace:
             """
         )
         return [dict(ref=a, reason=b, detail=c) for a, b, c in cur.fetchall()]
-
-
-@dataclass
-class _ReadResult:
-    ref: PhotoRef
-    photo_id: str | None = None
-    path: str | None = None
-    size: int | None = None
-    info: Any = None
-    failure: str | None = None  # the reference itself failed (missing file, bad row, dead URL)
-    failure_detail: str | None = None
-    photo_failure: str | None = None  # the bytes were read but are not a usable photo
-    photo_failure_detail: str | None = None
-
-
-def _read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadResult:
-    res = _ReadResult(ref)
-    if ref.problem:
-        res.failure, _, res.failure_detail = ref.problem.partition(": ")
-        res.failure_detail = ref.problem
-        return res
-    if ref.path:
-        path = Path(ref.path)
-    else:
-        got = fetched.get(ref.url or "")
-        if isinstance(got, DownloadError):
-            res.failure, res.failure_detail = got.reason, got.detail
-            return res
-        if got is None:
-            res.failure, res.failure_detail = "download failed", "no result"
-            return res
-        path = got
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        res.failure, res.failure_detail = "file not found", str(path)
-        return res
-    except OSError as exc:
-        res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
-        return res
-    res.photo_id = hashlib.sha256(data).hexdigest()
-    res.path = str(path)
-    res.size = len(data)
-    try:
-        res.info = inspect_photo(data)
-    except PhotoDecodeError as exc:
-        res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
-    return res
