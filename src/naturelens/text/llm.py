@@ -213,7 +213,6 @@ class LLMClassifier(TextClassifier):
         self.mode = mode
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        self.ledger = None
 
     def _remote(self) -> bool:
         if self.base_url:
@@ -245,8 +244,6 @@ class LLMClassifier(TextClassifier):
             from naturelens.vlm import load_vlm
 
             self.llm_ = load_vlm(self.text_model, base_url=self.base_url, api_key=self.api_key)
-            if self.ledger is not None and getattr(self.llm_, "ledger", None) is None:
-                self.llm_.ledger = self.ledger
         else:
             self.llm_ = load_causal_lm(self.text_model)
         return self
@@ -256,9 +253,7 @@ class LLMClassifier(TextClassifier):
 
     def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
         if isinstance(self.llm_, CausalLM):
-            preds = self._predict_local(texts)
-            self._record(preds)
-            return preds
+            return self._predict_local(texts)
         return self._predict_remote(texts)
 
     def _predict_local(self, texts: Sequence[str]) -> list[TextPrediction]:
@@ -320,25 +315,29 @@ class LLMClassifier(TextClassifier):
             )
         return out
 
-    def _record(self, preds: Sequence[TextPrediction]) -> None:
-        if self.ledger is None:
-            return
-        self.ledger.record_many(
-            [
-                dict(
-                    model=self.llm_.name,
-                    backend="transformers",
-                    tokens_in=p.tokens_in,
-                    tokens_out=p.tokens_out,
-                    seconds=p.seconds,
-                    cost=0.0,
-                    purpose="classify-text",
-                    prompt_version=self.template_.version_tag,
-                    reply=p.class_id or p.detail,
-                )
-                for p in preds
-            ]
-        )
+    def calls(
+        self, preds: Sequence[TextPrediction], photo_ids: Sequence[str | None] | None = None
+    ) -> list[dict]:
+        """One ledger record per prediction (the model call behind it), for the caller to
+        store with :meth:`naturelens.workspace.ledger.Ledger.record_many`."""
+        ids = photo_ids if photo_ids is not None else [None] * len(preds)
+        backend = getattr(self.llm_, "backend", "") or "transformers"
+        return [
+            dict(
+                model=self.llm_.name,
+                backend=backend,
+                tokens_in=p.tokens_in,
+                tokens_out=p.tokens_out,
+                seconds=p.seconds,
+                cost=p.cost,
+                photo_id=pid,
+                purpose="classify-text",
+                prompt_version=self.template_.version_tag,
+                error=p.detail if p.status == "failed" else None,
+                reply=p.class_id or p.detail,
+            )
+            for p, pid in zip(preds, ids, strict=True)
+        ]
 
 
 class LocalTextChat:
@@ -350,7 +349,6 @@ class LocalTextChat:
     def __init__(self, lm: CausalLM, batch_size: int = 8):
         self.lm = lm
         self.batch_size = batch_size
-        self.ledger = None
 
     @property
     def name(self) -> str:
@@ -367,10 +365,7 @@ class LocalTextChat:
             [self.lm.chat_text(r.text) for r in requests], longest, self.batch_size
         )
         each = (time.perf_counter() - started) / max(1, len(requests))
-        replies = [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
-        if self.ledger is not None:
-            self.ledger.record_replies(self, requests, replies)
-        return replies
+        return [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
 
 
 def load_chat_model(name: str, base_url: str | None = None, api_key: str | None = None):

@@ -58,8 +58,7 @@ def load_vlm(
         environment. It is only held in memory, never written anywhere.
     **options
         Back-end options: see :class:`~naturelens.vlm.local.LocalVLM` and
-        :class:`~naturelens.vlm.remote.RemoteVLM`; ``ledger`` attaches a
-        :class:`~naturelens.workspace.ledger.Ledger` that records every call.
+        :class:`~naturelens.vlm.remote.RemoteVLM`.
     """
     card = vlm_card(model, base_url, workspace)
     if base_url is not None or card.get("backend") == "openai":

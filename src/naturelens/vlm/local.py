@@ -176,7 +176,6 @@ class LocalVLM(VisionLanguageModel):
                     got = [r for req in batch for r in self.chat([req])]
                     replies.extend(got)
                     continue
-            self._record(batch, got)
             replies.extend(got)
         return replies
 
@@ -227,25 +226,8 @@ class LocalVLM(VisionLanguageModel):
                     got = [r for req in batch for r in self.score([req], choices)]
                 else:
                     got = [ScoreReply({}, {}, error=f"{type(exc).__name__}: {exc}")]
-            if self.ledger is not None:
-                self.ledger.record_many(
-                    [
-                        dict(
-                            model=self.name,
-                            backend=self.backend,
-                            tokens_in=r.tokens_in,
-                            tokens_out=0,
-                            seconds=r.seconds,
-                            cost=self.cost_of(r.tokens_in, 0),
-                            photo_id=q.photo_id,
-                            purpose=q.purpose,
-                            prompt_version=q.prompt_version,
-                            error=r.error,
-                            reply="" if r.error else _best(r.probs),
-                        )
-                        for q, r in zip(batch, got, strict=True)
-                    ]
-                )
+            for r in got:
+                r.cost = self.cost_of(r.tokens_in, 0)
             replies.extend(got)
         return replies
 
@@ -316,10 +298,6 @@ def answer_tensors(
         cont[c, : len(toks)] = torch.tensor(toks)
         cont_mask[c, : len(toks)] = 1
     return cont.to(device), cont_mask.to(device)
-
-
-def _best(probs: dict[str, float]) -> str:
-    return max(probs, key=probs.__getitem__) if probs else ""
 
 
 def local_vlm(card: ModelCard, **options) -> LocalVLM:

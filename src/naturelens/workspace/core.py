@@ -23,7 +23,6 @@ import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,16 +39,14 @@ from naturelens.sources.ingest import read_ref
 from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import schema
+from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
+from naturelens.workspace.stamps import now
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
 
 class WorkspaceError(NaturelensError, ValueError):
     """A workspace is missing, already exists, or is asked for something it lacks."""
-
-
-def now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def code_version() -> str:
@@ -205,6 +202,11 @@ class Workspace:
         p = self.root.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
+        """The stored embeddings made with ``spec`` (see
+        :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
+        return open_set(self.root, spec)
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -393,6 +395,13 @@ class Workspace:
         ).fetchall()
         return {pid: Path(p) for pid, p in rows}
 
+    def photo_sizes(self, photo_ids: Sequence[str]) -> list[tuple[int | None, int | None]]:
+        """(width, height) of each photo of ``photo_ids`` that the catalog knows."""
+        return self.db.execute(
+            "SELECT width, height FROM photos WHERE photo_id IN (SELECT unnest(?))",
+            [list(photo_ids)],
+        ).fetchall()
+
     def open_image(self, photo_id: str, max_side: int | None = None) -> Image.Image:
         """The photo as an RGB image.
 
@@ -533,14 +542,33 @@ class Workspace:
             )
         return len(rows)
 
-    def predictions(self, run_id: str) -> list[Prediction]:
-        """A run's predictions, sorted by photo id."""
-        cur = self.db.execute(
+    def predictions(
+        self,
+        run_id: str,
+        photo_ids: Sequence[str] | None = None,
+        labelled: bool | None = None,
+    ) -> list[Prediction]:
+        """A run's predictions, sorted by photo id.
+
+        Parameters
+        ----------
+        photo_ids
+            Only these photos' predictions.
+        labelled
+            True: only photos with a gold label; False: only photos without one.
+        """
+        sql = (
             "SELECT photo_id, class_id, confidence, scores, status, detail, model, "
             "prompt_version, seconds, tokens_in, tokens_out, cost, cluster FROM predictions "
-            "WHERE run_id = ? ORDER BY photo_id",
-            [run_id],
+            "WHERE run_id = ?"
         )
+        args: list[Any] = [run_id]
+        if photo_ids is not None:
+            sql += " AND photo_id IN (SELECT unnest(?))"
+            args.append(list(photo_ids))
+        if labelled is not None:
+            sql += f" AND photo_id {'' if labelled else 'NOT '}IN (SELECT photo_id FROM labels)"
+        cur = self.db.execute(sql + " ORDER BY photo_id", args)
         return [
             Prediction(
                 photo_id=r[0],
@@ -559,6 +587,22 @@ class Workspace:
             )
             for r in cur.fetchall()
         ]
+
+    def run_totals(self, run_id: str) -> dict[str, Any]:
+        """Sums over a run's predictions: photos, classified (status ok), seconds, tokens, cost."""
+        n, seconds, tin, tout, cost, ok = self.db.execute(
+            "SELECT count(*), sum(seconds), sum(tokens_in), sum(tokens_out), sum(cost), "
+            "count(*) FILTER (WHERE status = 'ok') FROM predictions WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+        return {
+            "photos": int(n),
+            "classified": int(ok),
+            "seconds": float(seconds or 0.0),
+            "tokens_in": int(tin or 0),
+            "tokens_out": int(tout or 0),
+            "cost": float(cost or 0.0),
+        }
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -580,13 +624,6 @@ class Workspace:
                 "JOIN photo_view USING (photo_id) GROUP BY 1 ORDER BY 1"
             ).fetchall()
         )
-        embedding_sets = []
-        emb_root = self.root / "embeddings"
-        if emb_root.exists():
-            for d in sorted(p for p in emb_root.iterdir() if p.is_dir()):
-                meta = d / "meta.json"
-                info = json.loads(meta.read_text()) if meta.exists() else {}
-                embedding_sets.append({"key": d.name, "model": info.get("model", d.name)})
         return {
             "workspace": str(self.root),
             "taxonomy": self.taxonomy.label,
@@ -597,7 +634,7 @@ class Workspace:
             "labelled": sum(per_class.values()),
             "labelled_per_class": {c: per_class.get(c, 0) for c in self.taxonomy.all_ids},
             "label_problems": one("SELECT count(*) FROM label_problems"),
-            "embeddings": embedding_sets,
+            "embeddings": stored_sets(self.root),
             "runs": [
                 {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
                 for r in self.runs()

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+
+from naturelens.workspace.stamps import now
 
 SCHEMA_VERSION = 2
 KEEP_BACKUPS = 3
@@ -239,19 +240,15 @@ def migrate(db: duckdb.DuckDBPyConnection, version: int) -> None:
 def _finish(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(PHOTO_VIEW)
     db.execute(VERSION_TABLE)
-    db.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, _now()])
+    db.execute("INSERT INTO schema_version VALUES (?, ?)", [SCHEMA_VERSION, now()])
 
 
 def backup(catalog: Path, keep: int = KEEP_BACKUPS) -> Path:
     """Copy a closed catalog to ``catalog.backup-<timestamp>.duckdb``; keep the newest ``keep``."""
-    stamp = _now().strftime("%Y%m%d-%H%M%S-%f")
+    stamp = now().strftime("%Y%m%d-%H%M%S-%f")
     target = catalog.with_name(f"catalog.backup-{stamp}.duckdb")
     shutil.copy2(catalog, target)
     backups = sorted(catalog.parent.glob("catalog.backup-*.duckdb"))
     for old in backups[: max(0, len(backups) - keep)]:
         old.unlink(missing_ok=True)
     return target
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
