@@ -143,6 +143,25 @@ def test_read_only_open_of_an_old_catalog_migrates_it_first(tmp_path):
     assert versions(catalog) == [schema.SCHEMA_VERSION]
 
 
+def test_a_failed_migration_leaves_the_catalog_as_it_was(tmp_path, monkeypatch):
+    root = tmp_path / "ws"
+    catalog = old_workspace(root)
+
+    def broken(db):
+        db.execute("ALTER TABLE predictions ADD COLUMN cluster INTEGER")
+        db.execute("ALTER TABLE no_such_table ADD COLUMN x INTEGER")
+
+    monkeypatch.setitem(schema.MIGRATIONS, 1, broken)
+    with pytest.raises(WorkspaceError, match="left as it was; a copy from before is"):
+        Workspace.open(root).photo_ids()
+    db = duckdb.connect(str(catalog), read_only=True)
+    assert schema.catalog_version(db) == 1
+    columns = [r[0] for r in db.execute("DESCRIBE predictions").fetchall()]
+    assert "cluster" not in columns
+    assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == 1
+    db.close()
+
+
 def test_a_catalog_from_a_newer_version_is_refused(tmp_path):
     root = tmp_path / "ws"
     Workspace.create(root).close()

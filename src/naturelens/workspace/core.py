@@ -166,23 +166,28 @@ class Workspace:
                 f"{self.root}: the catalog is in use by another naturelens process ({exc})"
             ) from exc
 
-    def _upgrade(self, path: Path, version: int | None) -> None:
+    def _upgrade(self, path: Path, version: int) -> None:
         """Make the tables of a new catalog, or migrate an older one after backing it up."""
-        if version is not None and version > schema.SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise WorkspaceError(
                 f"{self.root}: the catalog was written by a newer naturelens (schema "
                 f"{version}, this one reads {schema.SCHEMA_VERSION}); upgrade naturelens"
             )
         db = self._connect(path, read_only=False)
+        copy = None
         try:
-            if version is None:
-                schema.create(db)
-                return
-            db.execute("CHECKPOINT")  # everything in the file, so the copy is complete
-            db.close()
-            schema.backup(path)
-            db = self._connect(path, read_only=False)
+            if version > 0:  # data to keep: copy the catalog first
+                db.execute("CHECKPOINT")  # everything in the file, so the copy is complete
+                db.close()
+                copy = schema.backup(path)
+                db = self._connect(path, read_only=False)
             schema.migrate(db, version)
+        except duckdb.Error as exc:
+            kept = f"; a copy from before is {copy}" if copy else ""
+            raise WorkspaceError(
+                f"{self.root}: could not bring the catalog from schema {version} to "
+                f"{schema.SCHEMA_VERSION} ({exc}); it was left as it was{kept}"
+            ) from exc
         finally:
             db.close()
 

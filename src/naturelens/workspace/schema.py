@@ -7,6 +7,8 @@ after copying ``catalog.duckdb`` to ``catalog.backup-<timestamp>.duckdb`` (the l
 
 Versions
 --------
+0
+    An empty catalog.
 1
     The layout before versioning: the core tables, with ``calls``, ``batch_jobs``,
     ``descriptions`` and ``comparisons`` made lazily (and so maybe missing); no
@@ -187,17 +189,21 @@ WHERE p.failure IS NULL;
 """
 
 
+def _to_v1(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(CORE_TABLES)
+
+
 def _to_v2(db: duckdb.DuckDBPyConnection) -> None:
     db.execute(LEDGER_TABLES + DESCRIPTIONS_TABLE + COMPARISONS_TABLE)
     db.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS cluster INTEGER")
 
 
 # MIGRATIONS[v] brings a catalog from version v to v + 1.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _to_v2}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {0: _to_v1, 1: _to_v2}
 
 
-def catalog_version(db: duckdb.DuckDBPyConnection) -> int | None:
-    """The catalog's schema version: None for an empty catalog, 1 for an unversioned one."""
+def catalog_version(db: duckdb.DuckDBPyConnection) -> int:
+    """The catalog's schema version: 0 for an empty catalog, 1 for an unversioned one."""
     tables = {
         r[0]
         for r in db.execute(
@@ -207,25 +213,12 @@ def catalog_version(db: duckdb.DuckDBPyConnection) -> int | None:
     if "schema_version" in tables:
         row = db.execute("SELECT max(version) FROM schema_version").fetchone()
         return int(row[0]) if row and row[0] is not None else 1
-    return 1 if tables else None
-
-
-def create(db: duckdb.DuckDBPyConnection) -> None:
-    """Make every table of the current version in an empty catalog."""
-    db.execute("BEGIN TRANSACTION")
-    try:
-        db.execute(CORE_TABLES)
-        for version in sorted(MIGRATIONS):
-            MIGRATIONS[version](db)
-        _finish(db)
-        db.execute("COMMIT")
-    except Exception:
-        db.execute("ROLLBACK")
-        raise
+    return 1 if tables else 0
 
 
 def migrate(db: duckdb.DuckDBPyConnection, version: int) -> None:
-    """Bring a catalog at ``version`` up to :data:`SCHEMA_VERSION`, in one transaction."""
+    """Bring a catalog at ``version`` (0: empty) up to :data:`SCHEMA_VERSION`, in one
+    transaction."""
     db.execute("BEGIN TRANSACTION")
     try:
         for v in range(version, SCHEMA_VERSION):
