@@ -225,10 +225,15 @@ def card_preprocessing(card: ModelCard) -> Preprocessing:
         return int(value["height"]), int(value["width"])
 
     crop = card.get("crop", "missing")
+    pc_resize = size_of(pc.get("size"))
+    if pc.get("crop_pct") and isinstance(pc_resize, int) and pc_resize < 384:
+        # ConvNeXt's processor: short side to size / crop_pct, then a centre crop of size.
+        pc["crop_size"], pc["do_center_crop"] = pc_resize, True
+        pc_resize = int(pc_resize / pc["crop_pct"])
     if crop == "missing":
         crop = size_of(pc.get("crop_size")) if pc.get("do_center_crop", "crop_size" in pc) else None
         crop = crop[0] if isinstance(crop, tuple) else crop
-    resize = card.get("resize") or size_of(pc.get("size"))
+    resize = card.get("resize") or pc_resize
     if isinstance(resize, list | tuple):
         resize = (int(resize[0]), int(resize[1]))
     input_size = (
