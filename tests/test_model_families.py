@@ -98,3 +98,60 @@ def test_a_model_no_family_loads_is_one_clear_line(labelled_workspace, tiny_root
     result = runner.invoke(app, ["embed", str(root), "--model", bert])
     assert result.exit_code == 2 and "not vision backbones" in result.output
     assert "Traceback" not in result.output
+
+
+def test_zeroshot_after_embedding_loads_the_clip_weights_once(
+    labelled_workspace, tiny_root, monkeypatch
+):
+    import transformers
+
+    from naturelens.methods import make_method, run_method
+    from naturelens.models.backbones import clear_loaded_models
+    from naturelens.models.embedding import embed_photos
+
+    clip = str(tiny_model("clip", tiny_root))
+    loads = []
+    real = transformers.AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        loads.append(str(args[0]))
+        return real(*args, **kwargs)
+
+    clear_loaded_models()
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    ws = labelled_workspace
+    ids = ws.photo_ids()
+    embed_photos(ws, clip, ids)
+    method = make_method("zeroshot", model=clip)
+    run = run_method(ws, method, ids)
+    assert loads == [clip]
+    # Both towers come from that one copy, in one weights type.
+    assert method.model_ is method.backbone_.module
+    assert {p.dtype for p in method.model_.parameters()} == {method.bundle_.dtype}
+    preds = ws.predictions(run)
+    assert len(preds) == len(ids) and all(p.status == "ok" for p in preds)
+    # A fine-tuning copy is never the shared one.
+    trained = load_backbone(clip, training=True)
+    assert trained.module is not method.model_ and len(loads) == 2
+
+
+def test_cards_are_typed_and_errors_name_file_and_card(tmp_path, monkeypatch):
+    from naturelens.models.cards import CardError, VisionCard, all_cards, resolve
+
+    card = resolve("dinov2-small", kind="vision")
+    assert isinstance(card, VisionCard) and card.dim == 384 and card.mean[0] == 0.485
+    assert resolve("dinov2-small", kind="vision") is card  # resolved once, not re-read
+    siglip = resolve("siglip-base")
+    assert siglip.crop is None and "crop" in siglip.fields  # null is set, not left out
+    folder = tmp_path / "cards"
+    folder.mkdir()
+    monkeypatch.setenv("NATURELENS_CARDS", str(folder))
+    path = folder / "mine.yaml"
+    path.write_text("- {name: mine, kind: vision, source: x/y, dim: 12, colour: red}\n")
+    with pytest.raises(CardError, match=r"mine\.yaml: card 'mine': unknown field 'colour'"):
+        all_cards()
+    path.write_text("- {name: mine, kind: vision, source: x/y, dim: twelve}\n")
+    with pytest.raises(CardError, match=r"mine\.yaml: card 'mine': field 'dim' must be int"):
+        resolve("mine")
+    path.write_text("- {name: mine, kind: vision, source: x/y, dim: 12}\n")
+    assert resolve("mine").dim == 12

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from naturelens.errors import NaturelensError
-from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
+from naturelens.models.cards import CardError, ModelCard, resolve
 from naturelens.models.device import PRECISIONS, DeviceError, pick_device, pick_dtype
 from naturelens.models.vision import VisionFamily, family_for
 from naturelens.models.vision.efficientnet import load_efficientnet_lite0
@@ -169,26 +169,7 @@ def resolve_card(model: str, workspace: Path | None = None) -> tuple[ModelCard, 
     head, sep, tail = model.rpartition("@")
     if sep and tail in POOLINGS:
         name, pooling = head, tail
-    try:
-        card = get_card(name, kind="vision", workspace=workspace)
-    except CardError:
-        if "/" not in name or Path(name).exists() or name in all_cards(workspace):
-            raise
-        # A hub id without a card: its config says what it is.
-        card = ModelCard(name.rsplit("/", 1)[-1], _hub_kind(name), name, {}, "hub")
-    return card, pooling
-
-
-def _hub_kind(source: str) -> str:
-    from transformers import AutoConfig
-
-    try:
-        model_type = AutoConfig.from_pretrained(source).model_type
-    except OSError as exc:
-        raise BackboneError(
-            f"{source!r} is not a model card, a local folder nor a reachable hub model ({exc})"
-        ) from exc
-    return {"clip": "clip", "siglip": "siglip"}.get(model_type, "vision")
+    return resolve(name, kind="vision", workspace=workspace), pooling
 
 
 def _preprocessor_config(source: str) -> dict[str, Any]:
