@@ -349,4 +349,3 @@ class ZeroShot(Method):
                 **base,
             )
         return Prediction(class_id=best, confidence=top, scores=scores, **base)
-

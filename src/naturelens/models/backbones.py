@@ -449,6 +449,14 @@ def _cpu_attention() -> str:
     except ImportError:  # older transformers
         return "eager"
     AttentionInterface.register("naturelens_cpu", _plain_attention)
+    try:
+        from transformers import AttentionMaskInterface
+        from transformers.masking_utils import eager_mask
+    except ImportError:  # older transformers build eager-style masks for any attention
+        return "naturelens_cpu"
+    # Additive masks, as eager attention takes: text towers need their causal and padding
+    # masks, which transformers only builds for attention it knows the mask format of.
+    AttentionMaskInterface.register("naturelens_cpu", eager_mask)
     return "naturelens_cpu"
 
 
