@@ -257,12 +257,16 @@ def family_of(card: ModelCard) -> VisionFamily:
     try:
         model_type = AutoConfig.from_pretrained(card.source).model_type
     except OSError as exc:
-        raise BackboneError(
-            f"cannot load {card.name!r} from {card.source!r}: {exc}",
-            hint="offline? download it once with internet access, or point the card's "
-            "source at a local folder",
-        ) from exc
+        raise _not_loadable(card, exc) from exc
     return family_for(model_type=model_type)
+
+
+def _not_loadable(card: ModelCard, exc: OSError) -> BackboneError:
+    return BackboneError(
+        f"cannot load {card.name!r} from {card.source!r}: {exc}",
+        hint="offline? download it once with internet access, or point the card's "
+        "source at a local folder",
+    )
 
 
 def card_pooling(
@@ -465,11 +469,7 @@ def _load_weights(card: ModelCard, family: VisionFamily, device: torch.device) -
     try:
         return family.load(card, attention)
     except OSError as exc:
-        raise BackboneError(
-            f"cannot load {card.name!r} from {card.source!r}: {exc}",
-            hint="offline? download it once with internet access, or point the card's "
-            "source at a local folder",
-        ) from exc
+        raise _not_loadable(card, exc) from exc
 
 
 # --------------------------------------------------------------------------- the factory
