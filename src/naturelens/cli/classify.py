@@ -6,24 +6,22 @@ import statistics
 from pathlib import Path
 
 import typer
-import yaml
 from rich.table import Table
 
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS, make_method, run_method
+from naturelens.methods.params import ParamError, parse_params
 
 
-def parse_params(pairs: list[str]) -> dict:
+def method_params(pairs: list[str]) -> dict:
     """``["k=v", ...]`` -> dict, values read as YAML scalars (numbers, booleans, lists)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--param {pair!r}: expected KEY=VALUE")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_params(pairs)
+    except ParamError as exc:
+        fail(f"--param {exc.message}")
+        raise  # unreachable: fail exits
 
 
 @app.command()
@@ -54,7 +52,7 @@ def classify(
     photos and report accuracy (mean ± sd over --seeds draws).
     """
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
-    params = {k: v for k, v in options.items() if v is not None} | parse_params(param)
+    params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     with open_workspace(workspace) as ws:
         try:
             probe = make_method(method, **params)

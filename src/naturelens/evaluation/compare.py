@@ -34,13 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.energy import Energy, energy_meter, estimate_energy
 from naturelens.evaluation.metrics import evaluate_run
 from naturelens.evaluation.protocol import holdout_split, kshot_split
 from naturelens.methods import METHODS, make_method, method_class, run_method
+from naturelens.methods.params import ParamError, parse_param
 from naturelens.workspace.comparisons import latest_comparison_data, store_comparison
 from naturelens.workspace.core import Workspace, WorkspaceError, now
 
@@ -87,13 +86,13 @@ def parse_method_spec(text: str) -> MethodSpec:
         if first:  # text before the first KEY=
             parts = [rest]
         for part in parts:
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip():
-                raise CompareError(f"{text!r}: expected NAME:KEY=VALUE[:KEY=VALUE...]")
             try:
-                params[key.strip().replace("-", "_")] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise CompareError(f"{text!r}: cannot read value {value!r}: {exc}") from exc
+                key, value = parse_param(part)
+            except ParamError as exc:
+                raise CompareError(
+                    f"{text!r}: {exc.message}", hint="write NAME:KEY=VALUE[:KEY=VALUE...]"
+                ) from exc
+            params[key] = value
     return MethodSpec(name, params, text)
 
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from naturelens.models.weights import device as pick_device
+from naturelens.models.device import pick_device, pick_dtype
 from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import TextClassifier, from_probabilities, softmax, text_prediction
@@ -56,12 +56,9 @@ class CausalLM:
 
         self.card, self.source = resolve(name, kind="llm")
         self.name = self.card.name
-        self.device = device or pick_device()
-        if self.device.startswith("cuda"):
-            wanted = dtype or self.card.get("dtype") or "bfloat16"
-            torch_dtype = getattr(torch, wanted)
-        else:
-            torch_dtype = torch.float32
+        dev = pick_device(device)
+        self.device = str(dev)
+        torch_dtype = pick_dtype(dtype, dev, self.card)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
             self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch_dtype)
@@ -393,7 +390,7 @@ _LOADED: dict[tuple[str, str], CausalLM] = {}
 
 def load_causal_lm(name: str) -> CausalLM:
     """The local causal LM ``name``, loaded once per process (it is only read, never trained)."""
-    key = (name, pick_device())
+    key = (name, str(pick_device()))
     if key not in _LOADED:
         _LOADED[key] = CausalLM(name)
     return _LOADED[key]

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from naturelens.models.cards import get_card
+from naturelens.models.device import pick_device
 from naturelens.sources.images import PhotoDecodeError, load_photo
 from naturelens.workspace.core import Workspace
 from naturelens.workspace.descriptions import Description
@@ -78,7 +79,7 @@ class Tagger:
 
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
-        from naturelens.models.backbones import load_efficientnet_lite0
+        from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 
         self.card = get_card(model, kind="tagger")
         if self.card.get("architecture") != "efficientnet-lite0":
@@ -86,7 +87,7 @@ class Tagger:
         self.top_k = top_k
         self.batch_size = batch_size
         self.workers = max(1, workers)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = str(pick_device())
         self.model = load_efficientnet_lite0().to(self.device)
         self.size = int(self.card.get("crop", 224))
         self.resize = int(self.card.get("resize", self.size))

@@ -23,29 +23,12 @@ import torch
 from PIL import Image
 
 from naturelens.models.cards import ModelCard
+from naturelens.models.device import pick_device, pick_dtype
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
 
 # Models whose rotary positions are 3-D and computed by the model from the images: they
 # must not be given plain 1-D position ids.
 _OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` when given, else ``cuda`` when available, else ``cpu``."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, preferred: str | None) -> torch.dtype:
-    """Weights type: the card's on a GPU (bf16, else fp16 where unsupported); fp32 on CPU."""
-    if device.startswith("cuda"):
-        if preferred == "float32":
-            return torch.float32
-        if preferred == "float16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 @dataclass
@@ -79,8 +62,9 @@ class LocalVLM(VisionLanguageModel):
     def __post_init__(self):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = pick_device(self.device)
-        torch_dtype = pick_dtype(self.device, self.dtype or self.card.get("dtype"))
+        device = pick_device(self.device)
+        self.device = str(device)
+        torch_dtype = pick_dtype(self.dtype, device, self.card)
         source = self.card.source
         try:
             if self.processor is None:
