@@ -37,7 +37,7 @@ from typing import Any
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.energy import Energy, energy_meter, estimate_energy
 from naturelens.evaluation.metrics import evaluate_run
-from naturelens.evaluation.protocol import holdout_split, kshot_split
+from naturelens.evaluation.protocol import cv_splits, holdout_split, kshot_split
 from naturelens.methods import METHODS, make_method, method_class, run_method
 from naturelens.methods.params import ParamError, parse_param
 from naturelens.workspace.comparisons import latest_comparison_data, store_comparison
@@ -136,6 +136,7 @@ def make_splits(
     seeds: int,
     test_fraction: float = 0.3,
     learning: bool = True,
+    folds: int | None = None,
 ) -> list[Split]:
     """One split of the labelled photos per seed.
 
@@ -152,7 +153,25 @@ def make_splits(
             "compare needs labelled photos: label some (folder names or a manifest 'label' column)"
         )
     if shots is None and not learning:
-        return [Split(0, (), tuple(sorted(labels)), {"test": "every labelled photo"})]
+        return [
+            Split(
+                0,
+                (),
+                tuple(sorted(labels)),
+                {"purpose": "evaluation", "test": "every labelled photo"},
+            )
+        ]
+    if shots is None and folds:
+        try:
+            pairs = cv_splits(labels, folds)
+        except ValueError as exc:
+            raise CompareError(str(exc), "label more photos or use --shots") from exc
+        return [
+            Split(
+                i, tuple(train), tuple(test), {"purpose": "evaluation", "folds": folds, "fold": i}
+            )
+            for i, (train, test) in enumerate(pairs)
+        ]
     if shots is None and not 0 < test_fraction < 1:
         raise CompareError("--test-fraction must be between 0 and 1")
     out = []
@@ -160,10 +179,10 @@ def make_splits(
         try:
             if shots is not None:
                 train, test = kshot_split(labels, shots, seed)
-                extra: dict[str, Any] = {"shots": shots, "seed": seed}
+                extra: dict[str, Any] = {"purpose": "evaluation", "shots": shots, "seed": seed}
             else:
                 train, test = holdout_split(labels, test_fraction, seed)
-                extra = {"holdout": test_fraction, "seed": seed}
+                extra = {"purpose": "evaluation", "holdout": test_fraction, "seed": seed}
         except ValueError as exc:
             hint = (
                 ""
@@ -284,6 +303,7 @@ def compare(
     progress: ProgressFactory | None = None,
     on_error: Callable[[MethodSpec, int, Exception], None] | None = None,
     fresh: bool = False,
+    folds: int | None = None,
 ) -> Comparison:
     """Run (or reuse) every method on every split and collect the comparison table.
 
@@ -312,13 +332,19 @@ def compare(
         learning = any(make_method(s.name, **s.params).needs_labels for s in specs)
     except ValueError as exc:
         raise CompareError(str(exc)) from exc
-    splits = make_splits(gold, shots, seeds, test_fraction, learning)
+    splits = make_splits(gold, shots, seeds, test_fraction, learning, folds)
     protocol = {
         "protocol": (
-            "k-shot" if shots is not None else "holdout" if learning else "every labelled photo"
+            "k-shot"
+            if shots is not None
+            else f"{folds}-fold cross-validation"
+            if folds and learning
+            else "holdout"
+            if learning
+            else "every labelled photo"
         ),
         "shots": shots,
-        "test_fraction": test_fraction if shots is None and learning else None,
+        "test_fraction": test_fraction if shots is None and learning and not folds else None,
         "seeds": len(splits),
         "labelled_photos": len(gold),
         "test_photos": [len(s.test) for s in splits],
@@ -422,7 +448,7 @@ def find_finished_run(
     """The latest finished run of ``method`` with exactly these parameters that predicted
     every test photo, or None."""
     wanted = _canonical(
-        {"method": method.get_params(), "train": sorted(train), "predict": len(test), **extra}
+        {"method": method.stored_params(), "train": sorted(train), "predict": len(test), **extra}
     )
     for run in reversed(ws.runs(method.name)):
         if run["status"] != "done" or run["taxonomy"] != ws.taxonomy.label:

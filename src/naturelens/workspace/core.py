@@ -86,6 +86,10 @@ class Prediction:
     tokens_out: int = 0
     cost: float = 0.0
     cluster: int | None = None
+    # After calibration ``scores``/``confidence`` are calibrated and the method's own
+    # scores are kept here; ``prediction_set`` is the conformal set where one was fitted.
+    raw_scores: dict[str, float] | None = None
+    prediction_set: list[str] | None = None
 
     def __post_init__(self):
         assert self.status in PREDICTION_STATUSES, self.status
@@ -496,10 +500,18 @@ class Workspace:
         default to "the latest run" never report on half a run.
         """
         if run_id is None:
-            latest = "SELECT arg_max(run_id, (started_at, run_id)) FROM runs WHERE status = 'done'"
+            # Evaluation runs (k-shot draws, cross-validation folds) predict held-out labelled
+            # photos only: "the latest run" is never one of them.
+            latest = (
+                "SELECT arg_max(run_id, (started_at, run_id)) FROM runs WHERE status = 'done' "
+                "AND coalesce(json_extract_string(params, '$.purpose'), '') != 'evaluation'"
+            )
             found = self._run_records(f"WHERE run_id = ({latest})", [])
         else:
-            found = self._run_records("WHERE run_id = ?", [run_id])
+            found = self._run_records(
+                "WHERE run_id = ? OR run_id = (SELECT run_id FROM run_tags WHERE tag = ?)",
+                [run_id, run_id],
+            )
         if found:
             return found[0]
         rows = self.db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()
@@ -535,6 +547,8 @@ class Workspace:
                 p.cost,
                 stamp,
                 p.cluster,
+                json.dumps(p.raw_scores) if p.raw_scores is not None else None,
+                json.dumps(p.prediction_set) if p.prediction_set is not None else None,
             )
             for p in predictions
         ]
@@ -542,10 +556,101 @@ class Workspace:
             self.db.executemany(
                 "INSERT OR REPLACE INTO predictions (run_id, photo_id, class_id, confidence, "
                 "scores, status, detail, model, prompt_version, seconds, tokens_in, tokens_out, "
-                "cost, created_at, cluster) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "cost, created_at, cluster, raw_scores, prediction_set) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
         return len(rows)
+
+    def set_calibrated(
+        self, run_id: str, rows: Iterable[tuple[str, dict | None, list | None]]
+    ) -> None:
+        """Store calibrated scores and prediction sets of a run's photos.
+
+        ``rows`` are ``(photo_id, calibrated scores or None, prediction set or None)``. The
+        method's own scores move to ``raw_scores`` the first time, so calibrating again
+        starts from them and never compounds.
+        """
+        updates = []
+        for pid, scores, pset in rows:
+            best = max(scores, key=scores.get) if scores else None
+            updates.append(
+                (
+                    json.dumps(scores) if scores is not None else None,
+                    scores[best] if scores else None,
+                    best,
+                    json.dumps(pset) if pset is not None else None,
+                    run_id,
+                    pid,
+                )
+            )
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute(
+                "UPDATE predictions SET raw_scores = scores WHERE run_id = ? "
+                "AND raw_scores IS NULL AND status = 'ok'",
+                [run_id],
+            )
+            db.executemany(
+                "UPDATE predictions SET scores = coalesce(?, scores), "
+                "confidence = coalesce(?, confidence), class_id = coalesce(?, class_id), "
+                "prediction_set = ? WHERE run_id = ? AND photo_id = ?",
+                updates,
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ run management
+    def run_tags(self) -> dict[str, list[str]]:
+        """run id -> its tags."""
+        out: dict[str, list[str]] = {}
+        rows = self.db.execute("SELECT tag, run_id FROM run_tags ORDER BY tag").fetchall()
+        for tag, run_id in rows:
+            out.setdefault(run_id, []).append(tag)
+        return out
+
+    def tag_run(self, run_id: str, tag: str, replace: bool = False) -> None:
+        """Give ``run_id`` the tag ``tag`` (taken from any run that had it); with ``replace``
+        the run's other tags go."""
+        tag = tag.strip()
+        if not tag or tag.split() != [tag]:
+            raise WorkspaceError(f"tag {tag!r}: give one word without spaces")
+        if self._run_records("WHERE run_id = ?", [tag]):
+            raise WorkspaceError(f"tag {tag!r} is the id of a run; choose another")
+        if replace:
+            self.db.execute("DELETE FROM run_tags WHERE run_id = ?", [run_id])
+        self.db.execute("INSERT OR REPLACE INTO run_tags VALUES (?, ?)", [tag, run_id])
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Remove a run with its predictions and tags; returns what was removed."""
+        db = self.db
+        n = db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [run_id]).fetchone()
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute("DELETE FROM predictions WHERE run_id = ?", [run_id])
+            db.execute("DELETE FROM run_tags WHERE run_id = ?", [run_id])
+            db.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        return {"predictions": int(n[0])}
+
+    def runs_using_model(self, model_dir: str) -> list[str]:
+        """Runs whose summary names ``model_dir`` as their saved model."""
+        return [r["run_id"] for r in self.runs() if r["summary"].get("model_dir") == model_dir]
+
+    def prediction_failures(self, run_id: str) -> dict[str, int]:
+        """A run's failed photos counted by reason (the text before the first colon)."""
+        rows = self.db.execute(
+            "SELECT split_part(detail, ':', 1) AS reason, count(*) FROM predictions "
+            "WHERE run_id = ? AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC",
+            [run_id],
+        ).fetchall()
+        return {reason or "failed": n for reason, n in rows}
 
     def predictions(
         self,
@@ -564,8 +669,8 @@ class Workspace:
         """
         sql = (
             "SELECT photo_id, class_id, confidence, scores, status, detail, model, "
-            "prompt_version, seconds, tokens_in, tokens_out, cost, cluster FROM predictions "
-            "WHERE run_id = ?"
+            "prompt_version, seconds, tokens_in, tokens_out, cost, cluster, raw_scores, "
+            "prediction_set FROM predictions WHERE run_id = ?"
         )
         args: list[Any] = [run_id]
         if photo_ids is not None:
@@ -589,6 +694,8 @@ class Workspace:
                 tokens_out=r[10] or 0,
                 cost=r[11] or 0.0,
                 cluster=r[12],
+                raw_scores=json.loads(r[13]) if r[13] else None,
+                prediction_set=json.loads(r[14]) if r[14] else None,
             )
             for r in cur.fetchall()
         ]

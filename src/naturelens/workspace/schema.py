@@ -16,6 +16,9 @@ Versions
 2
     Every table made up front; ``predictions.cluster`` (the cluster of a cluster run's
     photo); ``schema_version``.
+3
+    ``predictions.raw_scores`` (a method's own scores, kept when calibration rewrites
+    ``scores``) and ``predictions.prediction_set`` (a conformal set, JSON); ``run_tags``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import duckdb
 
 from naturelens.workspace.stamps import now
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 KEEP_BACKUPS = 3
 
 CORE_TABLES = """
@@ -198,8 +201,25 @@ def _to_v2(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS cluster INTEGER")
 
 
+def _to_v3(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS raw_scores VARCHAR")
+    db.execute("ALTER TABLE predictions ADD COLUMN IF NOT EXISTS prediction_set VARCHAR")
+    db.execute(RUN_TAGS_TABLE)
+
+
+RUN_TAGS_TABLE = """
+CREATE TABLE IF NOT EXISTS run_tags (
+    tag VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL
+);
+"""
+
 # MIGRATIONS[v] brings a catalog from version v to v + 1.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {0: _to_v1, 1: _to_v2}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
+    0: _to_v1,
+    1: _to_v2,
+    2: _to_v3,
+}
 
 
 def catalog_version(db: duckdb.DuckDBPyConnection) -> int:
