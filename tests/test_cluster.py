@@ -222,7 +222,7 @@ def test_cli_clusters_real_embeddings_and_names_clusters_by_majority(ws):
     assert all(p.status == "ok" for p in preds)
     # Real ImageNet features separate the six generated scenes; the majority names them.
     assert sum(p.class_id == gold[p.photo_id] for p in preds) / 48 > 0.9
-    clusters = [int(p.scores["cluster"]) for p in preds]
+    clusters = [p.cluster for p in preds]
     assert all(p.detail.startswith(f"cluster={c} ") for p, c in zip(preds, clusters, strict=True))
     summary = run["summary"]["clustering"]
     assert summary["naming_run"] == naming and summary["algorithm"] == "kmeans"
@@ -246,7 +246,7 @@ def test_a_cluster_without_a_clear_majority_stays_unnamed(ws):
     assert {p.status for p in preds} == {"unparsed"}
     assert all(p.class_id is None for p in preds)
     assert all("unnamed: top class" in p.detail and "cluster=" in p.detail for p in preds)
-    assert all(p.scores["cluster"] >= 0 for p in preds)
+    assert all(p.cluster >= 0 for p in preds)
 
 
 def test_hdbscan_and_agglomerative_from_the_cli(ws):
@@ -258,10 +258,10 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
     )
     _, preds, gold = _latest(ws)
     assert {p.status for p in preds} <= {"unparsed", "rejected"}
-    clusters = [int(p.scores["cluster"]) for p in preds]
+    clusters = [p.cluster for p in preds]
     noise = [p for p in preds if p.status == "rejected"]
     assert all(p.detail == "cluster=-1 noise" for p in noise)
-    kept = [(gold[p.photo_id], int(p.scores["cluster"])) for p in preds if p.status != "rejected"]
+    kept = [(gold[p.photo_id], p.cluster) for p in preds if p.status != "rejected"]
     assert len(set(clusters) - {-1}) >= 3 and len(kept) >= 24
     assert cluster_scores([g for g, _ in kept], [c for _, c in kept])["purity"] > 0.8
     _classify(
@@ -271,7 +271,7 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
         "naming=none",
     )
     _, preds, gold = _latest(ws)
-    clusters = [int(p.scores["cluster"]) for p in preds]
+    clusters = [p.cluster for p in preds]
     assert len(set(clusters)) == 6
     assert cluster_scores([gold[p.photo_id] for p in preds], clusters)["ari"] > 0.8
 
@@ -287,7 +287,7 @@ def test_umap_then_hdbscan_the_classic_label_free_route(ws):
     )
     run, preds, gold = _latest(ws)
     assert run["params"]["method"]["reduce"] == "umap"
-    kept = [(gold[p.photo_id], int(p.scores["cluster"])) for p in preds if p.status != "rejected"]
+    kept = [(gold[p.photo_id], p.cluster) for p in preds if p.status != "rejected"]
     assert len(kept) >= 36 and len({c for _, c in kept}) >= 3
     assert cluster_scores([g for g, _ in kept], [c for _, c in kept])["purity"] > 0.8
 
@@ -349,8 +349,8 @@ def test_an_interrupted_cluster_run_reuses_its_clustering(ws):
     _classify(ws, f"naming_run={naming}")
     again, after, _ = _latest(ws)
     assert again["run_id"] == run["run_id"] and again["summary"]["resumed_photos"] == 32
-    assert [(p.photo_id, p.scores["cluster"], p.class_id) for p in after] == [
-        (p.photo_id, p.scores["cluster"], p.class_id) for p in before
+    assert [(p.photo_id, p.cluster, p.class_id) for p in after] == [
+        (p.photo_id, p.cluster, p.class_id) for p in before
     ]
 
 

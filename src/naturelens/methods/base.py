@@ -78,6 +78,9 @@ class Method:
     # Votes over other runs' predictions (ensembles): a comparison hands it the runs of the
     # other methods on the same split unless its ``runs`` parameter names them.
     combines_runs: ClassVar[bool] = False
+    # Its scores are class probabilities that calibration may rescale (not, say, a
+    # cluster run's naming votes).
+    calibrated: ClassVar[bool] = True
     context_: RunContext | None = None
 
     @classmethod

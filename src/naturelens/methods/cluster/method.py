@@ -15,7 +15,7 @@ Naming a cluster gives its photos a class:
 - ``llm``: a language model reads the medoids' descriptions (``describer``) and chooses;
 - ``none``: clusters stay unnamed.
 
-Every prediction records its cluster (``scores["cluster"]`` and ``cluster=N`` in
+Every prediction records its cluster (``Prediction.cluster`` and ``cluster=N`` in
 ``detail``), so evaluation can score the clustering itself (Hungarian accuracy, NMI, ARI).
 A photo in a cluster left unnamed gets no class and status ``unparsed``, with the reason in
 ``detail``. HDBSCAN's noise stays noise: status ``rejected``, cluster ``-1``.
@@ -99,6 +99,7 @@ class Cluster(Method):
     """
 
     name = "cluster"
+    calibrated = False
     needs_labels = False
 
     def __init__(
@@ -274,14 +275,15 @@ class Cluster(Method):
                     None,
                     status="rejected",
                     detail=f"{tag} noise",
-                    scores={"cluster": float(c)},
+                    cluster=int(c),
                     model=done.model,
                     seconds=done.seconds_each,
                 )
                 continue
             name, n = done.names[c], sizes[c]
-            scores = {"cluster": float(c), **name.scores}
+            scores = dict(name.scores) or None
             common = dict(
+                cluster=int(c),
                 model=done.model,
                 prompt_version=version,
                 seconds=done.seconds_each + name.seconds / n,
