@@ -60,6 +60,7 @@ def classify(
             probe = make_method(method, **params)
         except (ValueError, ImportError) as exc:
             fail(exc)
+        probe.check_ready(ws)
         gold = ws.labels()
         if shots is not None:
             _kshot(ws, method, params, shots, seeds, fresh)

@@ -140,6 +140,13 @@ class Prompt(Method):
     def _remote(self) -> bool:
         return self.base_url is not None or getattr(self.vlm_, "backend", "") == "openai"
 
+    def check_ready(self, workspace: Workspace) -> None:
+        """Refuse a hosted API without a key before any photo is sent."""
+        if self.base_url is not None or _card_backend(self.model, workspace.root) == "openai":
+            from naturelens.vlm.remote import require_api_key
+
+            require_api_key(self.model, self.base_url)
+
     def vlm_options(self, workspace: Workspace | None = None) -> dict:
         """Back-end options for :func:`naturelens.vlm.load_vlm`."""
         root = workspace.root if workspace is not None else None
