@@ -149,12 +149,17 @@ def test_report_renders_offline_with_galleries_map_and_escaped_text(
     assert html.count("cultural_religious") >= 1 and "least confident first" in html
     # Disagreements between the two runs are listed for review.
     assert 'id="review-app"' in html and html.count("<tr data-photo=") >= 1
-    # The map: a Leaflet map inside the frame, with the photo-user-days layers.
-    frame = re.search(r'<iframe class="map-frame" id="map-frame"[^>]*srcdoc="([^"]*)"', html)
-    assert frame, "no map frame"
-    assert "leaflet" in frame.group(1) and "L.map(" in frame.group(1).replace("&quot;", '"')
-    assert "photo-user-days (5 km)" in frame.group(1)
-    assert "&lt;script&gt;document.title" not in frame.group(1)  # escaped twice inside srcdoc
+    # The map: drawn offline from the Leaflet inside the package, one SVG circle per
+    # geotagged photo (tiles cannot load here), with the photo-user-days layers.
+    assert "unpkg.com" not in raw and "cdn.jsdelivr" not in raw and "<iframe" not in raw
+    drawn = int(re.search(r'id="nl-map"[^>]*data-points="(\d+)"', html).group(1))
+    located = {r["photo_id"] for r in ws.photo_table() if r["lat"] is not None}
+    shown_on_map = [p for p in ws.predictions(good) if p.status == "ok" and p.photo_id in located]
+    assert drawn == len(shown_on_map) > 20  # every classified photo with coordinates
+    assert len(re.findall(r'<path class="nl-point leaflet-interactive"', html)) == drawn
+    assert "photo-user-days (5 km)" in html  # layer names in the control
+    map_block = html[html.index('id="nl-map"') :]
+    assert "<script>document.title" not in map_block and "<img src=x" not in map_block
     assert "Photo-user-days per class" in html and "Confusion matrix" in html
 
     shot = tmp_path / "report.png"
@@ -287,3 +292,35 @@ def test_export_cli(geo_workspace, tmp_path):
     assert other in (tmp_path / "e.csv").read_text()
     out = runner.invoke(app, ["export", str(root), "--run", "nope", "-o", str(tmp_path / "e.csv")])
     assert out.exit_code != 0 and "no run 'nope'" in out.output
+
+
+def test_map_points_show_offline_on_a_plain_background(tmp_path, chromium):
+    """No tile server reachable: the points still draw, in their class colours, with a
+    graticule, from the Leaflet inside the package."""
+    from naturelens.report.map import build_map
+
+    meta = {"nature": {"name": "Nature", "colour": "#d62728"}}
+    points = [
+        {"k": "nature", "lat": 40.4 + 0.01 * i, "lon": -3.7 + 0.013 * (i % 5), "title": EVIL_TITLE,
+         "confidence": 0.9, "owner": EVIL_OWNER, "taken_at": None}
+        for i in range(25)
+    ]  # fmt: skip
+    fragment = build_map(meta, points, [], 1.0)
+    page = tmp_path / "map.html"
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>",
+        encoding="utf-8",
+    )
+    dom = headless(chromium, tmp_path, page.as_uri(), "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r'<path class="nl-point leaflet-interactive"', dom.stdout)) == 25
+    assert not re.search(r"<body[^>]*data-pwned", dom.stdout)  # no hostile script ran
+    shot = tmp_path / "map.png"
+    result = headless(chromium, tmp_path, page.as_uri(), f"--screenshot={shot}",
+                      "--window-size=900,700")  # fmt: skip
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    red = (np.abs(rgb - [214, 39, 40]).sum(axis=2) < 60).sum()
+    grey_lines = (np.abs(rgb - [138, 148, 166]).sum(axis=2) < 40).sum()
+    assert red > 25 * 10  # 25 filled circles of radius 4 in the class colour
+    assert grey_lines > 100  # the graticule on the plain background

@@ -9,7 +9,15 @@ import typer
 import yaml
 from rich.table import Table
 
-from naturelens.cli.app import app, console, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS, make_method, run_method
@@ -46,6 +54,8 @@ def classify(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Classify the workspace's photos with a method.
 
@@ -55,6 +65,7 @@ def classify(
     """
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | parse_params(param)
+    json_mode(as_json)
     with open_workspace(workspace) as ws:
         try:
             probe = make_method(method, **params)
@@ -63,7 +74,7 @@ def classify(
         probe.check_ready(ws)
         gold = ws.labels()
         if shots is not None:
-            _kshot(ws, method, params, shots, seeds, fresh)
+            _kshot(ws, method, params, shots, seeds, fresh, as_json)
             return
         train = sorted(gold) if probe.needs_labels else []
         targets = ws.photo_ids(labelled=False) if probe.needs_labels else ws.photo_ids()
@@ -74,14 +85,20 @@ def classify(
             )
         run_id = _run(ws, probe, targets, train, {}, fresh)
         summary = ws.run(run_id)["summary"]
-        print_class_counts(ws, run_id)
+        counts = print_class_counts(ws, run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
         )
+    if as_json:
+        print_json({"run_id": run_id, "method": method, "classes": counts, **summary})
+    photos = int(summary.get("photos") or 0)
+    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
 
 
-def _kshot(ws, method: str, params: dict, shots: int, seeds: int, fresh: bool) -> None:
+def _kshot(
+    ws, method: str, params: dict, shots: int, seeds: int, fresh: bool, as_json: bool = False
+) -> None:
     """The k-shot protocol of `compare`, for one method: a run and an accuracy per seed."""
     from naturelens.evaluation.compare import MethodSpec, compare
 
@@ -107,14 +124,17 @@ def _kshot(ws, method: str, params: dict, shots: int, seeds: int, fresh: bool) -
     console.print(table)
     accuracies = [r.accuracy for r in row.runs]
     sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    if as_json:
+        print_json(result.to_json())
     console.print(
         f"[bold]{method}[/] {shots}-shot accuracy: "
         f"{statistics.mean(accuracies):.2%} ± {sd:.2%} over {len(accuracies)} seed(s)"
     )
 
 
-def print_class_counts(ws, run_id: str) -> None:
-    """Print a table of a run's photos per class (failed and rejected photos by status)."""
+def print_class_counts(ws, run_id: str) -> dict[str, int]:
+    """Print a table of a run's photos per class (failed and rejected photos by status);
+    returns the counts."""
     counts: dict[str, int] = {}
     for p in ws.predictions(run_id):
         key = p.class_id if p.status == "ok" else f"({p.status})"
@@ -123,6 +143,7 @@ def print_class_counts(ws, run_id: str) -> None:
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
     console.print(table)
+    return counts
 
 
 def _run(ws, method, targets, train, extra, fresh) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import DID_NOT_DO_ITS_JOB, app, console, err, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.workspace.core import WorkspaceError
@@ -142,8 +142,10 @@ def compare(
         except CompareError as exc:
             fail(exc)
         path = save_comparison(ws, result)
+    failed = [row["method"] for row in result.table() if not row.get("seeds")]
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
+        _stop_if_all_failed(failed, len(result.table()))
         return
     p = result.protocol
     if p["shots"] is not None:
@@ -182,6 +184,15 @@ def compare(
     if reused:
         console.print(f"{reused} run(s) reused from earlier identical runs.")
     console.print(f"Saved to {path}")
+    _stop_if_all_failed(failed, len(result.table()))
+
+
+def _stop_if_all_failed(failed: list[str], methods: int) -> None:
+    if methods and len(failed) == methods:
+        fail(
+            f"every method failed ({', '.join(failed)}): nothing was compared",
+            code=DID_NOT_DO_ITS_JOB,
+        )
 
 
 @app.command()

@@ -73,7 +73,9 @@ class Prompt(Method):
         Remote options (see :class:`naturelens.vlm.remote.RemoteVLM`).
     batch
         Remote only: send the requests through the OpenAI Batch API (half price, answers
-        within 24 hours); ``poll_seconds`` sets how often the job is checked.
+        within 24 hours).
+    poll_seconds, batch_chunk
+        With ``batch``: how often the job is checked, and requests per batch job.
     device, max_side
         Local options (see :class:`naturelens.vlm.local.LocalVLM`).
     seed

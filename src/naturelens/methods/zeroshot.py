@@ -185,9 +185,9 @@ class ZeroShot(Method):
             self.processor_ = AutoProcessor.from_pretrained(self.card_.source)
             self.model_ = AutoModel.from_pretrained(self.card_.source, dtype=dtype)
         except OSError as exc:
-            raise MethodError(
-                f"cannot load {self.card_.name} from {self.card_.source!r}: {exc}"
-            ) from exc
+            from naturelens.models.availability import load_failure
+
+            raise MethodError(load_failure(self.card_, exc)) from exc
         self.model_.to(self.device_).eval()
         config = self.model_.config
         self.sigmoid_ = getattr(config, "model_type", "") in ("siglip", "siglip2")

@@ -540,10 +540,9 @@ def _load_module(card: ModelCard, device: torch.device) -> tuple[nn.Module, str,
     try:
         config = AutoConfig.from_pretrained(card.source)
     except OSError as exc:
-        raise BackboneError(
-            f"cannot load {card.name!r} from {card.source!r}: {exc}. Offline? Download it once "
-            "with internet access, or point the card's source at a local folder."
-        ) from exc
+        from naturelens.models.availability import load_failure
+
+        raise BackboneError(load_failure(card, exc)) from exc
     model_type = config.model_type
     arch = {
         "dinov2": "dinov2",

@@ -14,7 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from naturelens.models.weights import device, hub_hint, resolve
+from naturelens.models.availability import ModelLoadError, load_failure
+from naturelens.models.cards import ModelCard
+from naturelens.models.weights import device, resolve
 from naturelens.taxonomy import PhotoClass, Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -48,9 +50,8 @@ class SentenceEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModel.from_pretrained(source).to(self.device).eval()
         except OSError as exc:
-            raise OSError(
-                f"cannot load sentence encoder {name!r}: {exc}{hub_hint(source)}"
-            ) from exc
+            card = ModelCard(name, "text", source, {}, "sentence encoder")
+            raise ModelLoadError(load_failure(card, exc)) from exc
         self._torch = torch
 
     @property
