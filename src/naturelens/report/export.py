@@ -1,39 +1,53 @@
-"""Export a run's predictions joined to the photos' metadata: CSV, Parquet or GeoJSON.
+"""Export a run's predictions joined to the photos' metadata (CSV, Parquet or GeoJSON),
+and photo-user-days on a grid (GeoJSON).
 
-The format follows the output file's extension. CSV and Parquet are written by DuckDB's
-``COPY`` straight from the catalog, so memory does not grow with the number of photos;
-GeoJSON is streamed feature by feature (photos without coordinates get a null geometry,
-which GeoJSON allows).
+The format follows the output file's extension. Rows are one per photo and carry the
+user's own ``id`` and ``source_path`` beside the workspace's ``photo_id``, and one
+``score_<class>`` column per class, so they join to the user's tables in R, QGIS or a
+spreadsheet without parsing JSON. CSV cells a spreadsheet would run as a formula are
+neutralised. CSV and Parquet are written by DuckDB's ``COPY`` straight from the catalog and
+GeoJSON is streamed feature by feature, so memory does not grow with the number of photos;
+photos without coordinates get a null geometry, which GeoJSON allows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from naturelens.errors import NaturelensError
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.exports import (
+    PERIODS,
+    copy_rows,
+    iter_rows,
+    neutralised_sql,
+    photo_user_day_cells,
+    prediction_rows_sql,
+)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".geojson": "geojson"}
-
-# One row per prediction of the run; the columns every format carries.
-_QUERY = """
-SELECT p.photo_id, v.path, p.class_id,
-       map_extract_value(MAP(?::VARCHAR[], ?::VARCHAR[]), p.class_id) AS class_name,
-       p.confidence, p.status, p.detail, v.lat, v.lon, v.title, v.owner, v.taken_at, v.tags,
-       v.url, v.label AS gold_label, p.model, p.prompt_version, p.seconds, p.tokens_in,
-       p.tokens_out, p.cost, p.scores, p.run_id
-FROM predictions p LEFT JOIN photo_view v USING (photo_id)
-WHERE p.run_id = ?
-ORDER BY p.photo_id
-"""
 
 
 class ExportError(NaturelensError, ValueError):
     """The export cannot be written as asked."""
+
+
+@contextmanager
+def _written_whole(output: Path):
+    """Write next to ``output`` and rename, so a failed export leaves no half file."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    try:
+        yield partial
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def export_run(
@@ -64,24 +78,67 @@ def export_run(
             f"{output}: unknown format {output.suffix!r}; use one of {', '.join(FORMATS)}"
         )
     run = ws.run(run_id)  # raises a clear error for an unknown run
-    classes = ws.taxonomy.all_classes
-    args = [[c.id for c in classes], [c.name for c in classes], run["run_id"]]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    # Write next to the target and rename, so a failed export leaves no half file.
-    partial = output.with_name(output.name + ".partial")
-    try:
+    sql, args = prediction_rows_sql(ws, run["run_id"])
+    with _written_whole(output) as partial:
         if fmt == "geojson":
-            count = _write_geojson(ws, args, partial, batch_size)
-        else:
-            options = "(FORMAT csv, HEADER)" if fmt == "csv" else "(FORMAT parquet)"
-            ws.db.execute(f"COPY ({_QUERY}) TO ? {options}", [*args, str(partial)])
-            count = ws.db.execute(
-                "SELECT count(*) FROM predictions WHERE run_id = ?", [run["run_id"]]
-            ).fetchone()[0]
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
-    return int(count)
+            features = (_point_feature(row) for row in iter_rows(ws, sql, args, batch_size))
+            return _write_features(partial, features)
+        return copy_rows(ws, neutralised_sql(sql) if fmt == "csv" else sql, args, partial, fmt)
+
+
+def export_photo_user_days(
+    ws: Workspace,
+    run_id: str | None,
+    output: str | Path,
+    cell_km: float = 1.0,
+    by: str | None = None,
+) -> int:
+    """Write photo-user-days per class and grid cell as GeoJSON polygons; returns the count.
+
+    Each feature is one cell of about ``cell_km`` by ``cell_km`` and one class (and one
+    period with ``by``: ``month`` of the year ``01``..``12`` or ``season``, ``undated``
+    for photos without a date), with ``class_id``, ``class_name``, ``pud`` (distinct
+    user-days), ``photos`` and ``cell_km``. Coordinates are WGS84 longitude/latitude, as
+    GeoJSON requires; QGIS and R's ``sf::st_read`` read the file as is.
+
+    Parameters
+    ----------
+    run_id
+        The run whose classes are counted (the latest finished when None).
+    by
+        None, ``month`` or ``season``.
+    """
+    output = Path(output)
+    if output.suffix.lower() != ".geojson":
+        raise ExportError(f"{output}: photo-user-days are written as GeoJSON (.geojson)")
+    if cell_km <= 0:
+        raise ExportError("--cell-km must be positive")
+    if by not in (None, *PERIODS):
+        raise ExportError(f"--by must be one of {', '.join(PERIODS)}, not {by!r}")
+    run = ws.run(run_id)
+    names = {c.id: c.name for c in ws.taxonomy.all_classes}
+
+    def features():
+        for cell in photo_user_day_cells(ws, run["run_id"], cell_km, by):
+            s, w, n, e = cell["bounds"]
+            props = {
+                "class_id": cell["class"],
+                "class_name": names.get(cell["class"], cell["class"]),
+                **({by: cell["period"]} if by else {}),
+                "pud": cell["pud"],
+                "photos": cell["photos"],
+                "cell_km": cell_km,
+                "run_id": run["run_id"],
+            }
+            ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+            yield {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": props,
+            }
+
+    with _written_whole(output) as partial:
+        return _write_features(partial, features())
 
 
 def _json_value(value: Any) -> Any:
@@ -90,27 +147,23 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _write_geojson(ws: Workspace, args: list, path: Path, batch_size: int) -> int:
-    cur = ws.db.cursor()  # its own cursor: other queries may run while this one streams
-    cur.execute(_QUERY, args)
-    cols = [d[0] for d in cur.description]
+def _point_feature(row: dict[str, Any]) -> dict[str, Any]:
+    props = {c: _json_value(v) for c, v in row.items()}
+    lat, lon = props.pop("lat"), props.pop("lon")
+    geometry = (
+        {"type": "Point", "coordinates": [lon, lat]}
+        if lat is not None and lon is not None
+        else None
+    )
+    return {"type": "Feature", "geometry": geometry, "properties": props}
+
+
+def _write_features(path: Path, features: Iterable[dict[str, Any]]) -> int:
     count = 0
     with open(path, "w", encoding="utf-8") as fh:
         fh.write('{"type": "FeatureCollection", "features": [\n')
-        while rows := cur.fetchmany(batch_size):
-            for row in rows:
-                props = {c: _json_value(v) for c, v in zip(cols, row, strict=True)}
-                if props["scores"]:
-                    props["scores"] = json.loads(props["scores"])
-                lat, lon = props.pop("lat"), props.pop("lon")
-                geometry = (
-                    {"type": "Point", "coordinates": [lon, lat]}
-                    if lat is not None and lon is not None
-                    else None
-                )
-                feature = {"type": "Feature", "geometry": geometry, "properties": props}
-                fh.write(("" if count == 0 else ",\n") + json.dumps(feature, ensure_ascii=False))
-                count += 1
+        for feature in features:
+            fh.write(("" if count == 0 else ",\n") + json.dumps(feature, ensure_ascii=False))
+            count += 1
         fh.write("\n]}\n")
-    cur.close()
     return count

@@ -42,6 +42,11 @@ from naturelens.evaluation.metrics import EvaluationError, evaluate_run
 from naturelens.report.map import build_map
 from naturelens.sources.images import PhotoDecodeError, load_photo
 from naturelens.workspace.core import Workspace, WorkspaceError, now
+from naturelens.workspace.exports import (
+    map_points,
+    photo_user_day_cells,
+    photo_user_day_totals,
+)
 
 # Distinct colours for classes, in taxonomy order (Tableau 10, then 10 lighter ones).
 PALETTE = [
@@ -51,9 +56,6 @@ PALETTE = [
 ]  # fmt: skip
 REJECTED_COLOUR = "#7f7f7f"
 NOT_CLASSIFIED = "(not classified)"
-# Kilometres per degree of latitude, and of longitude at the equator (WGS84, rounded).
-KM_PER_DEG_LAT = 110.574
-KM_PER_DEG_LON = 111.320
 
 
 @dataclass
@@ -314,32 +316,13 @@ def _disagreements(ws: Workspace, runs: list[dict], limit: int) -> tuple[int, li
     return int(total), list(items.values())
 
 
-def _grid_sql(run: dict | None) -> tuple[str, list]:
-    """Geotagged photos with their class, grid row/column and user-day key."""
-    if run:
-        source = """
-            SELECT v.*, coalesce(p.class_id, '(rejected)') AS k, p.confidence
-            FROM photo_view v JOIN predictions p
-              ON p.photo_id = v.photo_id AND p.run_id = ? AND p.status IN ('ok', 'rejected')
-        """
-        args: list = [run["run_id"]]
-    else:
-        source = (
-            "SELECT v.*, v.label AS k, NULL AS confidence FROM photo_view v "
-            "WHERE v.label IS NOT NULL"
-        )
-        args = []
-    return source, args
-
-
 def photo_user_days(
     ws: Workspace, run: dict | None, cell_km: float, max_cells: int = 0
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     """Photo-user-days per grid cell and class: distinct (owner, day) pairs per cell.
 
-    Cells are ``cell_km`` tall; their width in degrees of longitude follows the latitude
-    of their row, so they stay about ``cell_km`` wide. A photo without an owner counts as
-    its own user; photos without a date count as one undated day of their owner.
+    Cells are about ``cell_km`` on a side (see
+    :func:`naturelens.workspace.exports.photo_user_day_cells_sql`).
 
     Returns
     -------
@@ -350,57 +333,10 @@ def photo_user_days(
     """
     if cell_km <= 0:
         raise ReportError("--cell-km must be positive")
-    source, args = _grid_sql(run)
-    dlat = cell_km / KM_PER_DEG_LAT
-    sql = f"""
-        WITH pts AS (
-            SELECT k, lat, lon, floor(lat / {dlat!r}) AS r,
-                   coalesce(owner, 'photo:' || photo_id) || '|' ||
-                   coalesce(CAST(CAST(taken_at AS DATE) AS VARCHAR), 'undated') AS user_day
-            FROM ({source}) WHERE lat IS NOT NULL AND lon IS NOT NULL
-        ), sized AS (
-            SELECT *, {cell_km!r} / ({KM_PER_DEG_LON} *
-                   greatest(cos(radians((r + 0.5) * {dlat!r})), 0.01)) AS dlon
-            FROM pts
-        )
-        SELECT k, r, floor(lon / dlon) AS c, any_value(dlon) AS dlon,
-               count(DISTINCT user_day) AS pud, count(*) AS photos
-        FROM sized GROUP BY k, r, c
-    """
-    totals = {
-        k: {"pud": int(p), "cells": int(n), "photos": int(ph)}
-        for k, p, n, ph in ws.db.execute(
-            f"SELECT k, sum(pud), count(*), sum(photos) FROM ({sql}) GROUP BY k ORDER BY k", args
-        ).fetchall()
-    }
-    limit = f"LIMIT {int(max_cells)}" if max_cells else ""
-    rows = ws.db.execute(
-        f"SELECT k, r, c, dlon, pud, photos FROM ({sql}) ORDER BY pud DESC, k, r, c {limit}", args
-    ).fetchall()
-    cells = [
-        {
-            "class": k,
-            "bounds": (r * dlat, c * dlon, (r + 1) * dlat, (c + 1) * dlon),
-            "pud": int(pud),
-            "photos": int(photos),
-        }
-        for k, r, c, dlon, pud, photos in rows
-    ]
+    run_id = run["run_id"] if run else None
+    totals = photo_user_day_totals(ws, run_id, cell_km)
+    cells = list(photo_user_day_cells(ws, run_id, cell_km, max_cells=max_cells))
     return cells, totals
-
-
-def _map_points(ws: Workspace, run: dict | None, limit: int) -> tuple[int, list[dict]]:
-    source, args = _grid_sql(run)
-    total = ws.db.execute(
-        f"SELECT count(*) FROM ({source}) WHERE lat IS NOT NULL AND lon IS NOT NULL", args
-    ).fetchone()[0]
-    cur = ws.db.execute(
-        f"SELECT photo_id, k, confidence, lat, lon, title, owner, taken_at FROM ({source}) "
-        "WHERE lat IS NOT NULL AND lon IS NOT NULL ORDER BY hash(photo_id), photo_id LIMIT ?",
-        [*args, limit],
-    )
-    cols = [d[0] for d in cur.description]
-    return int(total), [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
 
 # ---------------------------------------------------------------------------- page
@@ -561,7 +497,7 @@ def build_report(
     stored_comparison, comparison = _comparison_rows(ws)
 
     cells, pud_totals = photo_user_days(ws, run, opts.cell_km, opts.map_cells)
-    points_total, points = _map_points(ws, run, opts.map_points)
+    points_total, points = map_points(ws, run["run_id"] if run else None, opts.map_points)
     map_html = build_map(meta, points, cells, opts.cell_km)
 
     data = {
