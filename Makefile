@@ -19,8 +19,10 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	$(PIP) install -e ".[offline]"
 	touch $(DEMO_STAMP)
 
+# The report test opens the report in headless Chromium (Debian's package).
 $(STAMP): $(DEMO_STAMP)
 	$(PIP) install -e ".[dev,umap]"
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	touch $(STAMP)
 
 setup: $(STAMP)
