@@ -84,14 +84,15 @@ class _Group(typer.core.TyperGroup):
         from naturelens.cli.completion import attach
 
         command = super().get_command(ctx, cmd_name)
-        return attach(self.name, command) if command is not None else None
+        group = None if ctx.parent is None else ctx.info_name  # None: the top level
+        return attach(group, command) if command is not None else None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except NaturelensError as exc:
             fail(exc.one_line(), code=exc.exit_code)
-        except (KeyboardInterrupt, RuntimeError) as exc:
+        except (KeyboardInterrupt, Exception) as exc:
             if not _interrupted(exc):
                 raise
             err.print(

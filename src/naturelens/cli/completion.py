@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-import click
-from click.shell_completion import CompletionItem
+from typing import Any
 
 from naturelens.cli.examples import epilog
 
+# Completers get the click context of the command line typed so far and the word being
+# typed; they return the values that fit. (Typer carries its own copy of click, so the
+# context is typed loosely here.)
+Context = Any
 
-def _methods(ctx: click.Context, incomplete: str) -> list[str]:
+
+def _methods(ctx: Context, incomplete: str) -> list[str]:
     from naturelens.methods import METHODS
 
     # --methods takes a comma-separated list: complete its last item.
@@ -21,12 +24,16 @@ def _methods(ctx: click.Context, incomplete: str) -> list[str]:
     return [prefix + m for m in METHODS if m.startswith(last)]
 
 
-def _workspace(ctx: click.Context) -> Path | None:
-    value = ctx.params.get("workspace")
-    return Path(value) if value and (Path(value) / "workspace.yaml").exists() else None
+def _workspace(ctx: Context) -> Path | None:
+    """The workspace folder typed so far (while completing, positional arguments may be
+    left unparsed in ``ctx.args``)."""
+    for value in [ctx.params.get("workspace"), *ctx.args]:
+        if value and (Path(value) / "workspace.yaml").exists():
+            return Path(value)
+    return None
 
 
-def _cards(ctx: click.Context, incomplete: str) -> list[str]:
+def _cards(ctx: Context, incomplete: str) -> list[str]:
     from naturelens.errors import NaturelensError
     from naturelens.models.cards import all_cards
 
@@ -37,7 +44,7 @@ def _cards(ctx: click.Context, incomplete: str) -> list[str]:
     return [n for n in names if n.startswith(incomplete)]
 
 
-def _runs(ctx: click.Context, incomplete: str) -> list[str]:
+def _runs(ctx: Context, incomplete: str) -> list[str]:
     from naturelens.errors import NaturelensError
     from naturelens.workspace.core import Workspace
 
@@ -52,7 +59,7 @@ def _runs(ctx: click.Context, incomplete: str) -> list[str]:
     return [i for i in ids if i.startswith(incomplete)]
 
 
-def _taxonomies(ctx: click.Context, incomplete: str) -> list[str]:
+def _taxonomies(ctx: Context, incomplete: str) -> list[str]:
     from naturelens.taxonomy import builtin_taxonomies
 
     files = [str(p) for p in Path(".").glob(f"{incomplete}*.y*ml")]
@@ -77,14 +84,15 @@ _BY_COMMAND: dict[tuple[str, str], Callable] = {
 
 def _completer(complete: Callable) -> Callable:
     def shell_complete(ctx, param, incomplete):
-        return [CompletionItem(v) for v in complete(ctx, incomplete)]
+        return list(complete(ctx, incomplete))  # typer turns strings into completion items
 
     return shell_complete
 
 
-def attach(group: str | None, command: click.Command) -> click.Command:
-    """Give ``command`` (of sub-group ``group``) its completers and help examples."""
-    path = f"{group} {command.name}" if group and group != "naturelens" else command.name
+def attach(group: str | None, command: Any) -> Any:
+    """Give ``command`` (of sub-group ``group``; None at the top level) its completers and
+    help examples."""
+    path = f"{group} {command.name}" if group else command.name
     if command.epilog is None:
         command.epilog = epilog(path)
     for param in command.params:
