@@ -14,9 +14,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: users with GPUs bring their own CUDA build; here the CPU build is local.
+# --no-compile: Python compiles each module on first import; compiling every file of every
+# package at install time is most of the install's CPU time.
 $(DEMO_STAMP): pyproject.toml | $(PY)
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[offline]"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-compile "torch==2.13.0"
+	$(PIP) install --no-compile -e ".[offline]"
 	touch $(DEMO_STAMP)
 
 # The report test opens the report in headless Chromium (Debian's package).
