@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from naturelens import __version__
 from naturelens.cli import app
 from naturelens.methods import METHODS, make_method
-from naturelens.methods.parameters import method_parameters
+from naturelens.methods.params import method_parameters
 from naturelens.models.availability import MISSING, availability, load_failure
 from naturelens.models.cards import ModelCard, all_cards
 from naturelens.workspace.core import Prediction, Workspace

@@ -19,7 +19,7 @@ import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 
 console = Console()
@@ -77,7 +77,7 @@ def _interrupted(exc: BaseException) -> bool:
     return type(exc).__name__ == "InterruptException" or str(exc) == "Query interrupted"
 
 
-class _Group(typer.core.TyperGroup):
+class ReportingGroup(typer.core.TyperGroup):
     """Runs a command; a :class:`NaturelensError` or Ctrl-C ends as one line, not a traceback."""
 
     def get_command(self, ctx, cmd_name):
@@ -112,7 +112,7 @@ app = typer.Typer(
     "Results go to stdout (--json for scripts); progress and errors go to stderr.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    cls=_Group,
+    cls=ReportingGroup,
 )
 
 
@@ -131,5 +131,7 @@ def _options(
     """Sort photo collections into your classes with large vision and language models."""
 
 
-taxonomy_app = typer.Typer(help="List and show taxonomies.", no_args_is_help=True, cls=_Group)
+taxonomy_app = typer.Typer(
+    help="List and show taxonomies.", no_args_is_help=True, cls=ReportingGroup
+)
 app.add_typer(taxonomy_app, name="taxonomy")

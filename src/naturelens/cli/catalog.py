@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import _Group, app, console, fail, json_mode, print_json
+from naturelens.cli.app import ReportingGroup, app, console, fail, json_mode, print_json
 
 methods_app = typer.Typer(
-    help="List the methods and show their parameters.", no_args_is_help=True, cls=_Group
+    help="List the methods and show their parameters.", no_args_is_help=True, cls=ReportingGroup
 )
 app.add_typer(methods_app, name="methods")
 
@@ -72,7 +72,7 @@ def models(
 def methods_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the classification methods."""
     from naturelens.methods import METHODS
-    from naturelens.methods.parameters import method_summary
+    from naturelens.methods.params import method_summary
 
     rows = [{"method": name, "summary": method_summary(name)} for name in METHODS]
     if as_json:
@@ -90,7 +90,7 @@ def methods_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a method's parameters (what --param KEY=VALUE takes): type, default, meaning."""
-    from naturelens.methods.parameters import method_parameters, method_summary
+    from naturelens.methods.params import method_parameters, method_summary
 
     params = method_parameters(name)  # an unknown name is a MethodError: one line
     if as_json:

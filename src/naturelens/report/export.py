@@ -2,36 +2,33 @@
 and photo-user-days on a grid (GeoJSON).
 
 The format follows the output file's extension. Rows are one per photo and carry the
-user's own ``id`` and ``source_path`` beside the workspace's ``photo_id``, and one
-``score_<class>`` column per class, so they join to the user's tables in R, QGIS or a
-spreadsheet without parsing JSON. CSV cells a spreadsheet would run as a formula are
-neutralised. CSV and Parquet are written by DuckDB's ``COPY`` straight from the catalog and
-GeoJSON is streamed feature by feature, so memory does not grow with the number of photos;
-photos without coordinates get a null geometry, which GeoJSON allows.
+user's own ``id`` and ``source_path`` beside the workspace's ``photo_id``, one
+``score_<class>`` column per class and the conformal ``prediction_set`` where the run has
+one, so they join to the user's tables in R, QGIS or a spreadsheet without parsing JSON.
+CSV cells a spreadsheet would run as a formula are neutralised. CSV and Parquet are
+written by DuckDB's ``COPY`` straight from the catalog and GeoJSON is streamed feature by
+feature, so memory does not grow with the number of photos; photos without coordinates get
+a null geometry, which GeoJSON allows.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from naturelens.errors import NaturelensError
+from naturelens.workspace import reports
 from naturelens.workspace.core import Workspace
-from naturelens.workspace.exports import (
-    PERIODS,
-    copy_rows,
-    iter_rows,
-    neutralised_sql,
-    photo_user_day_cells,
-    prediction_rows_sql,
-)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".geojson": "geojson"}
+# Kilometres per degree of latitude, and of longitude at the equator (WGS84, rounded).
+KM_PER_DEG_LAT = 110.574
+KM_PER_DEG_LON = 111.320
 
 
 class ExportError(NaturelensError, ValueError):
@@ -39,7 +36,7 @@ class ExportError(NaturelensError, ValueError):
 
 
 @contextmanager
-def _written_whole(output: Path):
+def _written_whole(output: Path) -> Iterator[Path]:
     """Write next to ``output`` and rename, so a failed export leaves no half file."""
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
@@ -78,12 +75,11 @@ def export_run(
             f"{output}: unknown format {output.suffix!r}; use one of {', '.join(FORMATS)}"
         )
     run = ws.run(run_id)  # raises a clear error for an unknown run
-    sql, args = prediction_rows_sql(ws, run["run_id"])
     with _written_whole(output) as partial:
         if fmt == "geojson":
-            features = (_point_feature(row) for row in iter_rows(ws, sql, args, batch_size))
-            return _write_features(partial, features)
-        return copy_rows(ws, neutralised_sql(sql) if fmt == "csv" else sql, args, partial, fmt)
+            rows = reports.iter_export(ws, run["run_id"], batch_size)
+            return _write_features(partial, (_point_feature(row) for row in rows))
+        return int(reports.copy_export(ws, run["run_id"], str(partial), fmt))
 
 
 def export_photo_user_days(
@@ -113,20 +109,23 @@ def export_photo_user_days(
         raise ExportError(f"{output}: photo-user-days are written as GeoJSON (.geojson)")
     if cell_km <= 0:
         raise ExportError("--cell-km must be positive")
-    if by not in (None, *PERIODS):
-        raise ExportError(f"--by must be one of {', '.join(PERIODS)}, not {by!r}")
+    if by not in (None, *reports.PERIODS):
+        raise ExportError(f"--by must be one of {', '.join(reports.PERIODS)}, not {by!r}")
     run = ws.run(run_id)
     names = {c.id: c.name for c in ws.taxonomy.all_classes}
+    dlat = cell_km / KM_PER_DEG_LAT
 
-    def features():
-        for cell in photo_user_day_cells(ws, run["run_id"], cell_km, by):
-            s, w, n, e = cell["bounds"]
+    def features() -> Iterator[dict[str, Any]]:
+        cells = reports.iter_grid_cells(ws, run["run_id"], dlat, cell_km, KM_PER_DEG_LON, by)
+        for cell in cells:
+            s, n = cell["r"] * dlat, (cell["r"] + 1) * dlat
+            w, e = cell["c"] * cell["dlon"], (cell["c"] + 1) * cell["dlon"]
             props = {
-                "class_id": cell["class"],
-                "class_name": names.get(cell["class"], cell["class"]),
+                "class_id": cell["k"],
+                "class_name": names.get(cell["k"], cell["k"]),
                 **({by: cell["period"]} if by else {}),
-                "pud": cell["pud"],
-                "photos": cell["photos"],
+                "pud": int(cell["pud"]),
+                "photos": int(cell["photos"]),
                 "cell_km": cell_km,
                 "run_id": run["run_id"],
             }

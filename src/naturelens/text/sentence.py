@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from naturelens.models.availability import ModelLoadError, load_failure
-from naturelens.models.cards import ModelCard
-from naturelens.models.weights import device, resolve
+from naturelens.models.cards import make_card
+from naturelens.models.device import pick_device
+from naturelens.models.weights import resolve
 from naturelens.taxonomy import PhotoClass, Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -45,12 +46,12 @@ class SentenceEncoder:
         self.source = source
         self.max_length = max_length
         self.normalize = normalize
-        self.device = device()
+        self.device = str(pick_device())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModel.from_pretrained(source).to(self.device).eval()
         except OSError as exc:
-            card = ModelCard(name, "text", source, {}, "sentence encoder")
+            card = make_card(name, "text", source, origin="sentence encoder")
             raise ModelLoadError(load_failure(card, exc)) from exc
         self._torch = torch
 
@@ -86,7 +87,7 @@ class SentenceEncoder:
 def load_encoder(name: str = DEFAULT_ENCODER) -> SentenceEncoder:
     """The sentence encoder ``name`` (a card, a local folder or a hub id), loaded once."""
     card, source = resolve(name, kind="text")
-    key = (source, device())
+    key = (source, str(pick_device()))
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = SentenceEncoder(
