@@ -56,9 +56,9 @@ def test_every_command_has_examples_in_its_help():
     for words in commands:
         result = CliRunner().invoke(app, [*words, "--help"], terminal_width=200)
         assert result.exit_code == 0, words
-        assert "Examples" in result.stdout and f"naturelens {' '.join(words)}" in result.stdout, (
-            words
-        )
+        assert "Example" in result.stdout, words
+        assert f"naturelens {' '.join(words)}" in result.stdout, words
+        assert result.stdout.count("Example") == 1, words  # one examples section, not two
 
 
 def test_methods_show_lists_parameters_with_types_defaults_and_meaning():

@@ -93,8 +93,8 @@ def attach(group: str | None, command: Any) -> Any:
     """Give ``command`` (of sub-group ``group``; None at the top level) its completers and
     help examples."""
     path = f"{group} {command.name}" if group else command.name
-    if command.epilog is None:
-        command.epilog = epilog(path)
+    if command.epilog is None and "Example" not in (command.help or ""):
+        command.epilog = epilog(path)  # unless the docstring shows its own
     for param in command.params:
         complete = _BY_COMMAND.get((path, param.name)) or _BY_PARAM.get(param.name)
         if complete is not None and param._custom_shell_complete is None:

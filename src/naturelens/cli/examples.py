@@ -1,4 +1,5 @@
-"""Examples shown at the end of every command's ``--help``, as data.
+"""Examples shown at the end of every command's ``--help``, as data (a command whose
+docstring shows its own examples keeps those).
 
 Keys are command paths (``classify``, ``taxonomy show``); each value is a list of
 ``(command line, what it does)``.
@@ -22,24 +23,6 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("naturelens status parks --json | jq .runs", "the same for scripts"),
     ],
     "demo": [("naturelens demo demo-workspace", "sample photos, classified offline")],
-    "classify": [
-        ("naturelens classify parks --method probe --model dinov2-small", "learn from labels"),
-        (
-            "naturelens classify parks --method probe --model dinov2-small --shots 10 --seeds 5",
-            "10 labelled photos per class, 5 draws",
-        ),
-        ("naturelens classify parks --method zeroshot --model clip-vit-b16", "no labels"),
-        (
-            "naturelens classify parks --method prompt --model gemma-3 "
-            "--base-url http://127.0.0.1:8080/v1",
-            "a local OpenAI-compatible server",
-        ),
-        ("naturelens classify parks -m probe -p classifier=knn --json", "JSON summary"),
-    ],
-    "evaluate": [
-        ("naturelens evaluate parks", "the latest finished run against the gold labels"),
-        ("naturelens evaluate parks --run RUN --json", "one run, for scripts"),
-    ],
     "compare": [
         (
             "naturelens compare parks --methods probe,zeroshot:model=clip-vit-b16 --shots 10",
