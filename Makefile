@@ -14,8 +14,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: users with GPUs bring their own CUDA build; here the CPU build is local.
-# --no-compile: Python compiles each module on first import; compiling every file of every
-# package at install time is most of the install's CPU time.
+# --no-compile: no byte-compiling of every installed file up front; Python compiles each
+# module the first time it is imported.
 $(DEMO_STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --no-compile "torch==2.13.0"
 	$(PIP) install --no-compile -e ".[offline]"
