@@ -63,22 +63,33 @@ def headless(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.
     )  # fmt: skip
 
 
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def workspace_from(manifest: Path, rows: list[dict[str, str]], root: Path) -> Workspace:
+    """Rewrite ``manifest`` with ``rows`` and ingest it into a new FLIPS workspace."""
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ws = Workspace.create(root, "flips")
+    ws.ingest([manifest])
+    return ws
+
+
 @pytest.fixture
 def geo_workspace(tmp_path):
     """Photos with titles, owners, dates and coordinates; one title and owner are hostile."""
     folder = tmp_path / "photos"
     make_photo_set(folder, "flips", per_class=5, size=64, manifest=True, with_metadata=True)
     manifest = folder / "manifest.csv"
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = read_manifest(manifest)
     rows[0]["title"] = EVIL_TITLE
     rows[0]["owner"] = EVIL_OWNER
     rows[-1]["lat"] = rows[-1]["lon"] = ""  # one photo without coordinates
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    ws = Workspace.create(tmp_path / "ws", "flips")
-    ws.ingest([manifest])
+    ws = workspace_from(manifest, rows, tmp_path / "ws")
     yield ws
     ws.close()
 
@@ -333,7 +344,7 @@ def test_exports_carry_user_ids_paths_and_one_score_column_per_class(tmp_path):
     folder = tmp_path / "photos"
     make_photo_set(folder, "flips", per_class=2, size=48, manifest=True, with_metadata=True)
     manifest = folder / "manifest.csv"
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = read_manifest(manifest)
     for i, row in enumerate(rows):
         row["id"] = f"flickr-{1000 + i}"
     rows[0]["title"] = '=HYPERLINK("http://evil","click")'
@@ -341,12 +352,7 @@ def test_exports_carry_user_ids_paths_and_one_score_column_per_class(tmp_path):
     rows[2]["tags"] = "-2+3"
     twin = dict(rows[3], id="flickr-twin")  # the same file again under another id
     rows.append(twin)
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    ws = Workspace.create(tmp_path / "ws", "flips")
-    ws.ingest([manifest])
+    ws = workspace_from(manifest, rows, tmp_path / "ws")
     classes = ws.taxonomy.all_ids
     preds = []
     for i, pid in enumerate(ws.photo_ids()):
