@@ -358,7 +358,9 @@ def test_exports_carry_user_ids_paths_and_one_score_column_per_class(tmp_path):
     for i, pid in enumerate(ws.photo_ids()):
         scores = {c: (0.5 if j == i % len(classes) else 0.1) for j, c in enumerate(classes)}
         top = max(scores, key=scores.get)
-        preds.append(Prediction(pid, top, scores[top], scores))
+        # A conformal set on every other photo, as a calibrated run stores it.
+        kept = [top, classes[(i + 1) % len(classes)]] if i % 2 else None
+        preds.append(Prediction(pid, top, scores[top], scores, prediction_set=kept))
     run_id, _ = ws.start_run("probe", {})
     ws.write_predictions(run_id, preds)
     ws.finish_run(run_id)
@@ -373,6 +375,7 @@ def test_exports_carry_user_ids_paths_and_one_score_column_per_class(tmp_path):
         for c in classes:
             assert float(row[f"score_{c}"]) == pytest.approx(p.scores[c])
         assert Path(row["source_path"]).name == Path(row["path"]).name
+        assert row["prediction_set"] == ";".join(p.prediction_set or [])
     ids = {row["id"] for row in out}
     assert {f"flickr-{1000 + i}" for i in range(len(rows) - 1)} == ids
     twin_row = next(r for r in out if r["id"] == rows[3]["id"])
