@@ -53,7 +53,7 @@ PALETTE = [
     "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#bab0ac",
 ]  # fmt: skip
 REJECTED_COLOUR = "#7f7f7f"
-# Kilometres per degree of latitude, and of longitude at the equator (WGS84, rounded).
+
 
 @dataclass
 class ReportOptions:
