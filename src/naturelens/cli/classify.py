@@ -8,7 +8,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    err,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS
@@ -57,6 +66,8 @@ def classify(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
@@ -77,6 +88,7 @@ def classify(
 
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
+    json_mode(as_json)
     with open_workspace(workspace) as ws:
         result = classify_collection(
             ws,
@@ -91,7 +103,7 @@ def classify(
             progress=photo_progress,
         )
         summary = ws.run(result.run_id)["summary"]
-        print_class_counts(ws, result.run_id)
+        counts = print_class_counts(ws, result.run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
@@ -100,6 +112,19 @@ def classify(
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
             err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "method": method,
+                "classes": counts,
+                "estimate": result.estimate,
+                "notes": result.notes,
+                **summary,
+            }
+        )
+    photos = int(summary.get("photos") or 0)
+    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:
@@ -142,8 +167,9 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
         )
 
 
-def print_class_counts(ws, run_id: str) -> None:
-    """Print a table of a run's photos per class (failed and rejected photos by status)."""
+def print_class_counts(ws, run_id: str) -> dict[str, int]:
+    """Print a table of a run's photos per class (failed and rejected photos by status);
+    returns the counts."""
     counts: dict[str, int] = {}
     for p in ws.predictions(run_id):
         key = p.class_id if p.status == "ok" else f"({p.status})"
@@ -152,3 +178,4 @@ def print_class_counts(ws, run_id: str) -> None:
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
     console.print(table)
+    return counts

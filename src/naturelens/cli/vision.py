@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.classify import print_class_counts
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
@@ -77,8 +85,11 @@ def predict(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Apply a saved probe, fine-tuned or contrastive model to the workspace's photos."""
+    json_mode(as_json)
     from naturelens.methods import run_method
     from naturelens.methods.saving import SavedModel, read_model_info
 
@@ -99,4 +110,9 @@ def predict(
                 run_id = run_method(ws, method, targets, progress=advance, resume=not fresh)
         except (ValueError, ImportError) as exc:
             fail(exc)
-        print_class_counts(ws, run_id)
+        counts = print_class_counts(ws, run_id)
+        summary = ws.run(run_id)["summary"]
+    if as_json:
+        print_json({"run_id": run_id, "method": info["method"], "classes": counts, **summary})
+    photos = int(summary.get("photos") or 0)
+    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from naturelens.errors import NaturelensError
+from naturelens.errors import NaturelensError, RunStopped
 from naturelens.workspace.core import Prediction, Workspace
 
 
@@ -115,6 +115,10 @@ class Method:
     def comparison_note(self) -> str:
         """A caveat a comparison table should print beside this method's row."""
         return ""
+
+    def check_ready(self, workspace: Workspace) -> None:
+        """Raise a :class:`~naturelens.errors.NaturelensError` if the run cannot work (a
+        missing API key...); called before a run is recorded, so nothing starts in vain."""
 
     def bind(self, context: RunContext | None, photos: PhotoSet) -> RunContext:
         """The context this method works in (one without a run when none is given)."""
@@ -215,6 +219,7 @@ def run_method(
         raise MethodError(f"{len(missing)} training photos have no gold label")
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
+    method.check_ready(ws)
     params = {
         "method": method.stored_params(),
         "train": sorted(train_ids),
@@ -251,6 +256,12 @@ def run_method(
             if progress and buffer:
                 progress(len(buffer))
             assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
+    except RunStopped as exc:
+        ws.finish_run(run_id, status="interrupted")
+        exc.hint = "; ".join(
+            filter(None, [exc.hint, f"run {run_id} is kept: the same command resumes it"])
+        )
+        raise
     except BaseException:
         ws.finish_run(run_id, status="interrupted")
         raise

@@ -127,6 +127,20 @@ class Hybrid(Method):
     def needs_labels(self) -> bool:  # type: ignore[override]
         return self.classifier in _LEARNS
 
+    def check_ready(self, workspace: Workspace) -> None:
+        """Refuse a hosted API without a key before any photo is described."""
+        from naturelens.methods.prompt import _card_backend
+        from naturelens.vlm.remote import require_api_key
+
+        describer = self.describer or self.model
+        if describer and describer not in (TAGS, NO_DESCRIPTION):
+            if self.describer_base_url or _card_backend(describer, workspace.root) == "openai":
+                require_api_key(describer, self.describer_base_url)
+        if self.text_model and (
+            self.base_url or _card_backend(self.text_model, workspace.root) == "openai"
+        ):
+            require_api_key(self.text_model, self.base_url, self.api_key)
+
     # ------------------------------------------------------------------ descriptions
     def _description_source(self) -> DescriptionSource | None:
         """Where texts are read from; None for title and tags alone."""

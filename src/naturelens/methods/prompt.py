@@ -73,7 +73,9 @@ class Prompt(Method):
         Remote options (see :class:`naturelens.vlm.remote.RemoteVLM`).
     batch
         Remote only: send the requests through the OpenAI Batch API (half price, answers
-        within 24 hours); ``poll_seconds`` sets how often the job is checked.
+        within 24 hours).
+    poll_seconds, batch_chunk
+        With ``batch``: how often the job is checked, and requests per batch job.
     device, max_side
         Local options (see :class:`naturelens.vlm.local.LocalVLM`).
     seed
@@ -139,6 +141,13 @@ class Prompt(Method):
     # ------------------------------------------------------------------ fit
     def _remote(self) -> bool:
         return self.base_url is not None or getattr(self.vlm_, "backend", "") == "openai"
+
+    def check_ready(self, workspace: Workspace) -> None:
+        """Refuse a hosted API without a key before any photo is sent."""
+        if self.base_url is not None or _card_backend(self.model, workspace.root) == "openai":
+            from naturelens.vlm.remote import require_api_key
+
+            require_api_key(self.model, self.base_url)
 
     def vlm_options(self, workspace: Workspace | None = None) -> dict:
         """Back-end options for :func:`naturelens.vlm.load_vlm`."""

@@ -262,11 +262,9 @@ def family_of(card: ModelCard) -> VisionFamily:
 
 
 def _not_loadable(card: ModelCard, exc: OSError) -> BackboneError:
-    return BackboneError(
-        f"cannot load {card.name!r} from {card.source!r}: {exc}",
-        hint="offline? download it once with internet access, or point the card's "
-        "source at a local folder",
-    )
+    from naturelens.models.availability import load_failure
+
+    return BackboneError(load_failure(card, exc))
 
 
 def card_pooling(

@@ -71,11 +71,10 @@ class LocalVLM(VisionLanguageModel):
                 self.processor = AutoProcessor.from_pretrained(source)
             if self.model is None:
                 self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
-        except OSError as exc:
-            raise VLMError(
-                f"cannot load {self.name} from {source!r}: {exc}. Download it first "
-                "(`hf download ...`) or point the card's source at a local folder"
-            ) from exc
+        except (OSError, ValueError) as exc:
+            from naturelens.models.availability import load_failure
+
+            raise VLMError(load_failure(self.card, exc)) from exc
         self.model.to(self.device).eval()
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"

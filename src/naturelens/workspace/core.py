@@ -44,6 +44,11 @@ from naturelens.workspace.stamps import now
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
+# Runs this process has started and not finished. The catalog admits one writing process,
+# so any other run still marked 'running' when a writer opens it was killed: it is marked
+# interrupted (and resumes like any interrupted run).
+_LIVE_RUNS: set[str] = set()
+
 
 class WorkspaceError(NaturelensError, ValueError):
     """A workspace is missing, already exists, or is asked for something it lacks."""
@@ -160,6 +165,12 @@ class Workspace:
                 self._db = None
                 self._upgrade(path, version)
                 self._db = self._connect(path, self.read_only)
+            if not self.read_only:
+                self._db.execute(
+                    "UPDATE runs SET status = 'interrupted' "
+                    "WHERE status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)",
+                    [sorted(_LIVE_RUNS)],
+                )
         return self._db
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -448,6 +459,7 @@ class Workspace:
             ).fetchone()
             if row:
                 self.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [row[0]])
+                _LIVE_RUNS.add(row[0])
                 return row[0], True
         stamp = now()
         run_id = f"{method}-{stamp:%Y%m%d-%H%M%S}-{key[:6]}"
@@ -460,9 +472,11 @@ class Workspace:
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL,'running',NULL)",
             [run_id, method, key, params_json, self.taxonomy.label, code_version(), stamp],
         )
+        _LIVE_RUNS.add(run_id)
         return run_id, False
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
+        _LIVE_RUNS.discard(run_id)
         self.db.execute(
             "UPDATE runs SET status = ?, ended_at = ?, summary = ? WHERE run_id = ?",
             [status, now(), json.dumps(summary or {}, default=str), run_id],
