@@ -235,7 +235,11 @@ def score_column(class_id: str) -> str:
 
 
 def _export_sql(ws: Workspace, run_id: str) -> tuple[str, list]:
-    """One row per photo of the run.
+    """One row per photo of the workspace, with the run's prediction where it made one.
+
+    A photo the run trained on (a gold-labelled photo) has no prediction: its row carries
+    the gold label as its class and the status ``labelled``; a photo the run did not reach
+    has the status ``not predicted``.
 
     Columns: the user's ``id`` (the manifest id of the photo's first reference) and
     ``ids`` (every manifest id of the photo, ``;``-separated, when it was listed more
@@ -261,23 +265,29 @@ WITH user_refs AS (
            first(coalesce(path, url) ORDER BY added_at, ref) AS source_path
     FROM refs WHERE photo_id IS NOT NULL GROUP BY photo_id
 )
-SELECT u.id, u.ids, p.photo_id, u.source_path, v.path, p.class_id,
-       map_extract_value(MAP(?::VARCHAR[], ?::VARCHAR[]), p.class_id) AS class_name,
-       p.confidence, p.status, p.detail,
+SELECT u.id, u.ids, v.photo_id, u.source_path, v.path,
+       coalesce(p.class_id, CASE WHEN p.photo_id IS NULL THEN v.label END) AS class_id,
+       map_extract_value(
+           MAP(?::VARCHAR[], ?::VARCHAR[]),
+           coalesce(p.class_id, CASE WHEN p.photo_id IS NULL THEN v.label END)
+       ) AS class_name,
+       p.confidence,
+       coalesce(p.status, CASE WHEN v.label IS NOT NULL THEN 'labelled' ELSE 'not predicted'
+                END) AS status,
+       p.detail,
        array_to_string(TRY_CAST(from_json(p.prediction_set, '["VARCHAR"]') AS VARCHAR[]), ';')
            AS prediction_set,
        v.lat, v.lon, v.title, v.owner, v.taken_at, v.tags,
        v.url, v.label AS gold_label, p.model, p.prompt_version, p.seconds, p.tokens_in,
        p.tokens_out, p.cost,
        {scores},
-       p.run_id
-FROM predictions p
-LEFT JOIN photo_view v USING (photo_id)
-LEFT JOIN user_refs u USING (photo_id)
-WHERE p.run_id = ?
-ORDER BY p.photo_id
+       ?::VARCHAR AS run_id
+FROM photo_view v
+LEFT JOIN predictions p ON p.photo_id = v.photo_id AND p.run_id = ?
+LEFT JOIN user_refs u ON u.photo_id = v.photo_id
+ORDER BY v.photo_id
 """
-    return sql, [[c.id for c in classes], [c.name for c in classes], run_id]
+    return sql, [[c.id for c in classes], [c.name for c in classes], run_id, run_id]
 
 
 def _neutralised(sql: str) -> str:
@@ -298,7 +308,7 @@ def copy_export(ws: Workspace, run_id: str, path: str, fmt: str) -> int:
     if fmt == "csv":
         sql = _neutralised(sql)
     ws.db.execute(f"COPY ({sql}) TO ? {options}", [*args, path])
-    return ws.run_totals(run_id)["photos"]
+    return ws.db.execute("SELECT count(*) FROM photo_view").fetchone()[0]
 
 
 def iter_export(ws: Workspace, run_id: str, batch_size: int) -> Iterator[dict[str, Any]]:
