@@ -12,7 +12,7 @@ from rich.table import Table
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS, make_method, run_method
+from naturelens.methods import METHODS
 
 
 def parse_params(pairs: list[str]) -> dict:
@@ -53,6 +53,8 @@ def classify(
     --shots K they train on K labelled photos per class, test on the remaining labelled
     photos and report accuracy (mean ± sd over --seeds draws).
     """
+    from naturelens.methods import make_method
+
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | parse_params(param)
     with open_workspace(workspace) as ws:
@@ -125,6 +127,8 @@ def print_class_counts(ws, run_id: str) -> None:
 
 
 def _run(ws, method, targets, train, extra, fresh) -> str:
+    from naturelens.methods import run_method
+
     try:
         with photo_progress(method.name, len(targets)) as advance:
             return run_method(

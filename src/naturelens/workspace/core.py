@@ -26,18 +26,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import yaml
-from PIL import Image
 
 from naturelens import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader, DownloadError
-from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
-from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
+
+if TYPE_CHECKING:
+    # Photo decoding (numpy, Pillow), downloads (httpx) and manifests (pyarrow) are
+    # imported where they are used, so commands that only read the catalog start fast.
+    from PIL import Image
+
+    from naturelens.sources.download import Downloader, DownloadError
+    from naturelens.sources.refs import PhotoRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS photos (
@@ -283,6 +287,9 @@ class Workspace:
         progress
             Called with the number of references handled after each batch.
         """
+        from naturelens.sources.download import Downloader
+        from naturelens.sources.refs import iter_source
+
         report = IngestReport()
         downloader = downloader or Downloader(self.root / "cache" / "downloads")
         workers = workers or min(8, (os.cpu_count() or 2) * 2)
@@ -458,6 +465,8 @@ class Workspace:
         PhotoDecodeError
             If the file has changed or vanished since ingest.
         """
+        from naturelens.sources.images import PhotoDecodeError, decode_photo
+
         path = self.photo_path(photo_id)
         try:
             data = path.read_bytes()
@@ -683,6 +692,9 @@ class _ReadResult:
 
 
 def _read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadResult:
+    from naturelens.sources.download import DownloadError
+    from naturelens.sources.images import PhotoDecodeError, inspect_photo
+
     res = _ReadResult(ref)
     if ref.problem:
         res.failure, _, res.failure_detail = ref.problem.partition(": ")
