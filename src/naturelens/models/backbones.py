@@ -27,6 +27,8 @@ from torch import nn
 
 from naturelens.errors import NaturelensError
 from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
+from naturelens.models.precision import DTYPES as PRECISION_DTYPES
+from naturelens.models.precision import PrecisionChoice, choose_precision
 from naturelens.sources.images import decode_photo
 
 POOLINGS = ("cls", "mean", "cls+mean", "image_embeds")
@@ -340,6 +342,7 @@ class Backbone(nn.Module):
         self.prefix_tokens = prefix_tokens
         # The type inference runs in; fine-tuning keeps fp32 weights and autocasts to it.
         self.compute_dtype = torch.float32
+        self.precision = PrecisionChoice("fp32", "forced")
 
     @property
     def device(self) -> torch.device:
@@ -592,9 +595,11 @@ def load_backbone(
     device
         ``cpu``, ``cuda``, ``mps``...; the best available when None.
     precision
-        ``auto`` (bf16 on CUDA and on CPUs with bf16 units, else fp32), ``fp32``,
-        ``bf16`` or ``fp16``. For inference the weights are cast to it (measured faster
-        than autocast on CPU); with ``training`` they stay fp32 and callers autocast.
+        ``auto`` (the fastest precision that agrees with fp32, measured at the first use
+        of the card on this machine and remembered: :mod:`naturelens.models.precision`),
+        ``fp32``, ``bf16`` or ``fp16``. For inference the weights are cast to it
+        (measured faster than autocast on CPU); with ``training`` they stay fp32 and
+        callers autocast. ``backbone.precision`` says which ran and why.
     training
         Keep fp32 weights for fine-tuning.
 
@@ -607,7 +612,8 @@ def load_backbone(
     preprocessing = card_preprocessing(card)
     pooling = card_pooling(card, pooling_override)
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    dtype = pick_dtype(precision, dev)
+    if precision != "auto":
+        pick_dtype(precision, dev)  # an unknown precision fails before the weights load
     module, arch, prefix = _load_module(card, dev)
     if arch == "efficientnet" and pooling != "mean":
         raise CardError(f"model {card.name!r}: EfficientNet gives pooling mean only")
@@ -618,11 +624,22 @@ def load_backbone(
         )
     module.requires_grad_(False)
     backbone = Backbone(card, module, arch, preprocessing, pooling, dim, prefix)
-    backbone.to(dev)
+    backbone.to(dev).eval()
+    if precision == "auto":
+        backbone.precision = choose_precision(
+            f"{card.name}|{card.source}|{pooling}",
+            backbone,
+            lambda m, x: m.features(x),
+            preprocessing.input_size,
+            dev,
+        )
+    else:
+        backbone.precision = PrecisionChoice(precision, "forced")
+    dtype = PRECISION_DTYPES[backbone.precision.precision]
     if not training and dtype != torch.float32:
         backbone.to(dtype)
     backbone.compute_dtype = dtype
-    return backbone.eval()
+    return backbone
 
 
 def backbone_spec(backbone: Backbone) -> dict[str, Any]:

@@ -82,6 +82,8 @@ class EmbeddingSet:
         ``<workspace>/embeddings/<key>``.
     computed, failed
         Photos embedded / failed by the :func:`embed_photos` call that returned this set.
+    precision
+        Which precision that call ran in, and why (empty when nothing was computed).
     """
 
     folder: Path
@@ -91,6 +93,7 @@ class EmbeddingSet:
     computed: int = 0
     failed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    precision: str = ""  # which precision computed this call's embeddings, and why
 
     @property
     def key(self) -> str:
@@ -574,6 +577,7 @@ def embed_photos(
     if backbone is None:
         backbone = load_backbone(model, device=device, precision=precision, workspace=ws.root)
     spec = backbone_spec(backbone)
+    emb.precision = backbone.precision.describe()
     if cache_key(spec) != emb.key:
         raise ValueError(f"backbone {spec['model']!r} does not produce embeddings for {model!r}")
     emb.folder.mkdir(parents=True, exist_ok=True)
