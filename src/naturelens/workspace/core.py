@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -41,6 +39,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from naturelens.sources.download import Downloader, DownloadError
+    from naturelens.sources.reading import PhotoFile
     from naturelens.sources.refs import PhotoRef
 
 SCHEMA = """
@@ -288,25 +287,26 @@ class Workspace:
             Called with the number of references handled after each batch.
         """
         from naturelens.sources.download import Downloader
+        from naturelens.sources.reading import PhotoReader
         from naturelens.sources.refs import iter_source
 
         report = IngestReport()
         downloader = downloader or Downloader(self.root / "cache" / "downloads")
-        workers = workers or min(8, (os.cpu_count() or 2) * 2)
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
                 yield from iter_source(source, labels_from_folders=labels_from_folders)
 
         stream = refs()
-        with ThreadPoolExecutor(workers) as pool:
+        # Files are read, hashed and decoded on every core; the catalog is written here.
+        with PhotoReader(workers) as reader:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, pool, downloader, report)
+                self._ingest_batch(batch, reader, downloader, report)
                 if progress:
                     progress(len(batch))
         return report
 
-    def _ingest_batch(self, batch, pool, downloader, report: IngestReport) -> None:
+    def _ingest_batch(self, batch, reader, downloader, report: IngestReport) -> None:
         report.seen += len(batch)
         keys = [r.ref for r in batch]
         done = {
@@ -321,7 +321,10 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: _read_ref(r, fetched), todo))
+        results = [_ref_result(r, fetched) for r in todo]
+        reading = [res for res in results if res.path and not res.failure]
+        for res, found in zip(reading, reader.read([res.path for res in reading]), strict=True):
+            res.add(found)
         known = {
             row[0]
             for row in self.db.execute(
@@ -690,10 +693,17 @@ class _ReadResult:
     photo_failure: str | None = None  # the bytes were read but are not a usable photo
     photo_failure_detail: str | None = None
 
+    def add(self, found: PhotoFile) -> None:
+        """Take in what reading the reference's file found."""
+        self.photo_id, self.size, self.info = found.photo_id, found.size, found.info
+        self.failure, self.failure_detail = found.failure, found.failure_detail
+        self.photo_failure = found.photo_failure
+        self.photo_failure_detail = found.photo_failure_detail
 
-def _read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadResult:
+
+def _ref_result(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadResult:
+    """The reference's own failure, or the file to read for it (read later, in parallel)."""
     from naturelens.sources.download import DownloadError
-    from naturelens.sources.images import PhotoDecodeError, inspect_photo
 
     res = _ReadResult(ref)
     if ref.problem:
@@ -701,29 +711,13 @@ def _read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadR
         res.failure_detail = ref.problem
         return res
     if ref.path:
-        path = Path(ref.path)
+        res.path = str(Path(ref.path))
+        return res
+    got = fetched.get(ref.url or "")
+    if isinstance(got, DownloadError):
+        res.failure, res.failure_detail = got.reason, got.detail
+    elif got is None:
+        res.failure, res.failure_detail = "download failed", "no result"
     else:
-        got = fetched.get(ref.url or "")
-        if isinstance(got, DownloadError):
-            res.failure, res.failure_detail = got.reason, got.detail
-            return res
-        if got is None:
-            res.failure, res.failure_detail = "download failed", "no result"
-            return res
-        path = got
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        res.failure, res.failure_detail = "file not found", str(path)
-        return res
-    except OSError as exc:
-        res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
-        return res
-    res.photo_id = hashlib.sha256(data).hexdigest()
-    res.path = str(path)
-    res.size = len(data)
-    try:
-        res.info = inspect_photo(data)
-    except PhotoDecodeError as exc:
-        res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
+        res.path = str(got)
     return res
