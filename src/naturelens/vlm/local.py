@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from naturelens.models.backbones import cpu_supports_bf16
 from naturelens.models.cards import ModelCard
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
 from naturelens.vlm.constrain import LabelConstraint, LabelPrefixTree, schema_labels
@@ -73,7 +74,8 @@ class LocalVLM(VisionLanguageModel):
         Images are downscaled so their longest side is at most this many pixels before the
         processor sees them (the processor then resizes to the model's own input size).
     autocast
-        Run under bf16 autocast on CPU (about 2-3x faster on CPUs with bf16 support).
+        Run under bf16 autocast on CPU (about 2-3x faster on CPUs with bf16 units; on
+        CPUs without them bf16 is emulated and slower). Default: where the CPU has them.
     share_prefix
         Put the prompt text before the photo and compute its KV cache once for all photos
         (False: the photo first, then the text, each request run whole).
@@ -83,7 +85,7 @@ class LocalVLM(VisionLanguageModel):
     dtype: str | None = None
     batch_size: int = 4
     max_side: int | None = 1024
-    autocast: bool = True
+    autocast: bool | None = None
     share_prefix: bool = True
     model: Any = field(default=None, repr=False)
     processor: Any = field(default=None, repr=False)
@@ -93,6 +95,8 @@ class LocalVLM(VisionLanguageModel):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.device = pick_device(self.device)
+        if self.autocast is None:
+            self.autocast = self.device == "cpu" and cpu_supports_bf16()
         torch_dtype = pick_dtype(self.device, self.dtype or self.card.get("dtype"))
         source = self.card.source
         try:
