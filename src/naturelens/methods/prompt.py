@@ -76,6 +76,9 @@ class Prompt(Method):
         within 24 hours); ``poll_seconds`` sets how often the job is checked.
     device, max_side
         Local options (see :class:`naturelens.vlm.local.LocalVLM`).
+    share_prefix
+        Local only: the prompt text before the photo, its KV cache computed once for every
+        photo (False: the photo first, each request run whole, as before).
     seed
         Seeds the choice of in-context examples.
     """
@@ -104,6 +107,7 @@ class Prompt(Method):
         batch_chunk: int = 500,
         device: str | None = None,
         max_side: int | None = None,
+        share_prefix: bool = True,
         seed: int = 0,
     ):
         self.model = model
@@ -126,6 +130,7 @@ class Prompt(Method):
         self.batch_chunk = batch_chunk
         self.device = device
         self.max_side = max_side
+        self.share_prefix = share_prefix
         self.seed = seed
 
     @property
@@ -157,6 +162,7 @@ class Prompt(Method):
         return dict(
             device=self.device,
             batch_size=self.batch_size,
+            share_prefix=self.share_prefix,
             **({"max_side": self.max_side} if self.max_side else {}),
         )
 
