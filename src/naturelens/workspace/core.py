@@ -283,6 +283,8 @@ class Workspace:
 
         Parameters
         ----------
+        workers
+            Processes that read, hash and inspect the files (default: every core).
         progress
             Called with the number of references handled after each batch.
         """
