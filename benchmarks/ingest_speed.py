@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from naturelens.sources.images import decode_photo, inspect_photo
-from naturelens.sources.reading import default_workers
+from naturelens.sources.ingest import default_workers
 from naturelens.testing.synthetic import synthetic_photo
 from naturelens.workspace.core import Workspace
 

@@ -3,11 +3,11 @@
 The baseline is the package as it was at ``--baseline`` (extracted with ``git archive``);
 both run the same commands on the same workspace, alternately, each in a fresh
 interpreter, and the median wall time and CPU time of ``--repeats`` runs are reported.
-Commands: ``--help``, ``status``, ``runs`` (ours only: the baseline has no such command),
+Commands: ``--help``, ``status``, ``runs list``,
 ``taxonomy list``, ``export`` of a stored run, and a probe on cached embeddings
 (``classify --method probe --shots 4 --fresh`` on 48 photos whose vectors are stored).
 
-    python benchmarks/startup.py [--baseline f186060] [--repeats 5]
+    python benchmarks/startup.py [--baseline main] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def timed(src: Path, args: list[str]) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="f186060")
+    parser.add_argument("--baseline", default="main")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +82,7 @@ def main() -> int:
         commands = {
             "--help": ["--help"],
             "status": ["status", str(ws)],
-            "runs": ["runs", str(ws)],
+            "runs list": ["runs", "list", str(ws)],
             "taxonomy list": ["taxonomy", "list"],
             "export": ["export", str(ws), "-o", str(out)],
             "probe on cached embeddings": [
@@ -97,7 +97,12 @@ def main() -> int:
                 "--fresh",
             ],
         }
-        print(f"baseline {args.baseline} vs this checkout; median of {args.repeats} runs")
+        sha = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", args.baseline],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        print(f"baseline {args.baseline} ({sha}) vs this checkout; median of {args.repeats} runs")
         print(
             f"{'command':28} {'baseline wall/cpu s':>20} {'ours wall/cpu s':>18} {'wall ratio':>10}"
         )
@@ -105,8 +110,6 @@ def main() -> int:
             sides = {"baseline": [], "ours": []}
             for _ in range(args.repeats):
                 for side, src in (("baseline", baseline), ("ours", ours)):
-                    if side == "baseline" and name == "runs":
-                        continue
                     sides[side].append(timed(src, cli))
             med = {
                 side: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
-from naturelens.sources.reading import PhotoReader, read_photo_file
+from naturelens.sources.ingest import PhotoReader, read_photo_file
 from naturelens.testing.bad_inputs import make_bad_corpus
 from naturelens.testing.synthetic import synthetic_photo
 

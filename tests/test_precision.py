@@ -52,16 +52,20 @@ def test_agreeing_candidates_are_timed_and_the_faster_kept():
     assert choice.photos_per_s[choice.precision] == max(choice.photos_per_s.values())
 
 
+CPU = torch.device("cpu")
+
+
 def test_the_decision_is_cached_per_model_and_machine(tmp_path):
     cache = tmp_path / "precision.json"
     module = Embedder()
-    first = choose_precision("card-a|src", module, call, 32, torch.device("cpu"), cache)
+    measure_now = lambda: measure(module, call, 32, CPU)  # noqa: E731
+    first = choose_precision("card-a|src", CPU, measure_now, cache)
     assert first.how == "measured"
     calls = module.calls
-    again = choose_precision("card-a|src", module, call, 32, torch.device("cpu"), cache)
+    again = choose_precision("card-a|src", CPU, measure_now, cache)
     assert again.how == "cached" and again.precision == first.precision
     assert module.calls == calls  # nothing ran the second time
-    other = choose_precision("card-b|src", module, call, 32, torch.device("cpu"), cache)
+    other = choose_precision("card-b|src", CPU, measure_now, cache)
     assert other.how == "measured"
     assert len(json.loads(cache.read_text())) == 2
 
@@ -69,7 +73,7 @@ def test_the_decision_is_cached_per_model_and_machine(tmp_path):
 def test_a_damaged_cache_file_is_measured_again(tmp_path):
     cache = tmp_path / "precision.json"
     cache.write_text("{not json")
-    choice = choose_precision("card|src", Embedder(), call, 32, torch.device("cpu"), cache)
+    choice = choose_precision("card|src", CPU, lambda: measure(Embedder(), call, 32, CPU), cache)
     assert choice.how == "measured"
     assert "card|src" in next(iter(json.loads(cache.read_text())))
 
@@ -82,6 +86,8 @@ def test_backbones_say_which_precision_runs_and_why(tiny_root):
     assert auto.precision.how in ("measured", "cached")
     assert auto.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[auto.precision.precision]
     assert load_backbone(model).precision.how == "cached"
+    trained = load_backbone(model, training=True)  # fp32 weights, autocast to the choice
+    assert trained.precision.how == "cached" and trained.dtype == torch.float32
 
 
 @pytest.mark.parametrize("precision", ["auto", "fp32"])

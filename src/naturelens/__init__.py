@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from naturelens._version import __version__
 
 # Public names, imported on first use so that `import naturelens` (and every command
 # that needs only part of the library) does not pay for the rest.

@@ -109,27 +109,6 @@ def status(
         console.print(f"{f['ref']}: {f['reason']} ({f['detail']})", highlight=False)
 
 
-@app.command()
-def runs(
-    workspace: Path = typer.Argument(..., help="Workspace folder."),
-    method: str = typer.Option(None, "--method", "-m", help="Only the runs of this method."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-) -> None:
-    """List the workspace's runs, oldest first, with their method, status and start time."""
-    with open_workspace(workspace, read_only=True) as ws:
-        records = ws.runs(method)
-    if as_json:
-        print(json.dumps(records, indent=2, default=str))
-        return
-    table = Table("run", "method", "status", "started", "model", title="Runs")
-    for r in records:
-        model = r["params"].get("model") or ""
-        table.add_row(
-            r["run_id"], r["method"], r["status"], f"{r['started_at']:%Y-%m-%d %H:%M}", str(model)
-        )
-    console.print(table)
-
-
 @taxonomy_app.command("list")
 def taxonomy_list() -> None:
     """List the built-in taxonomies."""

@@ -3,11 +3,12 @@
 Whether bf16 pays depends on the architecture and on the CPU, not on a flag alone: on
 CPUs with bf16 units the ViTs run about 3x faster in bf16, while a depthwise-convolution
 CNN (EfficientNet-Lite0) can run 6-13x *slower* in bf16 than in fp32 on a CPU without them.
-So at the first use of a model card on a device, a small batch is timed in each candidate
+So at the first use of a model card on a CPU, a small batch is timed in each candidate
 precision; the fastest one whose embeddings agree with fp32 (cosine similarity) is kept.
 The decision is cached per card, device and machine in a small JSON file
 (``$NATURELENS_CACHE`` or ``~/.cache/naturelens``, file ``precision.json``), so the
-measurement is paid once. ``--precision`` still forces one.
+measurement is paid once. ``--precision`` still forces one. On GPUs and mps the device
+policy (:func:`naturelens.models.device.pick_dtype`) decides, unmeasured.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class PrecisionChoice:
     precision
         ``fp32``, ``bf16`` or ``fp16``.
     how
-        ``forced`` (asked for), ``measured`` (timed now) or ``cached`` (timed before on
-        this machine).
+        ``forced`` (asked for), ``measured`` (timed now), ``cached`` (timed before on
+        this machine) or ``policy`` (a GPU or mps: the device policy's choice).
     photos_per_s
         Measured throughput per candidate (a candidate dropped early has its first round).
     cosine
@@ -62,6 +63,8 @@ class PrecisionChoice:
         """One line for the user: which precision runs and why."""
         if self.how == "forced":
             return f"{self.precision} (as asked)"
+        if self.how == "policy":
+            return f"{self.precision} (auto: the device's policy, not measured)"
         rates = ", ".join(f"{p} {r:.1f} photos/s" for p, r in self.photos_per_s.items())
         rejected = [
             f"{p} disagrees with fp32 (cosine {c:.4f})"
@@ -208,10 +211,8 @@ def measure(
 
 def choose_precision(
     identity: str,
-    module: torch.nn.Module,
-    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
-    input_size: int,
     device: torch.device,
+    measure_now: Callable[[], PrecisionChoice],
     cache: Path | None = None,
 ) -> PrecisionChoice:
     """The precision for a model on this machine: from the cache, else measured and cached.
@@ -220,6 +221,9 @@ def choose_precision(
     ----------
     identity
         What identifies the model's weights and architecture (card name and source).
+    measure_now
+        Measures the model (see :func:`measure`); called only when no decision is cached,
+        so that a cached decision costs no model load.
     cache
         The JSON file of decisions (default: ``precision.json`` in :func:`cache_dir`).
     """
@@ -233,6 +237,6 @@ def choose_precision(
             dict(found.get("photos_per_s") or {}),
             dict(found.get("cosine") or {}),
         )
-    choice = measure(module, forward, input_size, device)
+    choice = measure_now()
     _write_cache(path, key, choice)
     return choice

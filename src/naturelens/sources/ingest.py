@@ -1,8 +1,9 @@
-"""Read, hash and inspect photo files on every core.
+"""The reading half of ingest: turn photo references into their bytes' hash and metadata.
 
-Ingest spends its time here: reading a file's bytes, hashing them (the photo id) and
-decoding the photo once to prove it readable, with its EXIF. Each file is independent, so
-worker processes do this in parallel and send back only a small record (no pixels, no
+The workspace decides what to read and writes the rows; this module only reads files
+(local, or downloaded beforehand), hashes them and inspects the photo, recording why a
+reference or a photo failed instead of raising. Each file is independent, so worker
+processes read them on every core and send back only a small record (no pixels, no
 bytes); the catalog is written by the one process that owns the workspace.
 """
 
@@ -15,8 +16,11 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from naturelens.sources.download import DownloadError
 from naturelens.sources.images import PhotoDecodeError, PhotoInfo, inspect_photo
+from naturelens.sources.refs import PhotoRef
 
 # Below this many files per worker, starting processes costs more than it saves.
 MIN_FILES_PER_WORKER = 4
@@ -107,3 +111,67 @@ class PhotoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass
+class ReadResult:
+    """What reading one reference found: the photo's id, size and metadata, or why not."""
+
+    ref: PhotoRef
+    photo_id: str | None = None
+    path: str | None = None
+    size: int | None = None
+    info: Any = None
+    failure: str | None = None  # the reference itself failed (missing file, bad row, dead URL)
+    failure_detail: str | None = None
+    photo_failure: str | None = None  # the bytes were read but are not a usable photo
+    photo_failure_detail: str | None = None
+
+    def add(self, found: PhotoFile) -> None:
+        """Take in what reading the reference's file found."""
+        self.photo_id, self.size, self.info = found.photo_id, found.size, found.info
+        self.failure, self.failure_detail = found.failure, found.failure_detail
+        self.photo_failure = found.photo_failure
+        self.photo_failure_detail = found.photo_failure_detail
+
+
+def ref_result(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> ReadResult:
+    """The reference's own failure, or the file to read for it (read by a :class:`PhotoReader`).
+
+    Parameters
+    ----------
+    ref
+        The reference (a local path, or a URL already downloaded into ``fetched``).
+    fetched
+        Downloads of the batch: URL -> local path, or the download's error.
+    """
+    res = ReadResult(ref)
+    if ref.problem:
+        res.failure, _, res.failure_detail = ref.problem.partition(": ")
+        res.failure_detail = ref.problem
+        return res
+    if ref.path:
+        res.path = str(Path(ref.path))
+        return res
+    got = fetched.get(ref.url or "")
+    if isinstance(got, DownloadError):
+        res.failure, res.failure_detail = got.reason, got.detail
+    elif got is None:
+        res.failure, res.failure_detail = "download failed", "no result"
+    else:
+        res.path = str(got)
+    return res
+
+
+def read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> ReadResult:
+    """Read one reference in this process: :func:`ref_result`, then its file.
+
+    Returns
+    -------
+    ReadResult
+        Never raises for bad input: a failure is recorded in the result.
+    """
+    res = ref_result(ref, fetched)
+    if res.path and not res.failure:
+        res.add(read_photo_file(res.path))
+    return res
