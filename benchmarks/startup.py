@@ -29,6 +29,7 @@ CLI = "import sys; from naturelens.cli import main; sys.argv[0] = 'naturelens'; 
 
 
 def extract(revision: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
         ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=True
     ).stdout
