@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -10,16 +11,14 @@ from rich.table import Table
 from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.text.describe import (
-    DescribeReport,
-    description_sets,
-    done_ids,
-    load_descriptions,
-    source_name,
-)
+
+if TYPE_CHECKING:
+    from naturelens.text.describe import DescribeReport
 
 
 def _print_report(ws, report: DescribeReport, show: int) -> None:
+    from naturelens.text.describe import load_descriptions
+
     console.print(
         f"[bold]{report.source}[/] ({report.prompt_version}): {report.described} described, "
         f"{report.skipped} already done, {report.failed} failed"
@@ -58,6 +57,8 @@ def describe(
     ),
 ) -> None:
     """Have a vision-language model describe every photo (resumable)."""
+    from naturelens.text.describe import DescribeReport, description_sets, done_ids, source_name
+
     with open_workspace(workspace) as ws:
         if list_sets:
             table = Table("source", "prompt", "ok", "failed", "cost", title="Descriptions")

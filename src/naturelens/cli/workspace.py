@@ -11,7 +11,6 @@ from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail, json_mode, print_json, taxonomy_app
 from naturelens.cli.progress import photo_progress
-from naturelens.sources.refs import SourceError
 from naturelens.taxonomy import TaxonomyError, builtin_taxonomies, load_taxonomy
 from naturelens.workspace.core import Workspace, WorkspaceError
 
@@ -53,6 +52,8 @@ def ingest(
 ) -> None:
     """Add photos to a workspace; running it again adds only what is new."""
     json_mode(as_json)
+    from naturelens.sources.refs import SourceError
+
     with open_workspace(workspace) as ws:
         try:
             with photo_progress("ingest", None) as advance:

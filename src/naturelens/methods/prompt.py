@@ -78,6 +78,9 @@ class Prompt(Method):
         With ``batch``: how often the job is checked, and requests per batch job.
     device, max_side
         Local options (see :class:`naturelens.vlm.local.LocalVLM`).
+    share_prefix
+        Local only: the prompt text before the photo, its KV cache computed once for every
+        photo (False: the photo first, each request run whole, as before).
     seed
         Seeds the choice of in-context examples.
     """
@@ -106,6 +109,7 @@ class Prompt(Method):
         batch_chunk: int = 500,
         device: str | None = None,
         max_side: int | None = None,
+        share_prefix: bool = True,
         seed: int = 0,
     ):
         self.model = model
@@ -128,6 +132,7 @@ class Prompt(Method):
         self.batch_chunk = batch_chunk
         self.device = device
         self.max_side = max_side
+        self.share_prefix = share_prefix
         self.seed = seed
 
     @property
@@ -166,6 +171,7 @@ class Prompt(Method):
         return dict(
             device=self.device,
             batch_size=self.batch_size,
+            share_prefix=self.share_prefix,
             **({"max_side": self.max_side} if self.max_side else {}),
         )
 

@@ -360,6 +360,7 @@ def embed_photos(
     if backbone is None:
         backbone = load_backbone(model, device=device, precision=precision, workspace=ws.root)
     spec = backbone_spec(backbone)
+    emb.precision = backbone.precision.describe()
     if cache_key(spec) != emb.key:
         raise ValueError(f"backbone {spec['model']!r} does not produce embeddings for {model!r}")
     precision = str(getattr(backbone, "compute_dtype", backbone.dtype)).replace("torch.", "")

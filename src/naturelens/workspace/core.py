@@ -18,29 +18,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import yaml
-from PIL import Image
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader
-from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.sources.ingest import read_ref
-from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import schema
-from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
+
+if TYPE_CHECKING:
+    # Photo decoding (numpy, Pillow), downloads (httpx), manifests and the embedding
+    # store (pyarrow) are imported where they are used, so commands that only read the
+    # catalog start fast.
+    from PIL import Image
+
+    from naturelens.sources.download import Downloader
+    from naturelens.sources.refs import PhotoRef
+    from naturelens.workspace.embeddings import EmbeddingSet
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
@@ -226,6 +228,8 @@ class Workspace:
     def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
         """The stored embeddings made with ``spec`` (see
         :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
+        from naturelens.workspace.embeddings import open_set
+
         return open_set(self.root, spec)
 
     # ------------------------------------------------------------------ ingest
@@ -245,26 +249,34 @@ class Workspace:
 
         Parameters
         ----------
+        workers
+            Processes that read, hash and inspect the files (default: every core).
         progress
             Called with the number of references handled after each batch.
         """
+        from naturelens.sources.download import Downloader
+        from naturelens.sources.ingest import PhotoReader
+        from naturelens.sources.refs import iter_source
+
         report = IngestReport()
         downloader = downloader or Downloader(self.root / "cache" / "downloads")
-        workers = workers or min(8, (os.cpu_count() or 2) * 2)
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
                 yield from iter_source(source, labels_from_folders=labels_from_folders)
 
         stream = refs()
-        with ThreadPoolExecutor(workers) as pool:
+        # Files are read, hashed and decoded on every core; the catalog is written here.
+        with PhotoReader(workers) as reader:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, pool, downloader, report)
+                self._ingest_batch(batch, reader, downloader, report)
                 if progress:
                     progress(len(batch))
         return report
 
-    def _ingest_batch(self, batch, pool, downloader, report: IngestReport) -> None:
+    def _ingest_batch(self, batch, reader, downloader, report: IngestReport) -> None:
+        from naturelens.sources.ingest import ref_result
+
         report.seen += len(batch)
         keys = [r.ref for r in batch]
         done = {
@@ -279,7 +291,10 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: read_ref(r, fetched), todo))
+        results = [ref_result(r, fetched) for r in todo]
+        reading = [res for res in results if res.path and not res.failure]
+        for res, found in zip(reading, reader.read([res.path for res in reading]), strict=True):
+            res.add(found)
         known = {
             row[0]
             for row in self.db.execute(
@@ -430,6 +445,8 @@ class Workspace:
         PhotoDecodeError
             If the file has changed or vanished since ingest.
         """
+        from naturelens.sources.images import PhotoDecodeError, decode_photo
+
         path = self.photo_path(photo_id)
         try:
             data = path.read_bytes()
@@ -734,6 +751,8 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """A summary of photos, failures, labels, embeddings and runs (JSON-ready)."""
         db = self.db
+        from naturelens.workspace.embeddings import stored_sets
+
         one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
         failures = db.execute(
             """

@@ -19,16 +19,20 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from naturelens._version import __version__
 from naturelens.workspace.stamps import now
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+
+# pyarrow's compute, dataset and parquet modules (and the pandas that dataset pulls in)
+# take most of a second to import: loaded where vectors are read or written, so that
+# listing the store (`naturelens status`) stays fast.
 
 EMBEDDINGS = "embeddings"
 
@@ -57,6 +61,8 @@ class EmbeddingSet:
         ``<workspace>/embeddings/<key>``.
     computed, failed
         Photos embedded / failed by the :func:`embed_photos` call that returned this set.
+    precision
+        Which precision that call ran in, and why (empty when nothing was computed).
     """
 
     folder: Path
@@ -66,6 +72,7 @@ class EmbeddingSet:
     computed: int = 0
     failed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    precision: str = ""
 
     @property
     def key(self) -> str:
@@ -75,6 +82,8 @@ class EmbeddingSet:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def _dataset(self) -> pads.Dataset | None:
+        import pyarrow.dataset as pads
+
         parts = self.parts()
         return pads.dataset([str(p) for p in parts], format="parquet") if parts else None
 
@@ -87,6 +96,8 @@ class EmbeddingSet:
 
     def photo_ids(self) -> list[str]:
         """Photos that have a vector, sorted."""
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return []
@@ -95,6 +106,8 @@ class EmbeddingSet:
 
     def failures(self, photo_ids: Iterable[str] | None = None) -> dict[str, str]:
         """Photos that could not be embedded -> reason (``reason: detail``)."""
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return {}
@@ -117,6 +130,8 @@ class EmbeddingSet:
         return out
 
     def _with_vectors(self, photo_ids: list[str]) -> set[str]:
+        import pyarrow.compute as pc
+
         data = self._dataset()
         table = data.to_table(
             columns=["photo_id"],
@@ -132,6 +147,8 @@ class EmbeddingSet:
 
         Reads only the rows asked for (all when ``photo_ids`` is None); each photo once.
         """
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return
@@ -242,6 +259,8 @@ class PartWriter:
 
     def flush(self) -> None:
         """Write what is buffered as one part."""
+        import pyarrow.parquet as pq
+
         if not self.ids:
             return
         vectors = np.concatenate(self.vectors).astype(np.float32, copy=False)
