@@ -10,15 +10,9 @@ only whole parts, and the next run embeds just the photos no part mentions.
 Decoding and resizing run in a thread pool (Pillow releases the GIL): beside a GPU, up
 to two batches ahead of the model; on a CPU, batch by batch on every core, because the
 model's threads already occupy them (see :func:`iter_pixel_batches`).
-:func:`embed_batches` is the per-batch function itself, so the same code runs inside a
-distributed engine::
-
-    ray.data.from_items(rows).map_batches(  # rows: {"photo_id": ..., "path": ...}
-        BatchEmbedder,
-        fn_constructor_kwargs={"model": "dinov2-small"},
-        batch_size=64,
-        concurrency=2,
-    )
+:func:`embed_batches` is the per-batch function itself, so the same code runs on a Ray
+cluster (:mod:`naturelens.scale`), where worker processes compute and the driver writes
+the parts with :class:`PartWriter`.
 """
 
 from __future__ import annotations
@@ -303,21 +297,15 @@ def embed_batches(batch: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
     return {"photo_id": ids, "vector": vectors, "failure": failure, "detail": detail}
 
 
-class BatchEmbedder:
-    """A callable class for Ray Data ``map_batches``: loads the backbone once per worker."""
-
-    def __init__(self, model: str, device: str | None = None, precision: str = "auto"):
-        self.backbone = load_backbone(model, device=device, precision=precision)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return embed_batches(batch, self.backbone)
-
-
 # --------------------------------------------------------------------------- writer
 
 
-class _PartWriter:
-    """Buffers embedded rows and writes them as Parquet parts (atomically renamed)."""
+class PartWriter:
+    """Buffers embedded rows and writes them as Parquet parts (atomically renamed).
+
+    ``add`` takes the output of :func:`embed_batches`; the one process that writes a
+    store (the driver, on a cluster) owns its writer.
+    """
 
     def __init__(self, folder: Path, dim: int, part_size: int):
         self.folder, self.dim, self.part_size = folder, dim, part_size
@@ -564,11 +552,7 @@ def embed_photos(
     if backbone is None and device is not None:
         pick_device(device)  # a bad --device fails now, not after the work is found done
     emb = embedding_set(ws, model)
-    ids = list(dict.fromkeys(ws.photo_ids() if photo_ids is None else photo_ids))
-    done = emb.recorded_ids()
-    if retry_failed and done:
-        done -= set(emb.failures(ids))
-    todo = [pid for pid in ids if pid not in done]
+    todo = photos_to_embed(ws, emb, photo_ids, retry_failed)
     if not todo:
         return emb
     if backbone is None:
@@ -577,8 +561,8 @@ def embed_photos(
     if cache_key(spec) != emb.key:
         raise ValueError(f"backbone {spec['model']!r} does not produce embeddings for {model!r}")
     emb.folder.mkdir(parents=True, exist_ok=True)
-    _write_meta(emb, spec, backbone)
-    writer = _PartWriter(emb.folder, backbone.dim, part_size)
+    write_meta(emb, spec, backbone.dim, precision_name(backbone))
+    writer = PartWriter(emb.folder, backbone.dim, part_size)
     try:
         batches = photo_batches(ws, todo, backbone, batch_size, workers=workers)
         for batch in batches:
@@ -603,14 +587,35 @@ def embed_photos(
     return emb
 
 
-def _write_meta(emb: EmbeddingSet, spec: dict[str, Any], backbone: Backbone) -> None:
+def photos_to_embed(
+    ws: Workspace,
+    emb: EmbeddingSet,
+    photo_ids: Sequence[str] | None = None,
+    retry_failed: bool = False,
+) -> list[str]:
+    """Photos of ``photo_ids`` (default: all readable) that ``emb`` has no record of yet,
+    plus, with ``retry_failed``, those that failed before; each once, in order."""
+    ids = list(dict.fromkeys(ws.photo_ids() if photo_ids is None else photo_ids))
+    done = emb.recorded_ids()
+    if retry_failed and done:
+        done -= set(emb.failures(ids))
+    return [pid for pid in ids if pid not in done]
+
+
+def precision_name(backbone: Backbone) -> str:
+    """The dtype a backbone computes in, as stored in ``meta.json`` (``bfloat16``...)."""
+    return str(getattr(backbone, "compute_dtype", backbone.dtype)).replace("torch.", "")
+
+
+def write_meta(emb: EmbeddingSet, spec: dict[str, Any], dim: int, precision: str) -> None:
+    """Write ``meta.json`` for a new store, or check that ``dim`` matches an existing one."""
     path = emb.folder / "meta.json"
     if path.exists():
         meta = json.loads(path.read_text())
-        if meta.get("dim") not in (None, backbone.dim):
+        if meta.get("dim") not in (None, dim):
             raise ValueError(
                 f"{emb.folder}: stored embeddings have dim {meta['dim']} but {spec['model']} "
-                f"gives {backbone.dim}; the weights changed — delete the folder to recompute"
+                f"gives {dim}; the weights changed — delete the folder to recompute"
             )
     else:
         meta = {
@@ -618,11 +623,9 @@ def _write_meta(emb: EmbeddingSet, spec: dict[str, Any], backbone: Backbone) -> 
             "key": emb.key,
             "created_at": now().isoformat(timespec="seconds"),
             "naturelens": __version__,
-            "precision": str(getattr(backbone, "compute_dtype", backbone.dtype)).replace(
-                "torch.", ""
-            ),
+            "precision": precision,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, path)
-    emb.meta, emb.dim = meta, backbone.dim
+    emb.meta, emb.dim = meta, dim
