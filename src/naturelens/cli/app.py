@@ -27,6 +27,11 @@ def fail(message: str, code: int = 2, hint: str = "") -> None:
 class _Group(typer.core.TyperGroup):
     """Runs a command and reports a :class:`NaturelensError` as one line, not a traceback."""
 
+    def parse_args(self, ctx, args):
+        from naturelens.cli.scale import bare_ray_flag
+
+        return super().parse_args(ctx, bare_ray_flag(args))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

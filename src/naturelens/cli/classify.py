@@ -11,6 +11,7 @@ from rich.table import Table
 
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 from naturelens.evaluation.protocol import kshot_split
 from naturelens.methods import METHODS, make_method, run_method
@@ -47,13 +48,18 @@ def classify(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Classify the workspace's photos with a method.
 
     Methods that learn train on the gold-labelled photos and predict the others. With
     --shots K they train on K labelled photos per class, test on the remaining labelled
-    photos and report accuracy (mean ± sd over --seeds draws).
+    photos and report accuracy (mean ± sd over --seeds draws). With --ray, the per-photo
+    model work of probe, zeroshot and hybrid (embeddings, descriptions) runs on Ray.
     """
+    cluster = ray_options(ray, ray_workers, ray_gpus)
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | parse_params(param)
     with open_workspace(workspace) as ws:
@@ -75,7 +81,7 @@ def classify(
                 except ValueError as exc:
                     fail(str(exc))
                 m = make_method(method, **params)
-                run_id = _run(ws, m, test, train, {"shots": shots, "seed": seed}, fresh)
+                run_id = _run(ws, m, test, train, {"shots": shots, "seed": seed}, fresh, cluster)
                 preds = {p.photo_id: p for p in ws.predictions(run_id)}
                 correct = sum(1 for pid in test if preds[pid].class_id == gold[pid])
                 acc = correct / len(test)
@@ -96,7 +102,7 @@ def classify(
                 "no photos to classify"
                 + (" (every photo is labelled)" if probe.needs_labels else "")
             )
-        run_id = _run(ws, probe, targets, train, {}, fresh)
+        run_id = _run(ws, probe, targets, train, {}, fresh, cluster)
         summary = ws.run(run_id)["summary"]
         print_class_counts(ws, run_id)
         console.print(
@@ -117,8 +123,14 @@ def print_class_counts(ws, run_id: str) -> None:
     console.print(table)
 
 
-def _run(ws, method, targets, train, extra, fresh) -> str:
+def _run(ws, method, targets, train, extra, fresh, cluster=None) -> str:
     try:
+        if cluster is not None:
+            from naturelens.scale.methods import prepare_on_ray
+
+            photos = [*train, *targets]
+            with photo_progress(f"{method.name} on Ray", len(photos)) as advance:
+                prepare_on_ray(ws, method, photos, cluster, progress=advance)
         with photo_progress(method.name, len(targets)) as advance:
             return run_method(
                 ws, method, targets, train, extra_params=extra, progress=advance, resume=not fresh

@@ -133,7 +133,7 @@ class Hybrid(Method):
         return params
 
     # ------------------------------------------------------------------ descriptions
-    def _description_source(self) -> DescriptionSource | None:
+    def description_source(self) -> DescriptionSource | None:
         """Where texts are read from; None for title and tags alone."""
         describer = self.describer or self.model or TAGS
         if describer == NO_DESCRIPTION:
@@ -190,7 +190,7 @@ class Hybrid(Method):
                 f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
             )
         ws = photos.workspace
-        self.descriptions_ = self._description_source()
+        self.descriptions_ = self.description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
         if hasattr(self.text_classifier_, "ledger"):
             from naturelens.workspace.ledger import Ledger, current_run_id

@@ -67,24 +67,28 @@ class RateLimiter:
         self._window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
+    def reserve(self, tokens: int) -> float:
+        """Take room for one request of ``tokens`` now if it fits: returns 0.0. Otherwise
+        take nothing and return the seconds to wait before asking again."""
+        with self._lock:
+            t = self._clock()
+            while self._window and t - self._window[0][0] >= 60.0:
+                self._window.popleft()
+            used = sum(n for _, n in self._window)
+            fits_rpm = self.rpm is None or len(self._window) < self.rpm
+            fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
+            if fits_rpm and fits_tpm:
+                self._window.append((t, tokens))
+                return 0.0
+            return min(1.0, max(0.05, 60.0 - (t - self._window[0][0])))
+
     def acquire(self, tokens: int) -> float:
         """Wait for room; returns the seconds waited."""
         waited = 0.0
-        while True:
-            with self._lock:
-                t = self._clock()
-                while self._window and t - self._window[0][0] >= 60.0:
-                    self._window.popleft()
-                used = sum(n for _, n in self._window)
-                fits_rpm = self.rpm is None or len(self._window) < self.rpm
-                fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
-                if fits_rpm and fits_tpm:
-                    self._window.append((t, tokens))
-                    return waited
-                pause = max(0.05, 60.0 - (t - self._window[0][0]))
-            pause = min(pause, 1.0)
+        while pause := self.reserve(tokens):
             self._sleep(pause)
             waited += pause
+        return waited
 
 
 @dataclass
@@ -115,6 +119,10 @@ class RemoteVLM(VisionLanguageModel):
     structured
         How JSON answers are enforced: ``json_schema``, ``json_object``, ``none`` or
         ``auto`` (start with ``json_schema`` and step down when the server refuses it).
+    limiter
+        Something with :class:`RateLimiter`'s ``acquire(tokens)``, to share one budget
+        between several models (the workers of a cluster); default: a ``RateLimiter``
+        of ``rpm`` and ``tpm`` of this model alone.
     """
 
     model_id: str = ""
@@ -131,6 +139,7 @@ class RemoteVLM(VisionLanguageModel):
     max_backoff: float = 60.0
     temperature: float | None = 0.0
     client: Any = field(default=None, repr=False)
+    limiter: Any = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     backend = "openai"
 
@@ -153,7 +162,7 @@ class RemoteVLM(VisionLanguageModel):
                 api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
             )
         self._mode = "json_schema" if self.structured == "auto" else self.structured
-        self._limiter = RateLimiter(self.rpm, self.tpm)
+        self._limiter = self.limiter or RateLimiter(self.rpm, self.tpm)
         self.retries = 0  # retries made so far, for reports and tests
 
     # ------------------------------------------------------------------ requests

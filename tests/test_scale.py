@@ -1,0 +1,255 @@
+"""Scale-out on Ray: a local cluster of two worker processes, one of them killed mid-run.
+
+The Ray tests share one local Ray instance (started once for the module) and a small
+generated collection; the model is a tiny DINOv2 built offline. Tests without Ray check
+that the local path never needs it.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from typer.testing import CliRunner
+
+from naturelens.cli import app
+from naturelens.cli.scale import bare_ray_flag
+from naturelens.models.embedding import embed_photos, embedding_set
+from naturelens.scale.cluster import RayOptions, ScaleError, ray_module
+from naturelens.testing.synthetic import make_photo_set
+from naturelens.testing.tiny_models import tiny_model
+from naturelens.workspace.core import Workspace
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------- without Ray
+
+
+def test_bare_ray_flag_means_a_local_ray():
+    assert bare_ray_flag(["embed", "ws", "--ray"]) == ["embed", "ws", "--ray=local"]
+    assert bare_ray_flag(["embed", "--ray", "ws"]) == ["embed", "--ray=local", "ws"]
+    assert bare_ray_flag(["embed", "ws", "--ray", "--model", "m"])[2] == "--ray=local"
+    for address in ("auto", "10.0.0.5:6379", "ray://head:10001"):
+        assert bare_ray_flag(["embed", "ws", "--ray", address]) == ["embed", "ws", "--ray", address]
+
+
+def test_local_path_does_not_import_ray():
+    code = (
+        "import sys; import naturelens.cli, naturelens.scale, naturelens.models.embedding, "
+        "naturelens.methods.probe; assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_ray_is_one_line_with_the_install_hint(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    with pytest.raises(ScaleError) as caught:
+        ray_module()
+    assert "pip install 'naturelens[ray]'" in caught.value.one_line()
+    make_photo_set(tmp_path / "photos", "flips", per_class=1, size=32)
+    with Workspace.create(tmp_path / "ws", "flips") as ws:
+        ws.ingest([tmp_path / "photos"])
+    result = runner.invoke(app, ["embed", str(tmp_path / "ws"), "--ray"])
+    assert result.exit_code == 2
+    assert "naturelens[ray]" in result.output and "Traceback" not in result.output
+
+
+def test_ray_options_are_checked():
+    with pytest.raises(ScaleError):
+        RayOptions(workers=0)
+    with pytest.raises(ScaleError):
+        RayOptions(gpus_per_worker=-1)
+
+
+# --------------------------------------------------------------------------- on Ray
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray with room for two model workers plus the read and decode tasks."""
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(tiny_model("dinov2", tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture
+def twins(tmp_path):
+    """Two workspaces of the same 30 photos (18 labelled, 12 not); one photo's file is
+    gone after ingest."""
+    make_photo_set(tmp_path / "labelled", "flips", per_class=3, size=64)
+    make_photo_set(tmp_path / "unlabelled", "flips", per_class=2, size=64, seed=1)
+    out = []
+    for name in ("local", "ray"):
+        for part in ("labelled", "unlabelled"):
+            shutil.copytree(tmp_path / part, tmp_path / name / part)
+        ws = Workspace.create(tmp_path / name / "ws", "flips")
+        ws.ingest([tmp_path / name / "labelled"])
+        ws.ingest([tmp_path / name / "unlabelled"], labels_from_folders=False)
+        gone = ws.photo_paths(ws.photo_ids(labelled=False)[:1])
+        for path in gone.values():
+            path.unlink()
+        ws.close()
+        out.append(tmp_path / name / "ws")
+    return out
+
+
+def store_rows(ws, model):
+    parts = [str(p) for p in embedding_set(ws, model).parts()]
+    table = pads.dataset(parts, format="parquet").to_table(columns=["photo_id", "failure"])
+    return table.column("photo_id").to_pylist(), table.column("failure").to_pylist()
+
+
+def test_embed_and_classify_on_ray_survive_a_killed_worker(cluster, model, twins):
+    local_root, ray_root = twins
+    # The local path: embed, then classify with a linear probe.
+    result = runner.invoke(app, ["embed", str(local_root), "--model", model, "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["classify", str(local_root), "-m", "probe", "--model", model])
+    assert result.exit_code == 0, result.output
+
+    from naturelens.scale.embed import embed_on_ray
+
+    options = RayOptions(workers=2, batch_size=3)
+    with Workspace.open(ray_root) as ws:
+        ids = ws.photo_ids()
+        # 1. The driver is interrupted after two batches: what arrived is kept.
+        seen = []
+
+        def interrupt(batch):
+            seen.append(batch)
+            if len(seen) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            embed_on_ray(ws, model, options, on_batch=interrupt)
+        stored, _ = store_rows(ws, model)
+        assert 0 < len(stored) < len(ids) and len(set(stored)) == len(stored)
+
+        # 2. Resumed; one worker process is killed when the first batch arrives.
+        killed = []
+
+        def kill_one(batch):
+            if not killed:
+                killed.append(int(batch["worker"][0]))
+                os.kill(killed[0], signal.SIGKILL)
+
+        emb = embed_on_ray(ws, model, options, on_batch=kill_one)
+        assert killed
+        assert emb.computed + emb.failed == len(ids) - len(stored)  # only the rest
+        stored, failures = store_rows(ws, model)
+        assert sorted(stored) == sorted(ids)  # every photo once: none missing, none twice
+        assert sum(f is not None for f in failures) == 1  # the photo whose file is gone
+
+    # 3. classify --ray: the store is complete, so the probe only reads it.
+    result = runner.invoke(
+        app, ["classify", str(ray_root), "-m", "probe", "--model", model, "--ray"]
+    )
+    assert result.exit_code == 0, result.output
+
+    with Workspace.open(local_root) as a, Workspace.open(ray_root) as b:
+        ids_a, vec_a = embedding_set(a, model).load(a.photo_ids())
+        ids_b, vec_b = embedding_set(b, model).load(a.photo_ids())
+        assert ids_a == ids_b and len(ids_a) == len(a.photo_ids()) - 1
+        cosine = (
+            (vec_a * vec_b).sum(1) / np.linalg.norm(vec_a, axis=1) / np.linalg.norm(vec_b, axis=1)
+        )
+        assert cosine.min() > 0.999
+        reasons = [
+            {pid: why.split(":")[0] for pid, why in embedding_set(ws, model).failures().items()}
+            for ws in (a, b)
+        ]
+        assert reasons[0] == reasons[1] and len(reasons[0]) == 1
+        run_a, run_b = a.run(), b.run()
+        assert run_a["method"] == run_b["method"] == "probe"
+        assert run_a["params"]["method"] == run_b["params"]["method"]  # same run identity
+        preds_a = {p.photo_id: p for p in a.predictions(run_a["run_id"])}
+        preds_b = {p.photo_id: p for p in b.predictions(run_b["run_id"])}
+        assert preds_a.keys() == preds_b.keys() and preds_a
+        for pid, pa in preds_a.items():
+            pb = preds_b[pid]
+            assert pa.status == pb.status
+            if pa.status != "ok":
+                continue
+            top = sorted(pa.scores.values(), reverse=True)
+            if top[0] - top[1] > 0.05:  # a clear margin cannot flip with numerics
+                assert pa.class_id == pb.class_id
+
+
+def test_rerun_on_ray_does_nothing_and_local_finishes_a_ray_store(cluster, model, twins):
+    _, root = twins
+    with Workspace.open(root) as ws:
+        ids = ws.photo_ids()
+        from naturelens.scale.embed import embed_on_ray
+
+        emb = embed_on_ray(ws, model, RayOptions(workers=1, batch_size=4), ids[: len(ids) // 2])
+        assert emb.computed + emb.failed == len(ids) // 2
+        # The local engine finishes the same store: same key, same parts.
+        rest = embed_photos(ws, model)
+        assert rest.computed + rest.failed == len(ids) - len(ids) // 2
+        again = embed_on_ray(ws, model, RayOptions(workers=1, batch_size=4))
+        assert again.computed == again.failed == 0
+        stored, _ = store_rows(ws, model)
+        assert sorted(stored) == sorted(ids)
+
+
+def test_tags_on_ray_match_the_local_tagger(cluster, twins):
+    from naturelens.scale.describe import tag_on_ray
+    from naturelens.text.describe import load_descriptions
+    from naturelens.text.tagger import TAGGER, prompt_version, tag_photos
+
+    local_root, ray_root = twins
+    with Workspace.open(local_root) as a, Workspace.open(ray_root) as b:
+        ids = a.photo_ids()[:7]
+        tag_photos(a, ids, top_k=3)
+        report = tag_on_ray(b, RayOptions(workers=2, batch_size=3), ids, top_k=3)
+        assert report.described + report.failed == len(ids) and report.failed == 1
+        da = load_descriptions(a, TAGGER, ids, prompt_version(3))
+        db = load_descriptions(b, TAGGER, ids, prompt_version(3))
+        assert da.keys() == db.keys() == set(ids)
+        for pid in ids:
+            assert da[pid].status == db[pid].status
+            if da[pid].status != "ok":
+                assert da[pid].detail.split(":")[0] == db[pid].detail.split(":")[0]
+                continue
+            pa, pb = da[pid].extra["probs"], db[pid].extra["probs"]
+            np.testing.assert_allclose(pa, pb, atol=2e-3)
+            if pa[0] - pa[1] > 0.01:
+                assert da[pid].extra["tags"][0] == db[pid].extra["tags"][0]
+
+
+def test_workers_share_one_rate_limit(cluster):
+    from naturelens.scale.limiter import SharedRateLimiter, start_budget
+
+    budget = start_budget(rpm=4, tpm=None)
+
+    @ray.remote(num_cpus=0.1)
+    def ask(budget, times):
+        limiter = SharedRateLimiter(budget)
+        return [limiter.reserve(10) for _ in range(times)]
+
+    answers = ray.get([ask.remote(budget, 3), ask.remote(budget, 3)])
+    granted = sum(1 for worker in answers for pause in worker if pause == 0.0)
+    # Six requests against one budget of 4 per minute: exactly four get through now.
+    assert granted == 4
+    assert all(pause > 0 for worker in answers for pause in worker if pause != 0.0)
+    assert start_budget(None, None) is None
+
+
+def test_a_method_without_per_photo_work_is_refused_on_ray(cluster, twins):
+    _, root = twins
+    result = runner.invoke(app, ["classify", str(root), "-m", "ensemble", "--ray"])
+    assert result.exit_code == 2
+    assert "does not run on Ray" in result.output and "Traceback" not in result.output
