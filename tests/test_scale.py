@@ -73,7 +73,36 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def s3():
+    """A real S3-compatible server on 127.0.0.1 (moto's server mode) with a bucket."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)  # before Ray starts, so its workers see the server too
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(
+        endpoint_override=f"{host}:{port}", scheme="http", allow_bucket_creation=True
+    ).create_dir("naturelens-test")
+    yield "s3://naturelens-test"
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
     """A local Ray with room for two model workers plus the read and decode tasks."""
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     yield
@@ -228,6 +257,103 @@ def test_tags_on_ray_match_the_local_tagger(cluster, twins):
             np.testing.assert_allclose(pa, pb, atol=2e-3)
             if pa[0] - pa[1] > 0.01:
                 assert da[pid].extra["tags"][0] == db[pid].extra["tags"][0]
+
+
+def test_photos_and_embeddings_on_object_storage(cluster, s3, model, twins):
+    local_root, root = twins
+    result = runner.invoke(
+        app,
+        ["storage", str(root), "--photos", f"{s3}/photos", "--embeddings", f"{s3}/embeddings"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "photos copied" in result.output
+    with Workspace.open(root) as ws:
+        ids = ws.photo_ids()
+        for path in ws.photo_paths(ids).values():
+            path.unlink(missing_ok=True)  # the workers can only read the bucket now
+    result = runner.invoke(app, ["embed", str(root), "--model", model, "--ray"])
+    assert result.exit_code == 0, result.output
+    # The local path reads the store on the bucket: the probe trains and predicts from it.
+    result = runner.invoke(app, ["classify", str(root), "-m", "probe", "--model", model])
+    assert result.exit_code == 0, result.output
+    assert not (root / "embeddings").exists()
+    with Workspace.open(root) as ws, Workspace.open(local_root) as twin:
+        emb = embedding_set(ws, model)
+        assert str(emb.folder).startswith(f"{s3}/embeddings/") and emb.parts()
+        embed_photos(twin, model)
+        got_ids, vectors = emb.load(ids)
+        want_ids, want = embedding_set(twin, model).load(ids)
+        assert got_ids == want_ids and len(got_ids) == len(ids) - 1
+        cosine = (
+            (vectors * want).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(want, axis=1)
+        )
+        assert cosine.min() > 0.999
+        assert list(emb.failures()) == list(embedding_set(twin, model).failures())
+        predictions = ws.predictions(ws.run()["run_id"])
+        assert {p.photo_id for p in predictions} == set(ws.photo_ids(labelled=False))
+        assert sum(p.status == "failed" for p in predictions) == 1
+
+
+def test_describe_on_ray_with_a_real_server_records_every_call_once(cluster, twins, llama_server):
+    from naturelens.scale.describe import describe_on_ray
+    from naturelens.text.describe import load_descriptions
+    from naturelens.workspace.ledger import Ledger
+
+    _, root = twins
+    with Workspace.open(root) as ws:
+        ids = ws.photo_ids(labelled=False)[:4]  # the first has no file any more
+        report = describe_on_ray(
+            ws,
+            "gemma-3-270m",
+            RayOptions(workers=2, batch_size=2),
+            base_url=llama_server,
+            photo_ids=ids,
+            max_tokens=12,
+            rpm=600,
+            timeout=60,
+            concurrency=1,
+        )
+        assert report.described + report.failed == len(ids)
+        descriptions = load_descriptions(ws, report.source, ids, report.prompt_version)
+        assert descriptions.keys() == set(ids)
+        assert descriptions[ids[0]].status == "failed"
+        assert descriptions[ids[0]].detail.startswith("file not readable")
+        asked = [d for d in descriptions.values() if d.tokens_in]
+        assert len(asked) == len(ids) - 1
+        totals = Ledger(ws).totals()
+        # One ledger row per call, with the tokens the descriptions carry: none lost or doubled.
+        assert totals.calls == len(asked)
+        assert totals.tokens_in == sum(d.tokens_in for d in descriptions.values())
+        assert totals.tokens_out == sum(d.tokens_out for d in descriptions.values())
+        # Run again: photos described are not sent again.
+        again = describe_on_ray(
+            ws, "gemma-3-270m", RayOptions(), base_url=llama_server, photo_ids=ids[1:]
+        )
+        assert again.skipped == report.described
+
+
+def test_prompt_on_ray_asks_each_photo_once_and_the_run_turns_answers_into_predictions(
+    cluster, twins, llama_server
+):
+    _, root = twins
+    args = ["classify", str(root), "-m", "prompt", "--model", "gemma-3-270m"]
+    args += ["--base-url", llama_server, "-p", "max_tokens=24", "-p", "timeout=60"]
+    result = runner.invoke(app, [*args, "-p", "rpm=600", "--ray", "--ray-workers", "2"])
+    assert result.exit_code == 0, result.output
+    with Workspace.open(root) as ws:
+        run = ws.run()
+        ids = ws.photo_ids(labelled=False)
+        predictions = {p.photo_id: p for p in ws.predictions(run["run_id"])}
+        assert predictions.keys() == set(ids)
+        assert sum(p.status == "failed" for p in predictions.values()) == 1  # file gone
+        calls = ws.db.execute(
+            "SELECT photo_id, purpose, tokens_in, cost FROM calls WHERE run_id = ?",
+            [run["run_id"]],
+        ).fetchall()
+        first = [c[0] for c in calls if c[1] == "classify"]
+        assert sorted(first) == sorted(p for p in ids if predictions[p].status != "failed")
+        # The predictions carry exactly the tokens the ledger recorded for the run.
+        assert sum(c[2] for c in calls) == sum(p.tokens_in for p in predictions.values())
 
 
 def test_workers_share_one_rate_limit(cluster):

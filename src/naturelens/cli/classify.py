@@ -125,15 +125,19 @@ def print_class_counts(ws, run_id: str) -> None:
 
 def _run(ws, method, targets, train, extra, fresh, cluster=None) -> str:
     try:
+        prepared = None
         if cluster is not None:
             from naturelens.scale.methods import prepare_on_ray
 
-            photos = [*train, *targets]
-            with photo_progress(f"{method.name} on Ray", len(photos)) as advance:
-                prepare_on_ray(ws, method, photos, cluster, progress=advance)
+            with photo_progress(f"{method.name} on Ray", len(targets) + len(train)) as advance:
+                prepared = prepare_on_ray(
+                    ws, method, targets, train, cluster, extra, not fresh, progress=advance
+                )
         with photo_progress(method.name, len(targets)) as advance:
+            # A run started on Ray (its answers in the ledger) is continued, fresh or not.
+            resume = prepared is not None or not fresh
             return run_method(
-                ws, method, targets, train, extra_params=extra, progress=advance, resume=not fresh
+                ws, method, targets, train, extra_params=extra, progress=advance, resume=resume
             )
     except ValueError as exc:
         fail(str(exc))

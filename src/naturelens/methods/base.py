@@ -99,6 +99,21 @@ def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]
         raise ValueError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
 
 
+def run_params(
+    method: Method,
+    predict_ids: Sequence[str],
+    train_ids: Sequence[str] = (),
+    extra_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What identifies a run of ``method`` (two runs with the same are one run, resumed)."""
+    return {
+        "method": _without_secrets(method.get_params()),
+        "train": sorted(train_ids),
+        "predict": len(predict_ids),
+        **(extra_params or {}),
+    }
+
+
 def run_method(
     ws: Workspace,
     method: Method,
@@ -133,12 +148,7 @@ def run_method(
         raise ValueError(f"{len(missing)} training photos have no gold label")
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
-    params = {
-        "method": _without_secrets(method.get_params()),
-        "train": sorted(train_ids),
-        "predict": len(predict_ids),
-        **(extra_params or {}),
-    }
+    params = run_params(method, predict_ids, train_ids, extra_params)
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]

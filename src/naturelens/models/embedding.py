@@ -48,6 +48,8 @@ from naturelens.models.backbones import (
 )
 from naturelens.sources.images import PhotoDecodeError
 from naturelens.workspace.core import Workspace, now
+from naturelens.workspace.storage import ObjectFolder, arrow_path
+from naturelens.workspace.storage import folder as storage_folder
 
 EMBEDDINGS = "embeddings"
 
@@ -73,12 +75,13 @@ class EmbeddingSet:
     Attributes
     ----------
     folder
-        ``<workspace>/embeddings/<key>``.
+        ``<workspace>/embeddings/<key>``, or ``<bucket prefix>/<key>`` when the workspace
+        keeps its embeddings on object storage.
     computed, failed
         Photos embedded / failed by the :func:`embed_photos` call that returned this set.
     """
 
-    folder: Path
+    folder: Path | ObjectFolder
     model: str
     pooling: str
     dim: int | None = None
@@ -90,12 +93,15 @@ class EmbeddingSet:
     def key(self) -> str:
         return self.folder.name
 
-    def parts(self) -> list[Path]:
+    def parts(self) -> list[Path] | list[ObjectFolder]:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def _dataset(self) -> pads.Dataset | None:
         parts = self.parts()
-        return pads.dataset([str(p) for p in parts], format="parquet") if parts else None
+        if not parts:
+            return None
+        fs = arrow_path(parts[0])[1]
+        return pads.dataset([arrow_path(p)[0] for p in parts], format="parquet", filesystem=fs)
 
     def recorded_ids(self) -> set[str]:
         """Photos with a stored vector or a stored failure."""
@@ -205,7 +211,9 @@ def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def embedding_set(ws: Workspace, model: str) -> EmbeddingSet:
     """The stored embeddings of ``model`` in ``ws`` (possibly none yet); computes nothing."""
     spec = model_spec(model, ws.root)
-    folder = ws.root / EMBEDDINGS / cache_key(spec)
+    folder = storage_folder(ws.storage_location(EMBEDDINGS) or ws.root / EMBEDDINGS) / cache_key(
+        spec
+    )
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return EmbeddingSet(folder, spec["model"], spec["pooling"], meta.get("dim"), meta=meta)
@@ -307,7 +315,7 @@ class PartWriter:
     store (the driver, on a cluster) owns its writer.
     """
 
-    def __init__(self, folder: Path, dim: int, part_size: int):
+    def __init__(self, folder: Path | ObjectFolder, dim: int, part_size: int):
         self.folder, self.dim, self.part_size = folder, dim, part_size
         self.ids: list[str] = []
         self.vectors: list[np.ndarray] = []
@@ -342,8 +350,9 @@ class PartWriter:
         )
         name = f"part-{now():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, self.folder / name)
+        path, fs = arrow_path(tmp)
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        tmp.replace(self.folder / name)
         self.written += len(self.ids)
         self.ids, self.vectors, self.failure, self.detail = [], [], [], []
 
@@ -627,5 +636,5 @@ def write_meta(emb: EmbeddingSet, spec: dict[str, Any], dim: int, precision: str
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, path)
+        tmp.replace(path)
     emb.meta, emb.dim = meta, dim

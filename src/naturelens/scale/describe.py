@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from naturelens.scale.cluster import RayOptions
+from naturelens.scale.cluster import RayOptions, connect
 from naturelens.scale.limiter import SharedRateLimiter, start_budget
 from naturelens.scale.pipeline import (
     DETAIL,
@@ -90,8 +90,8 @@ class TagWorker:
         return {"photo_id": batch["photo_id"], **out, WORKER: np.full(n, worker_pid())}
 
 
-class DescribeWorker:
-    """A Ray worker holding a vision-language model that describes photos.
+class ChatWorker:
+    """A Ray worker holding a vision-language model that answers one prompt per photo.
 
     Parameters
     ----------
@@ -100,6 +100,9 @@ class DescribeWorker:
         environment (``OPENAI_API_KEY`` or ``NATURELENS_API_KEY``).
     text, max_tokens, max_side, version
         The rendered prompt, the longest answer, the decode size, the prompt's version.
+    purpose, json_schema
+        What the calls are for in the ledger (``describe``, ``classify``), and the JSON
+        schema answers must follow (None: free text).
     budget
         The shared rate-limit actor (remote models), or None.
     """
@@ -113,6 +116,8 @@ class DescribeWorker:
         max_tokens: int,
         max_side: int,
         version: str,
+        purpose: str = "describe",
+        json_schema: dict | None = None,
         workspace: str | None = None,
         budget: Any = None,
     ):
@@ -123,7 +128,7 @@ class DescribeWorker:
         root = Path(workspace) if workspace and Path(workspace).is_dir() else None
         self.vlm = load_vlm(model, base_url=base_url, workspace=root, **options)
         self.text, self.max_tokens, self.max_side = text, max_tokens, max_side
-        self.version = version
+        self.version, self.purpose, self.json_schema = version, purpose, json_schema
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from naturelens.vlm import ChatRequest
@@ -136,9 +141,10 @@ class DescribeWorker:
                 images=[images[i]],
                 text=self.text,
                 max_tokens=self.max_tokens,
+                json_schema=self.json_schema,
                 photo_id=str(batch["photo_id"][i]),
                 prompt_version=self.version,
-                purpose="describe",
+                purpose=self.purpose,
             )
             for i in rows
         ]
@@ -165,6 +171,59 @@ class DescribeWorker:
             out["cost"][i] = reply.cost
             out["asked"][i], out["error"][i], out["reply"][i] = True, reply.error or "", reply.text
         return {"photo_id": batch["photo_id"], **out, WORKER: np.full(n, worker_pid())}
+
+
+def ledger_row(batch: dict, i: int, model: str, version: str, purpose: str) -> dict[str, Any]:
+    """The ledger's record of the call a :class:`ChatWorker` made for row ``i``."""
+    return dict(
+        model=model,
+        backend=str(batch["backend"][i]),
+        tokens_in=int(batch["tokens_in"][i]),
+        tokens_out=int(batch["tokens_out"][i]),
+        seconds=float(batch["seconds"][i]),
+        cost=float(batch["cost"][i]),
+        photo_id=str(batch["photo_id"][i]),
+        purpose=purpose,
+        prompt_version=version,
+        error=reason(batch["error"][i]),
+        reply=str(batch["reply"][i]),
+    )
+
+
+def vlm_name(ws: Workspace, model: str, base_url: str | None) -> tuple[str, bool]:
+    """The name load_vlm gives ``model`` (what its answers are stored under), and whether
+    it is remote."""
+    from naturelens.vlm import vlm_card
+
+    card = vlm_card(model, base_url, ws.root)
+    return card.name, base_url is not None or card.get("backend") == "openai"
+
+
+def chat_worker_args(
+    ws: Workspace,
+    options: RayOptions,
+    model: str,
+    base_url: str | None,
+    vlm_options: dict[str, Any],
+    rpm: int | None,
+    tpm: int | None,
+    **prompt: Any,
+) -> dict[str, Any]:
+    """A :class:`ChatWorker`'s arguments, with one rate-limit budget on the cluster for all
+    workers when the model is remote (this joins the cluster)."""
+    _, remote = vlm_name(ws, model, base_url)
+    if not remote and (rpm or tpm):
+        raise ValueError("rpm and tpm limit remote models (an OpenAI-compatible server)")
+    if remote and (rpm or tpm):
+        connect(options)
+    return dict(
+        model=model,
+        base_url=base_url,
+        options=vlm_options,
+        workspace=str(ws.root.resolve()),
+        budget=start_budget(rpm, tpm) if remote else None,
+        **prompt,
+    )
 
 
 def _store(
@@ -205,21 +264,7 @@ def _store(
             )
             rows.append(d)
             if "asked" in batch and bool(batch["asked"][i]):
-                calls.append(
-                    dict(
-                        model=model,
-                        backend=str(batch["backend"][i]),
-                        tokens_in=d.tokens_in,
-                        tokens_out=d.tokens_out,
-                        seconds=d.seconds,
-                        cost=d.cost,
-                        photo_id=pid,
-                        purpose="describe",
-                        prompt_version=version,
-                        error=reason(batch["error"][i]),
-                        reply=str(batch["reply"][i]),
-                    )
-                )
+                calls.append(ledger_row(batch, i, model, version, "describe"))
         write_descriptions(ws, rows)
         if calls:
             ledger = ledger or Ledger(ws)
@@ -288,13 +333,10 @@ def describe_on_ray(
     for all workers together.
     """
     from naturelens.prompts import load_prompt
-    from naturelens.vlm import vlm_card
 
     template = load_prompt(prompt)
     version = template.version_tag
-    card = vlm_card(model, base_url, ws.root)
-    remote = base_url is not None or card.get("backend") == "openai"
-    source = card.name  # what load_vlm names the model: descriptions are stored under it
+    source, _ = vlm_name(ws, model, base_url)  # descriptions are stored under this name
     report = DescribeReport(source=source, prompt_version=version)
     ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
     done = done_ids(ws, source, version)
@@ -302,19 +344,19 @@ def describe_on_ray(
     report.skipped = len(ids) - len(todo)
     if not todo:
         return report
-    budget = start_budget(rpm, tpm) if remote else None
-    if not remote and (rpm or tpm):
-        raise ValueError("rpm and tpm limit remote models (an OpenAI-compatible server)")
-    worker = dict(
-        model=model,
-        base_url=base_url,
-        options=vlm_options,
+    worker = chat_worker_args(
+        ws,
+        options,
+        model,
+        base_url,
+        vlm_options,
+        rpm,
+        tpm,
         text=template.render(ws.taxonomy),
         max_tokens=max_tokens,
         max_side=max_side,
         version=version,
-        workspace=str(ws.root.resolve()),
-        budget=budget,
+        purpose="describe",
     )
-    batches = run_photo_pipeline(ws, todo, DescribeWorker, worker, options)
+    batches = run_photo_pipeline(ws, todo, ChatWorker, worker, options)
     return _store(ws, batches, source, version, report, source, progress, on_batch)

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from naturelens.scale.cluster import RayOptions, ScaleError, connect
-from naturelens.scale.storage import read_bytes
 from naturelens.sources.images import PhotoDecodeError
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.storage import photo_location, read_bytes
 
 # Columns every stage passes on: a failure (short reason) and its detail; empty strings
 # for a photo that has not failed (a string column stays a string column in Arrow).
@@ -38,8 +38,12 @@ WORKER = "worker"
 
 
 def photo_rows(ws: Workspace, photo_ids: Sequence[str], chunk: int = 4096) -> list[dict]:
-    """``{"photo_id", "location"}`` for each photo (location empty when the catalog has
-    no file for it)."""
+    """``{"photo_id", "location"}`` for each photo: its copy in the workspace's photo
+    store when it has one (object storage every worker reaches), else its file (location
+    empty when the catalog has no file for it)."""
+    photos_at = ws.storage_location("photos")
+    if photos_at:
+        return [{"photo_id": pid, "location": photo_location(photos_at, pid)} for pid in photo_ids]
     rows: list[dict] = []
     it = iter(photo_ids)
     while block := list(islice(it, chunk)):

@@ -257,6 +257,22 @@ class Workspace:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def storage_location(self, kind: str) -> str | None:
+        """Where the workspace keeps ``kind`` (``photos``, ``embeddings``) when not in its
+        own folder: a URI from ``workspace.yaml``'s ``storage`` section, or None."""
+        meta = yaml.safe_load((self.root / "workspace.yaml").read_text(encoding="utf-8")) or {}
+        return (meta.get("storage") or {}).get(kind)
+
+    def set_storage_location(self, kind: str, location: str | None) -> None:
+        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder)."""
+        path = self.root / "workspace.yaml"
+        meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        storage = {**(meta.get("storage") or {}), kind: location}
+        meta["storage"] = {k: v for k, v in storage.items() if v}
+        if not meta["storage"]:
+            del meta["storage"]
+        path.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+
     def path(self, *parts: str) -> Path:
         """A path inside the workspace folder, with its parent folders made."""
         p = self.root.joinpath(*parts)
