@@ -88,6 +88,9 @@ def connect(options: RayOptions) -> ModuleType:
                 # Logical CPUs: room for every worker plus the read and decode tasks,
                 # whatever the machine has (Ray does not pin them to cores).
                 cpus = max(os.cpu_count() or 1, int(options.workers * options.cpus_per_worker) + 1)
+                # Ray runs its workers at niceness 15 by default; on a shared machine they
+                # would then wait behind every other process, though they are the job.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(num_cpus=cpus, **quiet)
             else:
                 ray.init(address=options.address, **quiet)

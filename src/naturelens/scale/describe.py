@@ -28,7 +28,13 @@ from naturelens.scale.pipeline import (
     worker_pid,
 )
 from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.text.describe import DescribeReport, Description, done_ids, write_descriptions
+from naturelens.text.describe import (
+    DescribeReport,
+    Description,
+    answer_status,
+    done_ids,
+    write_descriptions,
+)
 from naturelens.workspace.core import Workspace
 
 # What a describing worker returns per photo, beside photo_id and worker.
@@ -158,14 +164,9 @@ class ChatWorker:
         for i, detail in failed.items():
             out["detail"][i] = detail
         for i, reply in zip(rows, replies, strict=True):
-            answer = (reply.text or "").strip()
-            status, detail = "ok", ""
-            if reply.error:
-                status, detail = "failed", str(reply.error)
-            elif not answer:
-                status, detail = "failed", "empty answer"
-            out["text"][i] = answer if status == "ok" else ""
-            out["status"][i], out["detail"][i] = status, detail
+            out["text"][i], out["status"][i], out["detail"][i] = answer_status(
+                reply.text, reply.error
+            )
             out["tokens_in"][i], out["tokens_out"][i] = reply.tokens_in, reply.tokens_out
             out["seconds"][i] = reply.seconds or wall / max(1, len(rows))
             out["cost"][i] = reply.cost
@@ -269,16 +270,7 @@ def _store(
         if calls:
             ledger = ledger or Ledger(ws)
             ledger.record_many(calls)
-        for d in rows:
-            if d.status == "ok":
-                report.described += 1
-            else:
-                report.failed += 1
-                report.failures.append(f"{d.photo_id[:12]}: {d.detail}")
-            report.tokens_in += d.tokens_in
-            report.tokens_out += d.tokens_out
-            report.cost += d.cost
-            report.seconds += d.seconds
+        report.count(rows)
         if progress and keep:
             progress(len(keep))
     return report

@@ -8,7 +8,6 @@ budget; each worker's model asks it for room before every request.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from naturelens.scale.cluster import ray_module
@@ -35,8 +34,9 @@ def start_budget(rpm: int | None, tpm: int | None) -> Any:
     return ray.remote(num_cpus=0)(_Budget).remote(rpm, tpm)
 
 
-class SharedRateLimiter:
-    """A worker's side of the shared budget, with :class:`RateLimiter`'s ``acquire``.
+class SharedRateLimiter(RateLimiter):
+    """A worker's side of the shared budget: a :class:`RateLimiter` whose room is kept by
+    the budget actor (``acquire`` waits here, in the worker, between answers).
 
     Parameters
     ----------
@@ -45,16 +45,9 @@ class SharedRateLimiter:
     """
 
     def __init__(self, budget: Any):
+        super().__init__()
         self.budget = budget
 
     def reserve(self, tokens: int) -> float:
         """Room now (0.0), or seconds to wait before asking again."""
         return float(ray_module().get(self.budget.reserve.remote(tokens)))
-
-    def acquire(self, tokens: int) -> float:
-        """Wait until the cluster's budget has room for one request of ``tokens``."""
-        waited = 0.0
-        while pause := self.reserve(tokens):
-            time.sleep(pause)
-            waited += pause
-        return waited

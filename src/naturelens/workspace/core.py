@@ -649,7 +649,9 @@ class Workspace:
             ).fetchall()
         )
         embedding_sets = []
-        emb_root = self.root / "embeddings"
+        from naturelens.workspace.storage import folder
+
+        emb_root = folder(self.storage_location("embeddings") or self.root / "embeddings")
         if emb_root.exists():
             for d in sorted(p for p in emb_root.iterdir() if p.is_dir()):
                 meta = d / "meta.json"
