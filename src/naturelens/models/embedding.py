@@ -211,9 +211,9 @@ def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def embedding_set(ws: Workspace, model: str) -> EmbeddingSet:
     """The stored embeddings of ``model`` in ``ws`` (possibly none yet); computes nothing."""
     spec = model_spec(model, ws.root)
-    folder = storage_folder(ws.storage_location(EMBEDDINGS) or ws.root / EMBEDDINGS) / cache_key(
-        spec
-    )
+    # The workspace folder, or the bucket the workspace keeps its embeddings in.
+    root = storage_folder(ws.storage_location(EMBEDDINGS) or ws.root / EMBEDDINGS)
+    folder = root / cache_key(spec)
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return EmbeddingSet(folder, spec["model"], spec["pooling"], meta.get("dim"), meta=meta)

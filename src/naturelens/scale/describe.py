@@ -37,9 +37,6 @@ from naturelens.text.describe import (
 )
 from naturelens.workspace.core import Workspace
 
-# What a describing worker returns per photo, beside photo_id and worker.
-_COLUMNS = ("text", "status", "detail", "extra", "tokens_in", "tokens_out", "seconds", "cost")
-
 
 def _decode_all(batch: dict[str, np.ndarray], max_side: int | None):
     """Decode a batch's photos: (row -> image) for the good ones, (row -> detail) for the rest."""
@@ -60,6 +57,7 @@ def _detail(why: str, more: str) -> str:
 
 
 def _empty(n: int) -> dict[str, list]:
+    """A worker's output columns for ``n`` photos, each failed until answered."""
     return {
         "text": [""] * n,
         "status": ["failed"] * n,
