@@ -346,23 +346,31 @@ def test_describe_on_ray_with_a_real_server_records_every_call_once(cluster, twi
 def test_prompt_on_ray_asks_each_photo_once_and_the_run_turns_answers_into_predictions(
     cluster, twins, llama_server
 ):
+    from naturelens.methods import make_method, run_method
+    from naturelens.scale.methods import prepare_on_ray
+
     _, root = twins
-    args = ["classify", str(root), "-m", "prompt", "--model", "gemma-3-270m"]
-    args += ["--base-url", llama_server, "-p", "max_tokens=24", "-p", "timeout=60"]
-    result = runner.invoke(app, [*args, "-p", "rpm=600", "--ray", "--ray-workers", "1"])
-    assert result.exit_code == 0, result.output
+    method = make_method(
+        "prompt",
+        model="gemma-3-270m",
+        base_url=llama_server,
+        max_tokens=24,
+        timeout=60,
+        rpm=600,
+    )
     with Workspace.open(root) as ws:
-        run = ws.run()
-        ids = ws.photo_ids(labelled=False)
-        predictions = {p.photo_id: p for p in ws.predictions(run["run_id"])}
+        ids = ws.photo_ids(labelled=False)[:4]  # the first has no file any more
+        run_id = prepare_on_ray(ws, method, ids, [], RayOptions(workers=1, batch_size=2))
+        assert run_method(ws, method, ids) == run_id  # the same run goes on locally
+        predictions = {p.photo_id: p for p in ws.predictions(run_id)}
         assert predictions.keys() == set(ids)
-        assert sum(p.status == "failed" for p in predictions.values()) == 1  # file gone
+        assert predictions[ids[0]].status == "failed"
+        assert predictions[ids[0]].detail.startswith("file not readable")
         calls = ws.db.execute(
-            "SELECT photo_id, purpose, tokens_in, cost FROM calls WHERE run_id = ?",
-            [run["run_id"]],
+            "SELECT photo_id, purpose, tokens_in FROM calls WHERE run_id = ?", [run_id]
         ).fetchall()
         first = [c[0] for c in calls if c[1] == "classify"]
-        assert sorted(first) == sorted(p for p in ids if predictions[p].status != "failed")
+        assert sorted(first) == sorted(ids[1:])  # each asked once, on the workers
         # The predictions carry exactly the tokens the ledger recorded for the run.
         assert sum(c[2] for c in calls) == sum(p.tokens_in for p in predictions.values())
 
