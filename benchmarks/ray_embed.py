@@ -35,22 +35,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from embed_throughput import make_model, make_photos  # noqa: E402
 
 
-def timed(run) -> tuple[float, float, int]:
-    """Run an embedding pass; (wall seconds, seconds after the first batch, photos)."""
+def timed(run) -> tuple[float, float, int, int]:
+    """Run an embedding pass ``run(progress) -> photos``.
+
+    Returns wall seconds, seconds after the first batch arrived, photos, and photos that
+    arrived after the first batch (for the steady rate).
+    """
     first: list[float] = []
-    done = [0]
+    later = [0]
 
     def progress(n: int) -> None:
-        if not first:
-            first.append(time.perf_counter())
-            done[0] = 0  # the steady rate counts photos after the first batch
+        if first:
+            later[0] += n
         else:
-            done[0] += n
+            first.append(time.perf_counter())
 
     start = time.perf_counter()
     photos = run(progress)
     end = time.perf_counter()
-    return end - start, end - (first[0] if first else start), photos, done[0]
+    return end - start, end - (first[0] if first else start), photos, later[0]
 
 
 def main() -> None:
@@ -105,11 +108,12 @@ def main() -> None:
         for name, run in passes.items():
             with Workspace.open(root) as ws:
                 shutil.rmtree(root / "embeddings", ignore_errors=True)
-                seconds, after_first, n, later = timed(
-                    lambda progress, run=run, ws=ws: (lambda emb: emb.computed + emb.failed)(
-                        run(ws, progress)
-                    )
-                )
+
+                def photos(progress, run=run, ws=ws) -> int:
+                    emb = run(ws, progress)
+                    return emb.computed + emb.failed
+
+                seconds, after_first, n, later = timed(photos)
             assert n == args.photos, (name, n)
             wall[name].append(n / seconds)
             steady[name].append(later / after_first if after_first > 0 else float("nan"))

@@ -393,6 +393,19 @@ def test_workers_share_one_rate_limit(cluster):
     assert start_budget(None, None) is None
 
 
+def test_a_worker_error_reaches_the_user_as_one_line(cluster, twins):
+    from naturelens.scale.pipeline import run_photo_pipeline
+
+    class Broken:  # defined here, so Ray ships the class itself to its workers
+        def __call__(self, batch):
+            raise ValueError("this model needs a GPU")
+
+    with Workspace.open(twins[1]) as ws:
+        batches = run_photo_pipeline(ws, ws.photo_ids()[:2], Broken, {}, RayOptions(workers=1))
+        with pytest.raises(ScaleError, match="this model needs a GPU"):
+            list(batches)
+
+
 def test_a_method_without_per_photo_work_is_refused_on_ray(cluster, twins):
     _, root = twins
     result = runner.invoke(app, ["classify", str(root), "-m", "ensemble", "--ray"])

@@ -151,9 +151,12 @@ def run_photo_pipeline(
     )
     try:
         yield from data.iter_batches(batch_size=None, batch_format="numpy")
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
-        raise ScaleError(f"a Ray worker failed: {_first_line(cause)}") from None
+    except Exception as exc:
+        # A worker's own error (a model that does not load on a node, a full disk) reaches
+        # the driver wrapped by Ray; the user gets its last line, not Ray's traceback.
+        if not type(exc).__module__.startswith("ray"):
+            raise
+        raise ScaleError(f"a Ray worker failed: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
