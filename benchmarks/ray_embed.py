@@ -10,8 +10,9 @@ pass embeds every photo into an empty store of the same workspace:
   the driver writing the store.
 
 Per pass it prints photos/s over the whole call (wall, including starting the workers and
-loading the model in each) and photos/s once the first batch has arrived (steady), and the
-Ray path's overhead against the local path: ``local rate / Ray rate - 1``. The passes are
+loading the model in each), and the Ray path's overhead against the local path:
+``local rate / Ray rate - 1``. (A rate "after the first batch" means nothing on Ray: the
+driver receives batches in bursts, after the workers have run ahead.) The passes are
 repeated ``--rounds`` times in turn and medians reported, because a shared machine's speed
 drifts.
 
@@ -35,25 +36,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from embed_throughput import make_model, make_photos  # noqa: E402
 
 
-def timed(run) -> tuple[float, float, int, int]:
-    """Run an embedding pass ``run(progress) -> photos``.
-
-    Returns wall seconds, seconds after the first batch arrived, photos, and photos that
-    arrived after the first batch (for the steady rate).
-    """
-    first: list[float] = []
-    later = [0]
-
-    def progress(n: int) -> None:
-        if first:
-            later[0] += n
-        else:
-            first.append(time.perf_counter())
-
+def timed(run) -> tuple[float, int]:
+    """Run an embedding pass ``run() -> photos``; (wall seconds, photos)."""
     start = time.perf_counter()
-    photos = run(progress)
-    end = time.perf_counter()
-    return end - start, end - (first[0] if first else start), photos, later[0]
+    photos = run()
+    return time.perf_counter() - start, photos
 
 
 def main() -> None:
@@ -83,56 +70,47 @@ def main() -> None:
     ray_start = time.perf_counter() - started
 
     passes = {
-        "local": lambda ws, progress: embed_photos(
-            ws, model, batch_size=args.batch_size, precision=args.precision, progress=progress
+        "local": lambda ws: embed_photos(
+            ws, model, batch_size=args.batch_size, precision=args.precision
         ),
         # One worker gets every core's threads; two workers split them.
-        "ray, 1 worker": lambda ws, progress: embed_on_ray(
+        "ray, 1 worker": lambda ws: embed_on_ray(
             ws,
             model,
             RayOptions(workers=1, cpus_per_worker=cores, batch_size=args.batch_size),
             precision=args.precision,
-            progress=progress,
         ),
-        "ray, 2 workers": lambda ws, progress: embed_on_ray(
+        "ray, 2 workers": lambda ws: embed_on_ray(
             ws,
             model,
             RayOptions(workers=2, cpus_per_worker=max(1, cores // 2), batch_size=args.batch_size),
             precision=args.precision,
-            progress=progress,
         ),
     }
     wall: dict[str, list[float]] = {k: [] for k in passes}
-    steady: dict[str, list[float]] = {k: [] for k in passes}
     for round_ in range(args.rounds):
         for name, run in passes.items():
             with Workspace.open(root) as ws:
                 shutil.rmtree(root / "embeddings", ignore_errors=True)
 
-                def photos(progress, run=run, ws=ws) -> int:
-                    emb = run(ws, progress)
+                def photos(run=run, ws=ws) -> int:
+                    emb = run(ws)
                     return emb.computed + emb.failed
 
-                seconds, after_first, n, later = timed(photos)
+                seconds, n = timed(photos)
             assert n == args.photos, (name, n)
             wall[name].append(n / seconds)
-            steady[name].append(later / after_first if after_first > 0 else float("nan"))
-            print(
-                f"round {round_ + 1} {name:15s} {n / seconds:7.1f} photos/s wall, "
-                f"{steady[name][-1]:7.1f} after the first batch",
-                flush=True,
-            )
+            print(f"round {round_ + 1} {name:15s} {n / seconds:7.2f} photos/s", flush=True)
 
     print(f"\nRay start-up (ray.init, local): {ray_start:.1f} s, not counted below")
     print(f"{args.photos} photos, batch {args.batch_size}, {cores} cores, medians of {args.rounds}")
-    print("| path | photos/s (wall) | photos/s (after first batch) | overhead vs local (wall) |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| path | photos/s (wall) | overhead vs local |")
+    print("| --- | ---: | ---: |")
     base = statistics.median(wall["local"])
     for name in passes:
         rate = statistics.median(wall[name])
-        rate_steady = statistics.median(steady[name])
         overhead = "-" if name == "local" else f"{base / rate - 1:+.0%}"
-        print(f"| {name} | {rate:.1f} | {rate_steady:.1f} | {overhead} |")
+        print(f"| {name} | {rate:.2f} | {overhead} |")
 
 
 if __name__ == "__main__":
