@@ -19,6 +19,7 @@ loses a worker, ends with every photo exactly once.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
@@ -156,12 +157,22 @@ def run_photo_pipeline(
         # the driver wrapped by Ray; the user gets its last line, not Ray's traceback.
         if not type(exc).__module__.startswith("ray"):
             raise
-        raise ScaleError(f"a Ray worker failed: {_first_line(exc)}") from None
+        raise ScaleError(f"a Ray worker failed: {_cause(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def _cause(exc: BaseException) -> str:
+    """The worker's own error inside Ray's wrapping: ``"ValueError: ..."``."""
+    seen: set[int] = set()
+    inner: BaseException | None = exc
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if not type(inner).__module__.startswith("ray"):
+            return f"{type(inner).__name__}: {inner}"
+        inner = getattr(inner, "cause", None) or inner.__cause__
+    # Else the traceback text Ray carries: its last "SomeError: message" line.
+    found = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", str(exc), re.MULTILINE)
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    return found[-1].strip() if found else (lines[-1] if lines else type(exc).__name__)
 
 
 def worker_pid() -> int:
