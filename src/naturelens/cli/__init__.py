@@ -7,6 +7,7 @@ from naturelens.cli import (  # noqa: F401  (commands register on import)
     cost,
     describe,
     evaluate,
+    runs,
     storage,
     vision,
     workspace,

@@ -264,10 +264,10 @@ def _store(
             rows.append(d)
             if "asked" in batch and bool(batch["asked"][i]):
                 calls.append(ledger_row(batch, i, model, version, "describe"))
-        write_descriptions(ws, rows)
-        if calls:
+        if calls:  # first, so what was paid for is kept
             ledger = ledger or Ledger(ws)
             ledger.record_many(calls)
+        write_descriptions(ws, rows)
         report.count(rows)
         if progress and keep:
             progress(len(keep))

@@ -16,17 +16,15 @@ import numpy as np
 from naturelens.models.backbones import card_preprocessing, resolve_card
 from naturelens.models.embedding import (
     EmbeddingSet,
-    PartWriter,
-    cache_key,
     embed_batches,
     embedding_set,
     photos_to_embed,
     precision_name,
-    write_meta,
 )
 from naturelens.scale.cluster import RayOptions
 from naturelens.scale.pipeline import WORKER, first_time, reason, run_photo_pipeline, worker_pid
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.embeddings import PartWriter, cache_key
 
 
 class EmbedWorker:
@@ -100,7 +98,6 @@ def embed_on_ray(
     card, _ = resolve_card(model, ws.root)
     preprocessing = card_preprocessing(card)  # decoding needs the card, not the weights
     side = preprocessing.input_size
-    emb.folder.mkdir(parents=True, exist_ok=True)
     writer: PartWriter | None = None
     written: set[str] = set()
     batches = run_photo_pipeline(
@@ -126,9 +123,9 @@ def embed_on_ray(
             if not keep:
                 continue
             if writer is None:
-                dim = int(batch["vector"].shape[1])
-                write_meta(emb, emb.meta or _spec(ws, model), dim, str(batch["precision"][0]))
-                writer = PartWriter(emb.folder, dim, part_size)
+                spec = {**_spec(ws, model), "precision": str(batch["precision"][0])}
+                emb.start(spec, int(batch["vector"].shape[1]))
+                writer = emb.writer(part_size)
             failure = [reason(batch["failure"][i]) for i in keep]
             writer.add(
                 {

@@ -19,6 +19,8 @@ from naturelens.scale.cluster import RayOptions, ScaleError
 from naturelens.workspace.core import Workspace
 
 ON_RAY = ("probe", "zeroshot", "hybrid", "prompt")
+# Methods whose per-photo work goes to a store every run shares (not to one run).
+STORES = ("probe", "zeroshot", "hybrid")
 
 
 def prepare_on_ray(
