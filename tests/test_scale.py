@@ -301,8 +301,8 @@ def test_photos_and_embeddings_on_object_storage(cluster, s3, model, twins):
         assert cosine.min() > 0.999
         assert list(emb.failures()) == list(embedding_set(twin, model).failures())
         predictions = ws.predictions(ws.run()["run_id"])
-        assert {p.photo_id for p in predictions} == set(ws.photo_ids(labelled=False))
-        assert sum(p.status == "failed" for p in predictions) == 1
+        assert {p.photo_id for p in predictions} >= set(ws.photo_ids(labelled=False))
+        assert sum(p.status == "failed" for p in predictions) == 1  # the photo gone
 
 
 def test_describe_on_ray_with_a_real_server_records_every_call_once(cluster, twins, llama_server):

@@ -115,12 +115,12 @@ def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
     from naturelens.methods import make_method
     from naturelens.scale.methods import STORES, prepare_on_ray
 
-    method = make_method(name, **params)
     if name not in STORES:
         fail(
             f"method {name!r} does not run on Ray from classify",
             hint=f"--ray runs {', '.join(STORES)} here; run {name} without --ray",
         )
+    method = make_method(name, **params)
     photos = ws.photo_ids()
     with photo_progress(f"{name} on Ray", len(photos)) as advance:
         prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
