@@ -17,6 +17,7 @@ from naturelens.cli import (  # noqa: E402, F401  (commands register on import)
     describe,
     evaluate,
     runs,
+    storage,
     vision,
     workspace,
 )

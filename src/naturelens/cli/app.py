@@ -87,6 +87,11 @@ class ReportingGroup(typer.core.TyperGroup):
         group = None if ctx.parent is None else ctx.info_name  # None: the top level
         return attach(group, command) if command is not None else None
 
+    def parse_args(self, ctx, args):
+        from naturelens.cli.scale import bare_ray_flag
+
+        return super().parse_args(ctx, bare_ray_flag(args))
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

@@ -19,6 +19,7 @@ from naturelens.cli.app import (
     print_json,
 )
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS
 from naturelens.methods.params import ParamError, parse_params
@@ -68,13 +69,17 @@ def classify(
     ),
     max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
     Methods that learn train on the gold-labelled photos (or --shots per class) and predict
     every other photo; the accuracy estimate comes from the labelled photos (k-shot draws
     over --seeds, otherwise cross-validation) and is stored with the run. Methods that do not
-    learn predict every photo and are scored on the labelled ones.
+    learn predict every photo and are scored on the labelled ones. With --ray, the per-photo
+    model work of probe, zeroshot and hybrid (embeddings, descriptions) runs on Ray first.
 
     Examples:
 
@@ -89,7 +94,10 @@ def classify(
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     json_mode(as_json)
+    cluster = ray_options(ray, ray_workers, ray_gpus)
     with open_workspace(workspace) as ws:
+        if cluster is not None:
+            _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
             ws,
             method,
@@ -125,6 +133,22 @@ def classify(
         )
     photos = int(summary.get("photos") or 0)
     check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+
+
+def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
+    """The embeddings or descriptions every run of the method reads, made on Ray once."""
+    from naturelens.methods import make_method
+    from naturelens.scale.methods import STORES, prepare_on_ray
+
+    if name not in STORES:
+        fail(
+            f"method {name!r} does not run on Ray from classify",
+            hint=f"--ray runs {', '.join(STORES)} here; run {name} without --ray",
+        )
+    method = make_method(name, **params)
+    photos = ws.photo_ids()
+    with photo_progress(f"{name} on Ray", len(photos)) as advance:
+        prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:

@@ -18,6 +18,7 @@ from naturelens.cli.app import (
 )
 from naturelens.cli.classify import print_class_counts
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 
 
@@ -39,6 +40,9 @@ def embed(
     ),
     workers: int = typer.Option(None, help="Photo-decoding threads (default: by device)."),
     retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
     from naturelens.models.backbones import BackboneError
@@ -50,17 +54,31 @@ def embed(
             total = len(missing_photo_ids(ws, model))
             if retry_failed:
                 total += len(embedding_set(ws, model).failures(ws.photo_ids()))
+            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
             with photo_progress(f"embed {model}", total) as advance:
-                emb = embed_photos(
-                    ws,
-                    model,
-                    batch_size=batch_size,
-                    device=device,
-                    precision=precision,
-                    progress=advance,
-                    workers=workers,
-                    retry_failed=retry_failed,
-                )
+                if cluster is not None:
+                    from naturelens.scale.embed import embed_on_ray
+
+                    emb = embed_on_ray(
+                        ws,
+                        model,
+                        cluster,
+                        device=device,
+                        precision=precision,
+                        progress=advance,
+                        retry_failed=retry_failed,
+                    )
+                else:
+                    emb = embed_photos(
+                        ws,
+                        model,
+                        batch_size=batch_size,
+                        device=device,
+                        precision=precision,
+                        progress=advance,
+                        workers=workers,
+                        retry_failed=retry_failed,
+                    )
         except (CardError, BackboneError, ImportError, ValueError) as exc:
             fail(exc)
         failures = emb.failures()

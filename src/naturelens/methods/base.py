@@ -185,6 +185,21 @@ def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]
         raise MethodError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
 
 
+def run_params(
+    method: Method,
+    predict_ids: Sequence[str],
+    train_ids: Sequence[str] = (),
+    extra_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What identifies a run of ``method`` (two runs with the same are one run, resumed)."""
+    return {
+        "method": method.stored_params(),
+        "train": sorted(train_ids),
+        "predict": len(predict_ids),
+        **(extra_params or {}),
+    }
+
+
 def run_method(
     ws: Workspace,
     method: Method,
@@ -220,12 +235,7 @@ def run_method(
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
     method.check_ready(ws)
-    params = {
-        "method": method.stored_params(),
-        "train": sorted(train_ids),
-        "predict": len(predict_ids),
-        **(extra_params or {}),
-    }
+    params = run_params(method, predict_ids, train_ids, extra_params)
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]

@@ -142,7 +142,7 @@ class Hybrid(Method):
             require_api_key(self.text_model, self.base_url, self.api_key)
 
     # ------------------------------------------------------------------ descriptions
-    def _description_source(self) -> DescriptionSource | None:
+    def description_source(self) -> DescriptionSource | None:
         """Where texts are read from; None for title and tags alone."""
         describer = self.describer or self.model or TAGS
         if describer == NO_DESCRIPTION:
@@ -205,7 +205,7 @@ class Hybrid(Method):
                 f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
             )
         ws = photos.workspace
-        self.descriptions_ = self._description_source()
+        self.descriptions_ = self.description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
         # A language model's calls are recorded against the run; other classifiers make none.
         self.ledger_ = context.ledger if hasattr(self.text_classifier_, "calls") else None

@@ -225,7 +225,7 @@ class Prompt(Method):
                 if taken == self.shots:
                     break
                 try:
-                    image = ws.open_image(ids[i], max_side=self._side())
+                    image = ws.open_image(ids[i], max_side=self.image_side())
                 except PhotoDecodeError:
                     continue
                 answer = self.template_.render_example(ws.taxonomy, ws.taxonomy.get(cls), self.mode)
@@ -237,7 +237,8 @@ class Prompt(Method):
         order = np.random.default_rng(self.seed + 1).permutation(len(examples))
         return [examples[i] for i in order]
 
-    def _side(self) -> int:
+    def image_side(self) -> int:
+        """The longest side photos are sent at."""
         return self.max_side or (512 if self.detail == "low" else 1024)
 
     # ------------------------------------------------------------------ predict
@@ -274,7 +275,7 @@ class Prompt(Method):
             for state in todo:
                 if state.image is None and not state.failure:
                     try:
-                        state.image = ws.open_image(state.photo_id, max_side=self._side())
+                        state.image = ws.open_image(state.photo_id, max_side=self.image_side())
                     except PhotoDecodeError as exc:
                         state.failure = str(exc)  # "reason: detail"
             todo = [s for s in todo if not s.failure]
@@ -365,7 +366,7 @@ class Prompt(Method):
             ready, failed = [], {}
             for pid in part.ids:
                 try:
-                    ready.append((pid, ws.open_image(pid, max_side=self._side())))
+                    ready.append((pid, ws.open_image(pid, max_side=self.image_side())))
                 except PhotoDecodeError as exc:
                     failed[pid] = str(exc)  # "reason: detail"
             started = time.perf_counter()

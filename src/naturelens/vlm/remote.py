@@ -117,24 +117,28 @@ class RateLimiter:
         self._window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
+    def reserve(self, tokens: int) -> float:
+        """Take room for one request of ``tokens`` now if it fits: returns 0.0. Otherwise
+        take nothing and return the seconds to wait before asking again."""
+        with self._lock:
+            t = self._clock()
+            while self._window and t - self._window[0][0] >= 60.0:
+                self._window.popleft()
+            used = sum(n for _, n in self._window)
+            fits_rpm = self.rpm is None or len(self._window) < self.rpm
+            fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
+            if fits_rpm and fits_tpm:
+                self._window.append((t, tokens))
+                return 0.0
+            return min(1.0, max(0.05, 60.0 - (t - self._window[0][0])))
+
     def acquire(self, tokens: int) -> float:
         """Wait for room; returns the seconds waited."""
         waited = 0.0
-        while True:
-            with self._lock:
-                t = self._clock()
-                while self._window and t - self._window[0][0] >= 60.0:
-                    self._window.popleft()
-                used = sum(n for _, n in self._window)
-                fits_rpm = self.rpm is None or len(self._window) < self.rpm
-                fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
-                if fits_rpm and fits_tpm:
-                    self._window.append((t, tokens))
-                    return waited
-                pause = max(0.05, 60.0 - (t - self._window[0][0]))
-            pause = min(pause, 1.0)
+        while pause := self.reserve(tokens):
             self._sleep(pause)
             waited += pause
+        return waited
 
 
 @dataclass
@@ -169,6 +173,10 @@ class RemoteVLM(VisionLanguageModel):
     max_connection_failures
         Connection failures or timeouts in a row, across all requests, after which the
         server counts as unreachable and :class:`ServerUnreachable` stops the run.
+    limiter
+        Something with :class:`RateLimiter`'s ``acquire(tokens)``, to share one budget
+        between several models (the workers of a cluster); default: a ``RateLimiter``
+        of ``rpm`` and ``tpm`` of this model alone.
     """
 
     model_id: str = ""
@@ -186,6 +194,7 @@ class RemoteVLM(VisionLanguageModel):
     temperature: float | None = 0.0
     max_connection_failures: int = 5
     client: Any = field(default=None, repr=False)
+    limiter: Any = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     backend = "openai"
 
@@ -201,7 +210,7 @@ class RemoteVLM(VisionLanguageModel):
                 api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
             )
         self._server = (self.base_url or "https://api.openai.com/v1", self.model_id)
-        self._limiter = RateLimiter(self.rpm, self.tpm)
+        self._limiter = self.limiter or RateLimiter(self.rpm, self.tpm)
         self.retries = 0  # retries made so far, for reports and tests
         self._failures_in_a_row = 0
         self._unreachable: str | None = None

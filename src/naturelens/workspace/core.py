@@ -32,6 +32,8 @@ from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import schema
+from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
+from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
 
 if TYPE_CHECKING:
@@ -219,6 +221,22 @@ class Workspace:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def storage_location(self, kind: str) -> str | None:
+        """Where the workspace keeps ``kind`` (``photos``, ``embeddings``) when not in its
+        own folder: a URI from ``workspace.yaml``'s ``storage`` section, or None."""
+        meta = yaml.safe_load((self.root / "workspace.yaml").read_text(encoding="utf-8")) or {}
+        return (meta.get("storage") or {}).get(kind)
+
+    def set_storage_location(self, kind: str, location: str | None) -> None:
+        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder)."""
+        path = self.root / "workspace.yaml"
+        meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        storage = {**(meta.get("storage") or {}), kind: location}
+        meta["storage"] = {k: v for k, v in storage.items() if v}
+        if not meta["storage"]:
+            del meta["storage"]
+        path.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+
     def path(self, *parts: str) -> Path:
         """A path inside the workspace folder, with its parent folders made."""
         p = self.root.joinpath(*parts)
@@ -228,9 +246,7 @@ class Workspace:
     def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
         """The stored embeddings made with ``spec`` (see
         :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
-        from naturelens.workspace.embeddings import open_set
-
-        return open_set(self.root, spec)
+        return open_set(self.root, spec, self.storage_location(EMBEDDINGS_KIND))
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -779,7 +795,7 @@ class Workspace:
             "labelled": sum(per_class.values()),
             "labelled_per_class": {c: per_class.get(c, 0) for c in self.taxonomy.all_ids},
             "label_problems": one("SELECT count(*) FROM label_problems"),
-            "embeddings": stored_sets(self.root),
+            "embeddings": stored_sets(self.root, self.storage_location(EMBEDDINGS_KIND)),
             "runs": [
                 {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
                 for r in self.runs()
