@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from naturelens.cli import classify, cost, describe, evaluate, vision, workspace  # noqa: F401  (commands register on import)
+from naturelens.cli import (  # noqa: F401  (commands register on import)
+    classify,
+    cost,
+    describe,
+    evaluate,
+    review,
+    vision,
+    workspace,
+)
 from naturelens.cli.app import app
 
 

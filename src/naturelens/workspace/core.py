@@ -38,6 +38,7 @@ from naturelens.sources.download import Downloader, DownloadError
 from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
 from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
+from naturelens.workspace import labels as label_store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS photos (
@@ -244,6 +245,7 @@ class Workspace:
                 ) from exc
             if not self.read_only:
                 self._db.execute(SCHEMA)
+                label_store.ensure_history(self._db)
         return self._db
 
     def close(self) -> None:
@@ -374,13 +376,27 @@ class Workspace:
             if ref.label and res.photo_id and not failure:
                 class_id = self.taxonomy.match(ref.label)
                 if class_id:
-                    label_rows.append((res.photo_id, class_id, ref.source))
+                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, None))
                 else:
                     problem = f"unknown class {ref.label!r}"
                     problem_rows.append((ref.ref, res.photo_id, ref.label, problem))
                     report.label_problems.append(f"{ref.ref}: {problem}")
-        report.labelled += len(label_rows)
         db = self.db
+        if label_rows:
+            # The first label given for a photo wins; a conflicting later one is reported.
+            labelled = {
+                row[0]
+                for row in db.execute(
+                    "SELECT photo_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                    [[r[0] for r in label_rows]],
+                ).fetchall()
+            }
+            first = {}
+            for row in label_rows:
+                if row[0] not in labelled:
+                    first.setdefault(row[0], row)
+            label_rows = list(first.values())
+        report.labelled += len(label_rows)
         db.execute("BEGIN TRANSACTION")
         try:
             if photo_rows:
@@ -391,11 +407,7 @@ class Workspace:
             db.executemany(
                 "INSERT OR REPLACE INTO refs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ref_rows
             )
-            if label_rows:
-                # The first label given for a photo wins; a conflicting later one is reported.
-                db.executemany(
-                    "INSERT INTO labels VALUES (?,?,?) ON CONFLICT DO NOTHING", label_rows
-                )
+            label_store.add_label_events(db, label_rows, stamp)
             if problem_rows:
                 db.executemany(
                     "INSERT OR REPLACE INTO label_problems VALUES (?,?,?,?)", problem_rows
@@ -413,18 +425,54 @@ class Workspace:
         return [r[0] for r in rows.fetchall()]
 
     def labels(self) -> dict[str, str]:
-        """Gold labels: photo id -> class id."""
+        """Current gold labels: photo id -> class id."""
         return dict(self.db.execute("SELECT photo_id, class_id FROM labels").fetchall())
 
-    def set_labels(self, labels: dict[str, str], origin: str = "user") -> None:
-        """Set or replace gold labels (class ids must be in the taxonomy)."""
-        bad = sorted({c for c in labels.values() if c not in self.taxonomy.all_ids})
+    def set_labels(
+        self,
+        labels: dict[str, str | None],
+        origin: str = "user",
+        user: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Set, replace or (with None) withdraw gold labels, keeping every earlier label.
+
+        Parameters
+        ----------
+        labels
+            Photo id -> class id (must be in the taxonomy), or None to withdraw the label.
+        origin
+            Where the labels come from: ``folder``, ``manifest``, ``review`` or ``user``.
+        user, source
+            Who gave them and from where (a page, a file); both optional.
+        """
+        bad = sorted({c for c in labels.values() if c is not None} - set(self.taxonomy.all_ids))
         if bad:
             raise WorkspaceError(f"unknown class id(s) {bad}; known: {self.taxonomy.all_ids}")
-        self.db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?,?,?)",
-            [(p, c, origin) for p, c in labels.items()],
-        )
+        if origin not in label_store.ORIGINS:
+            raise WorkspaceError(f"label origin must be one of {label_store.ORIGINS}")
+        known = set(self.photo_paths(list(labels)))
+        missing = sorted(set(labels) - known)
+        if missing:
+            raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            label_store.add_label_events(
+                db, [(p, c, origin, source, user) for p, c in labels.items()], now()
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def label_history(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every label event (of ``photo_ids`` when given), oldest first.
+
+        Each event has ``photo_id``, ``class_id`` (None: label withdrawn), ``origin``
+        (folder, manifest, review, user), ``source``, ``user_name`` and ``created_at``.
+        """
+        return label_store.history(self.db, photo_ids)
 
     def photo_table(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Readable photos with their metadata (path, size, lat, lon, owner, title, tags...)."""
