@@ -379,6 +379,16 @@ def _not_blank(png: Path) -> None:
     assert img.std() > 10 and colours > 50, f"{png.name} looks blank"
 
 
+def _until(page, condition: str, tries: int = 300) -> None:
+    """Poll a page condition. (The app's content security policy forbids the string
+    evaluation that Playwright's wait_for_function uses; evaluate goes through CDP.)"""
+    for _ in range(tries):
+        if page.evaluate(condition):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never true: {condition}")
+
+
 def _browser_or_skip():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not os.access(CHROMIUM, os.X_OK):
@@ -388,6 +398,7 @@ def _browser_or_skip():
 
 def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_path):
     sync_api = _browser_or_skip()
+    expect = sync_api.expect
     src, truth = built
     ws_path = tmp_path / "ws"
     shutil.copytree(src, ws_path)
@@ -412,21 +423,23 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
             # Hostile text shows as text.
             page.fill("input[name=q]", "<script>")
             page.click("#filters button[type=submit]")
-            page.wait_for_function("document.querySelectorAll('#grid .card').length === 1")
+            expect(page.locator("#grid .card")).to_have_count(1)
             assert page.inner_text("#grid .card .title") == HOSTILE_TITLE
             page.fill("input[name=q]", "")
             page.select_option("select[name=state]", "unlabelled")
             page.click("#filters button[type=submit]")
-            page.wait_for_function("document.querySelectorAll('#grid .card').length === 24")
-            page.wait_for_function(
-                "[...document.querySelectorAll('#grid .card img')].every(i => i.complete && i.naturalWidth > 0)"
+            expect(page.locator("#grid .card")).to_have_count(24)
+            _until(
+                page,
+                "[...document.querySelectorAll('#grid .card img')].every(i => i.naturalWidth > 0)",
             )
             page.screenshot(path=str(tmp_path / "grid.png"))
             page.click("#count")  # focus leaves the inputs; keys now label
             for _ in range(20):
                 pid = page.get_attribute("#grid .card.cursor", "data-photo")
-                with page.expect_response(lambda r: r.url.endswith("/api/labels")):
-                    page.keyboard.press(keys[truth[pid]])
+                page.keyboard.press(keys[truth[pid]])
+                # The cursor moves on once the label is stored.
+                expect(page.locator("#grid .card.cursor")).not_to_have_attribute("data-photo", pid)
                 labelled.append(pid)
             page.keyboard.press("ArrowLeft")
             assert page.get_attribute("#grid .card.cursor", "data-photo") == labelled[-1]
@@ -442,26 +455,29 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
             # Correct a prediction in the detail view of a photo with a manifest label.
             page.select_option("select[name=state]", "gold")
             page.click("#filters button[type=submit]")
-            page.wait_for_function("document.querySelectorAll('#grid .card').length === 12")
-            page.click("#count")
-            fixed = page.get_attribute("#grid .card.cursor", "data-photo")
+            expect(page.locator("#grid .card")).to_have_count(32)
+            shown = page.eval_on_selector_all(
+                "#grid .card", "cards => cards.map(c => c.dataset.photo)"
+            )
+            fixed = next(pid for pid in shown if pid not in labelled)
+            page.click(f'#grid .card[data-photo="{fixed}"] .title')
             detail = httpx.get(f"{base}/api/photo/{fixed}").json()
             predicted = detail["predictions"][0]["class_id"]
             wrong = next(c for c in keys if c not in (predicted, truth[fixed]))
             page.keyboard.press("Enter")
             page.wait_for_selector("#detail:not([hidden]) #detail-history tr:nth-child(2)")
-            page.wait_for_function("document.getElementById('detail-img').naturalWidth > 0")
+            _until(page, "document.getElementById('detail-img').naturalWidth > 0")
             with page.expect_response(lambda r: r.url.endswith("/api/labels")):
                 page.keyboard.press(keys[wrong])
             page.keyboard.press("ArrowLeft")  # back to the corrected photo
-            page.wait_for_function("document.querySelectorAll('#detail-history tr').length === 3")
+            expect(page.locator("#detail-fields")).to_contain_text(fixed)
+            expect(page.locator("#detail-history tr")).to_have_count(3)
+            expect(page.locator("#detail-history")).to_contain_text("ana")
             page.screenshot(path=str(tmp_path / "detail.png"))
             page.keyboard.press("Escape")
 
             page.click("#tabs button[data-tab=map]")
-            page.wait_for_function(
-                "document.getElementById('map-info').textContent.includes('36 photos')"
-            )
+            expect(page.locator("#map-info")).to_contain_text("36 photos")
             page.screenshot(path=str(tmp_path / "map.png"))
             browser.close()
     finally:

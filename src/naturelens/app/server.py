@@ -329,6 +329,7 @@ def serve(
     try:
         socket.getaddrinfo(host, port)
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind((host, port))
     except OSError as exc:
         raise ServeError(

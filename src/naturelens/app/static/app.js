@@ -192,13 +192,16 @@ $("next").addEventListener("click", () => { offset += PAGE; loadPhotos(); });
 
 // ------------------------------------------------------------------ detail view
 let detailOf = null;
+let detailRequest = 0;
 
 async function openDetail(grid, i) {
   detailOf = { grid, i };
   grid.cursor = i;
   grid.mark();
   const pid = grid.rows[i].photo_id;
+  const asked = ++detailRequest;
   const d = await api(`/api/photo/${encodeURIComponent(pid)}`);
+  if (asked !== detailRequest) return; // a later photo was asked for meanwhile
   const v = d.view || {};
   $("detail").hidden = false;
   $("detail-img").src = `/full/${encodeURIComponent(pid)}`;
