@@ -509,3 +509,58 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
         assert extra not in gold
         assert [e["class_id"] for e in ws.label_history([extra])] == ["cultural_religious", None]
         assert len(gold) == 12 + 20
+
+
+def test_browser_lasso_on_the_embedding_map_labels_the_photos_inside(built, tmp_path):
+    sync_api = _browser_or_skip()
+    expect = sync_api.expect
+    src, _ = built
+    ws_path = tmp_path / "ws"
+    shutil.copytree(src, ws_path)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start_server(ws_path, port, tmp_path / "serve.log")
+    try:
+        points = httpx.get(f"{base}/api/map").json()
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(base + "/")
+            page.click("#tabs button[data-tab=map]")
+            expect(page.locator("#map-info")).to_contain_text("36 photos")
+            box = page.locator("#map").bounding_box()
+            width = page.eval_on_selector("#map", "c => c.width")
+            scale = box["width"] / width
+
+            def lasso(x_to: float) -> None:
+                corners = [(2, 2), (x_to, 2), (x_to, box["height"] - 2), (2, box["height"] - 2)]
+                page.mouse.move(box["x"] + 2, box["y"] + 2)
+                page.mouse.down()
+                for x, y in corners[1:] + corners[:1]:
+                    page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+                page.mouse.up()
+
+            lasso(box["width"] - 2)
+            expect(page.locator("#map-info")).to_contain_text("36 selected")
+            page.keyboard.press("Escape")
+            expect(page.locator("#map-info")).to_contain_text("0 selected")
+            lasso(box["width"] / 2)
+            with page.expect_response(lambda r: r.url.endswith("/api/labels")):
+                page.keyboard.press("4")
+            browser.close()
+    finally:
+        _stop_server(proc)
+    # The page places points in [20, width - 20]; the lasso took the left half.
+    xs = np.array([x for x, _ in points["xy"]])
+    canvas_x = 20 + (xs - xs.min()) / (xs.max() - xs.min()) * (width - 40)
+    expected = {
+        pid
+        for pid, cx in zip(points["ids"], canvas_x, strict=True)
+        if cx * scale < box["width"] / 2
+    }
+    assert 0 < len(expected) < 36
+    with Workspace.open(ws_path) as ws:
+        from_map = {e["photo_id"] for e in ws.label_history() if e["source"] == "map"}
+        assert from_map == expected
+        gold = ws.labels()
+        assert all(gold[pid] == "nature" for pid in expected)
