@@ -393,18 +393,20 @@ def _browser_or_skip():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} missing and could not be installed (make chromium needs apt)")
-    return sync_api
+    return sync_api, sync_api.expect
+
+
+def _copy_to_serve(built, tmp_path) -> tuple[Path, int, str, Path]:
+    """A private copy of the built workspace, a free port, its address and a log file."""
+    shutil.copytree(built[0], tmp_path / "ws")
+    port = _free_port()
+    return tmp_path / "ws", port, f"http://127.0.0.1:{port}", tmp_path / "serve.log"
 
 
 def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_path):
-    sync_api = _browser_or_skip()
-    expect = sync_api.expect
-    src, truth = built
-    ws_path = tmp_path / "ws"
-    shutil.copytree(src, ws_path)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
+    sync_api, expect = _browser_or_skip()
+    truth = built[1]
+    ws_path, port, base, log = _copy_to_serve(built, tmp_path)
     keys = {
         c: str(i + 1)
         for i, c in enumerate(Workspace.open(ws_path, read_only=True).taxonomy.all_ids)
@@ -512,14 +514,9 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
 
 
 def test_browser_lasso_on_the_embedding_map_labels_the_photos_inside(built, tmp_path):
-    sync_api = _browser_or_skip()
-    expect = sync_api.expect
-    src, _ = built
-    ws_path = tmp_path / "ws"
-    shutil.copytree(src, ws_path)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _start_server(ws_path, port, tmp_path / "serve.log")
+    sync_api, expect = _browser_or_skip()
+    ws_path, port, base, log = _copy_to_serve(built, tmp_path)
+    proc = _start_server(ws_path, port, log)
     try:
         points = httpx.get(f"{base}/api/map").json()
         with sync_api.sync_playwright() as p:
