@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 
 from naturelens.cli import app
 from naturelens.methods import make_method
-from naturelens.methods.base import PhotoSet
+from naturelens.methods.base import PhotoSet, RunContext
 from naturelens.methods.contrastive import contrastive_loss
-from naturelens.methods.finetune import (
+from naturelens.methods.saving import fit_or_load, load_model_dir, model_dir_for
+from naturelens.methods.training import (
     balanced_order,
     colour_jitter,
     random_resized_crop,
     stratified_split,
 )
-from naturelens.methods.probe import load_model_dir, model_dir_for
 from naturelens.testing.tiny_models import tiny_model
 from naturelens.workspace.core import Workspace
 
@@ -179,16 +179,16 @@ def test_finetune_learns_on_real_weights_and_reuses_a_saved_fit(labelled_workspa
         "batch_size": 8,
         "head_lr": 3e-3,
     }
-    method = make_method("finetune", **params)
-    method.fit(PhotoSet(ws, tuple(train)), [labels[i] for i in train])
+    photos, train_labels = PhotoSet(ws, tuple(train)), [labels[i] for i in train]
+    method = fit_or_load(make_method("finetune", **params), photos, train_labels, RunContext(ws))
     predicted = method.predict(PhotoSet(ws, tuple(test)))
     accuracy = np.mean([p == labels[i] for p, i in zip(predicted, test, strict=True)])
     assert accuracy >= 0.5, accuracy  # chance is 1/6
     # An identical fit finds the saved model instead of training again.
-    again = make_method("finetune", **params).fit(
-        PhotoSet(ws, tuple(train)), [labels[i] for i in train]
-    )
-    assert again.model_dir_ == method.model_dir_
+    fresh = make_method("finetune", **params)
+    fresh.fit = None  # training again would fail: the saved fit must be loaded
+    again = fit_or_load(fresh, photos, train_labels, RunContext(ws))
+    assert again is not fresh and again.model_dir_ == method.model_dir_
     assert again.predict(PhotoSet(ws, tuple(test))) == predicted
 
 

@@ -17,9 +17,15 @@ console = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2, hint: str = "") -> None:
-    """Print a user-facing error on one line and exit with ``code``."""
-    text = NaturelensError(message, hint).one_line()
+def fail(message: str | Exception, code: int = 2, hint: str = "") -> None:
+    """Print a user-facing error on one line and exit with ``code``.
+
+    ``message`` may be an exception: a :class:`NaturelensError` brings its own hint.
+    """
+    if isinstance(message, NaturelensError):
+        text = message.one_line()
+    else:
+        text = NaturelensError(str(message), hint).one_line()
     err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -12,7 +12,6 @@ from rich.table import Table
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.evaluation.protocol import kshot_split
 from naturelens.methods import METHODS, make_method, run_method
 
 
@@ -60,34 +59,10 @@ def classify(
         try:
             probe = make_method(method, **params)
         except (ValueError, ImportError) as exc:
-            fail(str(exc))
+            fail(exc)
         gold = ws.labels()
         if shots is not None:
-            if seeds < 1:
-                fail("--seeds must be at least 1")
-            accuracies = []
-            table = Table(
-                "seed", "run", "train", "test", "accuracy", title=f"{method}, {shots} shots"
-            )
-            for seed in range(seeds):
-                try:
-                    train, test = kshot_split(gold, shots, seed)
-                except ValueError as exc:
-                    fail(str(exc))
-                m = make_method(method, **params)
-                run_id = _run(ws, m, test, train, {"shots": shots, "seed": seed}, fresh)
-                preds = {p.photo_id: p for p in ws.predictions(run_id)}
-                correct = sum(1 for pid in test if preds[pid].class_id == gold[pid])
-                acc = correct / len(test)
-                ws.update_run_summary(run_id, {"accuracy": acc, "test_photos": len(test)})
-                accuracies.append(acc)
-                table.add_row(str(seed), run_id, str(len(train)), str(len(test)), f"{acc:.2%}")
-            console.print(table)
-            sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-            console.print(
-                f"[bold]{method}[/] {shots}-shot accuracy: "
-                f"{statistics.mean(accuracies):.2%} ± {sd:.2%} over {seeds} seed(s)"
-            )
+            _kshot(ws, method, params, shots, seeds, fresh)
             return
         train = sorted(gold) if probe.needs_labels else []
         targets = ws.photo_ids(labelled=False) if probe.needs_labels else ws.photo_ids()
@@ -103,6 +78,38 @@ def classify(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
         )
+
+
+def _kshot(ws, method: str, params: dict, shots: int, seeds: int, fresh: bool) -> None:
+    """The k-shot protocol of `compare`, for one method: a run and an accuracy per seed."""
+    from naturelens.evaluation.compare import MethodSpec, compare
+
+    if seeds < 1:
+        fail("--seeds must be at least 1")
+
+    def stop(spec, seed, exc: Exception) -> None:
+        fail(f"seed {seed}: {exc}")
+
+    result = compare(
+        ws,
+        [MethodSpec(method, params)],
+        shots=shots,
+        seeds=seeds,
+        progress=photo_progress,
+        on_error=stop,
+        fresh=fresh,
+    )
+    (row,) = result.rows
+    table = Table("seed", "run", "train", "test", "accuracy", title=f"{method}, {shots} shots")
+    for r in row.runs:
+        table.add_row(str(r.seed), r.run_id, str(r.labels_used), str(r.photos), f"{r.accuracy:.2%}")
+    console.print(table)
+    accuracies = [r.accuracy for r in row.runs]
+    sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    console.print(
+        f"[bold]{method}[/] {shots}-shot accuracy: "
+        f"{statistics.mean(accuracies):.2%} ± {sd:.2%} over {len(accuracies)} seed(s)"
+    )
 
 
 def print_class_counts(ws, run_id: str) -> None:
@@ -124,5 +131,5 @@ def _run(ws, method, targets, train, extra, fresh) -> str:
                 ws, method, targets, train, extra_params=extra, progress=advance, resume=not fresh
             )
     except ValueError as exc:
-        fail(str(exc))
+        fail(exc)
         raise

@@ -81,7 +81,7 @@ def cost(
                 answer_tokens=120 if chosen == "describe" else None,
             )
         except ValueError as exc:
-            fail(str(exc))
+            fail(exc)
         table = Table(
             "photos",
             "tokens in",

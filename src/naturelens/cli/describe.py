@@ -89,7 +89,7 @@ def describe(
                 return
             vlm = load_vlm(model, base_url=base_url)
         except (CardError, PromptError, VLMError, OSError, ValueError) as exc:
-            fail(str(exc))
+            fail(exc)
         with photo_progress("describe", len(ids)) as advance:
             report = describe_photos(
                 ws,
@@ -119,7 +119,7 @@ def tag(
         try:
             tagger = Tagger(top_k=top_k, batch_size=batch_size)
         except (ImportError, ValueError) as exc:
-            fail(str(exc))
+            fail(exc)
         with photo_progress("tag", len(ids)) as advance:
             report = tag_photos(ws, ids, tagger=tagger, progress=advance)
         _print_report(ws, report, show)

@@ -32,7 +32,7 @@ def evaluate(
         try:
             result = evaluate_run(ws, run, n_resamples=resamples, seed=seed)
         except WorkspaceError as exc:
-            fail(str(exc))
+            fail(exc)
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -128,7 +128,7 @@ def compare(
     try:
         specs = parse_method_specs(methods)
     except CompareError as exc:
-        fail(str(exc))
+        fail(exc)
     with open_workspace(workspace) as ws:
 
         def report_error(spec, seed, exc):
@@ -140,7 +140,7 @@ def compare(
                 progress=photo_progress, on_error=report_error, fresh=fresh,
             )  # fmt: skip
         except CompareError as exc:
-            fail(str(exc))
+            fail(exc)
         path = save_comparison(ws, result)
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
@@ -213,7 +213,7 @@ def report(
         try:
             path = build_report(ws, output, options, progress=photo_progress)
         except (ReportError, WorkspaceError) as exc:
-            fail(str(exc))
+            fail(exc)
     console.print(f"Report written to {path}")
 
 
@@ -234,5 +234,5 @@ def export(
         try:
             n = export_run(ws, run, output)
         except (ExportError, WorkspaceError) as exc:
-            fail(str(exc))
+            fail(exc)
     console.print(f"{n} predictions written to {output}")

@@ -50,7 +50,7 @@ def embed(
                     retry_failed=retry_failed,
                 )
         except (CardError, BackboneError, ImportError, ValueError) as exc:
-            fail(str(exc))
+            fail(exc)
         failures = emb.failures()
         console.print(
             f"{emb.computed} photos embedded, {emb.failed} failed now, "
@@ -80,7 +80,7 @@ def predict(
 ) -> None:
     """Apply a saved probe, fine-tuned or contrastive model to the workspace's photos."""
     from naturelens.methods import run_method
-    from naturelens.methods.probe import SavedModel, read_model_info
+    from naturelens.methods.saving import SavedModel, read_model_info
 
     if photos not in ("unlabelled", "all"):
         fail("--photos must be unlabelled or all")
@@ -89,7 +89,7 @@ def predict(
         try:
             info = read_model_info(folder)
         except ValueError as exc:
-            fail(str(exc))
+            fail(exc)
         targets = ws.photo_ids(labelled=False) if photos == "unlabelled" else ws.photo_ids()
         if not targets:
             fail("no photos to classify (every photo is labelled; try --photos all)")
@@ -98,5 +98,5 @@ def predict(
             with photo_progress(f"predict {info['method']}", len(targets)) as advance:
                 run_id = run_method(ws, method, targets, progress=advance, resume=not fresh)
         except (ValueError, ImportError) as exc:
-            fail(str(exc))
+            fail(exc)
         print_class_counts(ws, run_id)

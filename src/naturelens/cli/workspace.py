@@ -19,7 +19,7 @@ def open_workspace(path: Path, read_only: bool = False) -> Workspace:
     try:
         return Workspace.open(path, read_only=read_only)
     except (WorkspaceError, TaxonomyError) as exc:
-        fail(str(exc))
+        fail(exc)
         raise  # unreachable; keeps type checkers content
 
 
@@ -32,7 +32,7 @@ def init(
     try:
         ws = Workspace.create(workspace, taxonomy)
     except (WorkspaceError, TaxonomyError) as exc:
-        fail(str(exc))
+        fail(exc)
     console.print(f"Workspace [bold]{workspace}[/] ready, taxonomy {ws.taxonomy.label}.")
     ws.close()
 
@@ -55,7 +55,7 @@ def ingest(
                     sources, labels_from_folders=labels_from_folders, progress=advance
                 )
         except SourceError as exc:
-            fail(str(exc))
+            fail(exc)
         console.print(
             f"{report.added} new photos, {report.duplicates} duplicates, "
             f"{report.skipped} already ingested, {report.failed} failures, "
@@ -125,7 +125,7 @@ def taxonomy_show(name: str = typer.Argument(..., help="Built-in name or YAML fi
     try:
         tax = load_taxonomy(name)
     except TaxonomyError as exc:
-        fail(str(exc))
+        fail(exc)
     table = Table("id", "name", "definition", title=f"{tax.label} ({tax.source})")
     for c in tax.all_classes:
         table.add_row(c.id, c.name, c.definition)

@@ -49,7 +49,7 @@ import yaml
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.metrics import evaluate_run
 from naturelens.evaluation.protocol import holdout_split, kshot_split
-from naturelens.methods import METHODS, make_method, run_method
+from naturelens.methods import METHODS, make_method, method_class, run_method
 from naturelens.workspace.core import Workspace, WorkspaceError, now
 
 # Default device power for the energy estimate. Server CPUs draw roughly 100-280 W (TDP)
@@ -476,14 +476,13 @@ def compare(
             if row.error:
                 continue
             params = dict(spec.params)
-            if spec.name == "ensemble" and params.get("voting") == "weighted":
-                # The members' stored accuracy was measured on these same test photos.
-                row.note = "weights are the members' accuracy on these test photos: optimistic"
-            if spec.name == "ensemble" and "runs" not in params:
+            combines = method_class(spec.name).combines_runs
+            if combines and params.get("runs") is None:
                 if not split_runs:
                     row.error = "no other method's runs to vote over"
                     continue
                 params["runs"] = list(split_runs)
+            row.note = row.note or make_method(spec.name, **params).comparison_note()
             try:
                 result = _run_one(ws, spec, params, split, progress, fresh)
             except (ValueError, ImportError, RuntimeError, OSError, WorkspaceError) as exc:
@@ -492,7 +491,7 @@ def compare(
                     on_error(spec, split.seed, exc)
                 continue
             row.runs.append(result)
-            if spec.name != "ensemble":
+            if not combines:
                 split_runs.append(result.run_id)
     return Comparison(protocol, rows)
 

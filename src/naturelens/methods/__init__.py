@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from naturelens.methods.base import Method, PhotoSet, run_method
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext, clone, run_method
 
 # Method name -> "module:Class". Modules import heavy libraries only when used.
 METHODS: dict[str, str] = {
@@ -23,7 +23,7 @@ METHODS: dict[str, str] = {
 def method_class(name: str) -> type[Method]:
     """The class of method ``name``."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+        raise MethodError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     module, _, cls = METHODS[name].partition(":")
     return getattr(import_module(module), cls)
 
@@ -31,10 +31,27 @@ def method_class(name: str) -> type[Method]:
 def make_method(name: str, **params: Any) -> Method:
     """Build method ``name`` with ``params``; unknown parameters get a clear error."""
     cls = method_class(name)
+    known = cls._param_names()
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise MethodError(
+            f"method {name!r} has no parameter(s) {', '.join(unknown)}",
+            f"its parameters are: {', '.join(known)}",
+        )
     try:
         return cls(**params)
     except TypeError as exc:
-        raise ValueError(f"method {name!r}: {exc}") from exc
+        raise MethodError(f"method {name!r}: {exc}") from exc
 
 
-__all__ = ["METHODS", "Method", "PhotoSet", "make_method", "method_class", "run_method"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodError",
+    "PhotoSet",
+    "RunContext",
+    "clone",
+    "make_method",
+    "method_class",
+    "run_method",
+]

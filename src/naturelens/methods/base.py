@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from naturelens.errors import NaturelensError
 from naturelens.workspace.core import Prediction, Workspace
 
 
@@ -41,23 +42,90 @@ class PhotoSet:
             yield PhotoSet(self.workspace, chunk)
 
 
+@dataclass
+class RunContext:
+    """What the runner hands a method for one run.
+
+    ``run_id`` names the run the predictions go to; ``ledger`` records every model call's
+    tokens, seconds and cost against that run. A method used on its own, outside
+    :func:`run_method`, gets a context with no run (its calls are still recorded).
+    """
+
+    workspace: Workspace
+    run_id: str | None = None
+
+    @property
+    def ledger(self):
+        from naturelens.workspace.ledger import Ledger
+
+        return Ledger(self.workspace, self.run_id)
+
+
 class Method:
-    """Base class: a classifier of photos into the workspace taxonomy's classes."""
+    """Base class: a classifier of photos into the workspace taxonomy's classes.
+
+    The scikit-learn contract: ``__init__`` only stores its keyword arguments, which
+    :meth:`get_params` and :meth:`set_params` read and write, and :func:`clone` copies;
+    :meth:`fit` learns and returns ``self``; learned state ends in ``_``. A method that
+    learns weights worth keeping sets ``saves_model`` and has ``save(folder)`` and a
+    ``load(folder)`` class method: the runner, not the method, decides where its model
+    lives and reuses an identical saved fit.
+    """
 
     name: ClassVar[str] = ""
     needs_labels: ClassVar[bool] = True
+    saves_model: ClassVar[bool] = False
+    # Votes over other runs' predictions (ensembles): a comparison hands it the runs of the
+    # other methods on the same split unless its ``runs`` parameter names them.
+    combines_runs: ClassVar[bool] = False
+    context_: RunContext | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's arguments, as stored (scikit-learn's ``get_params``)."""
-        names = [
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [
             p.name
-            for p in inspect.signature(type(self).__init__).parameters.values()
+            for p in inspect.signature(cls.__init__).parameters.values()
             if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
         ]
-        return {n: getattr(self, n) for n in names}
 
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Method:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's arguments (scikit-learn's ``get_params``)."""
+        return {n: getattr(self, n) for n in self._param_names()}
+
+    def set_params(self, **params: Any) -> Method:
+        """Change constructor arguments; unknown names are refused with the known ones."""
+        known = self._param_names()
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise MethodError(
+                f"method {self.name!r} has no parameter(s) {unknown}",
+                f"its parameters are: {', '.join(known)}",
+            )
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def stored_params(self) -> dict[str, Any]:
+        """Parameters as stored with a run or a saved model: secrets are never written."""
+        return _without_secrets(self.get_params())
+
+    def comparison_note(self) -> str:
+        """A caveat a comparison table should print beside this method's row."""
+        return ""
+
+    def bind(self, context: RunContext | None, photos: PhotoSet) -> RunContext:
+        """The context this method works in (one without a run when none is given)."""
+        self.context_ = context or RunContext(photos.workspace)
+        return self.context_
+
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Method:
         """Learn from labelled photos (``labels[i]`` is the class id of ``photos.ids[i]``)."""
+        self.bind(context, photos)
         return self
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
@@ -83,6 +151,17 @@ class Method:
         return list(getattr(self, "classes_", None) or ws.taxonomy.all_ids)
 
 
+def clone(method: Method) -> Method:
+    """A new, unfitted method with the same parameters (scikit-learn's ``clone``)."""
+    from sklearn.base import clone as sk_clone
+
+    return sk_clone(method)
+
+
+class MethodError(NaturelensError, ValueError):
+    """A method was given parameters or photos it cannot work with."""
+
+
 _SECRET = re.compile(r"(^|_)(api_key|key|secret|password|token)$")
 
 
@@ -93,10 +172,10 @@ def _without_secrets(params: dict[str, Any]) -> dict[str, Any]:
 
 def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]) -> None:
     if len(photo_ids) != len(labels):
-        raise ValueError(f"{len(photo_ids)} photos but {len(labels)} labels")
+        raise MethodError(f"{len(photo_ids)} photos but {len(labels)} labels")
     unknown = sorted(set(labels) - set(ws.taxonomy.all_ids))
     if unknown:
-        raise ValueError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
+        raise MethodError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
 
 
 def run_method(
@@ -124,17 +203,17 @@ def run_method(
     gold = ws.labels()
     train_ids = list(train_ids)
     if method.needs_labels and not train_ids:
-        raise ValueError(
+        raise MethodError(
             f"method {method.name!r} needs labelled photos; label some (folder names or a "
             "manifest 'label' column) or choose a zero-shot method"
         )
     missing = [p for p in train_ids if p not in gold]
     if missing:
-        raise ValueError(f"{len(missing)} training photos have no gold label")
+        raise MethodError(f"{len(missing)} training photos have no gold label")
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
     params = {
-        "method": _without_secrets(method.get_params()),
+        "method": method.stored_params(),
         "train": sorted(train_ids),
         "predict": len(predict_ids),
         **(extra_params or {}),
@@ -145,10 +224,15 @@ def run_method(
     started = time.perf_counter()
     try:
         if todo:
+            from naturelens.methods.saving import fit_or_load
+
             photos = PhotoSet(ws, tuple(train_ids))
-            method.fit(photos, labels if train_ids else None)
-            fit_seconds = time.perf_counter() - started
-            ws.update_run_summary(run_id, {"fit_seconds": round(fit_seconds, 3)})
+            context = RunContext(ws, run_id)
+            method = fit_or_load(method, photos, labels if train_ids else None, context)
+            fit = {"fit_seconds": round(time.perf_counter() - started, 3)}
+            if getattr(method, "model_dir_", None):
+                fit["model_dir"] = str(method.model_dir_)
+            ws.update_run_summary(run_id, fit)
             buffer: list[Prediction] = []
             wanted = set(todo)
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):

@@ -23,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from naturelens.methods.base import Method, PhotoSet
-from naturelens.methods.finetune import (
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
+from naturelens.methods.probe import CLASSIFIERS, make_classifier
+from naturelens.methods.saving import read_model_info
+from naturelens.methods.training import (
     adapted_backbone,
     augmenting_decoder,
     load_trainable_state,
@@ -34,16 +36,9 @@ from naturelens.methods.finetune import (
     save_adapted,
     set_seed,
     stack_batches,
+    train_loop,
     trainable_state,
     training_input,
-)
-from naturelens.methods.probe import (
-    CLASSIFIERS,
-    fit_fingerprint,
-    is_saved_fit,
-    make_classifier,
-    model_dir_for,
-    read_model_info,
 )
 from naturelens.workspace.core import Prediction
 
@@ -105,6 +100,7 @@ class Contrastive(Method):
     """
 
     name = "contrastive"
+    saves_model = True
 
     def __init__(
         self,
@@ -152,26 +148,28 @@ class Contrastive(Method):
 
     def _check(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+            raise MethodError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
         if self.adapt not in ADAPT:
-            raise ValueError(f"adapt must be one of {ADAPT}, not {self.adapt!r}")
+            raise MethodError(f"adapt must be one of {ADAPT}, not {self.adapt!r}")
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
+            raise MethodError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be at least 1 and batch_size at least 2")
+            raise MethodError("epochs must be at least 1 and batch_size at least 2")
 
     def _build(self, ws_root: Path | None) -> None:
         self.backbone_, self.trainable_ = adapted_backbone(self, self.adapt, ws_root)
 
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Contrastive:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Contrastive:
+        self.bind(context, photos)
         if labels is None:
-            raise ValueError("contrastive needs labelled photos for its probe")
+            raise MethodError("contrastive needs labelled photos for its probe")
         self._check()
         ws = photos.workspace
-        fingerprint = fit_fingerprint(ws, self, photos.ids)
-        folder = model_dir_for(ws, self, photos.ids, self.save_as)
-        if is_saved_fit(folder, fingerprint):
-            return self._restore(folder, ws.root)
         generator = set_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         self._build(ws.root)
@@ -191,15 +189,13 @@ class Contrastive(Method):
         X, ids = self._embed_labelled(ws, list(label_of))
         y = [label_of[i] for i in ids]
         if len(set(y)) < 2:
-            raise ValueError(
+            raise MethodError(
                 f"contrastive needs labelled photos of at least two classes, got {sorted(set(y))}"
             )
         self.classifier_ = make_classifier(self.classifier, self.C, self.k, True, len(y)).fit(X, y)
         self.classes_ = [str(c) for c in self.classifier_.classes_]
         self.n_train_ = len(y)
         self.n_adapt_ = len(pool)
-        self.fingerprint_ = fingerprint
-        self.model_dir_ = self.save(folder)
         ready_for_inference(self.backbone_)
         return self
 
@@ -220,32 +216,28 @@ class Contrastive(Method):
             weight_decay=1e-4,
         )
         decode = augmenting_decoder(backbone.preprocessing, self.seed, views=2)
-        history = []
-        for epoch in range(self.epochs):
+
+        def epoch_batches(epoch: int):
             backbone.train()
             projector.train()
             order = [pool[i] for i in rng.permutation(len(pool))]
-            total, steps = 0.0, 0
-            for batch in photo_batches(ws, order, backbone, self.batch_size, decode, self.workers):
-                if len(batch.ids) < 2:
-                    continue  # one photo alone has no negatives
-                views = batch.pixels.reshape(-1, *batch.pixels.shape[2:])  # (2B, H, W, 3)
-                if class_index is not None:
-                    group = [class_index[label_of[i]] for i in batch.ids]
-                else:
-                    group = list(range(len(batch.ids)))
-                groups = torch.tensor(np.repeat(group, 2), device=backbone.device)
-                x = training_input(backbone, views, generator)
-                with backbone.autocast():
-                    z = projector(backbone.features(x).float())
-                loss = contrastive_loss(z, groups, self.temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                steps += 1
-            history.append({"epoch": epoch + 1, "loss": total / max(steps, 1)})
-        return history
+            return photo_batches(ws, order, backbone, self.batch_size, decode, self.workers)
+
+        def batch_loss(batch):
+            if len(batch.ids) < 2:
+                return None  # one photo alone has no negatives
+            views = batch.pixels.reshape(-1, *batch.pixels.shape[2:])  # (2B, H, W, 3)
+            if class_index is not None:
+                group = [class_index[label_of[i]] for i in batch.ids]
+            else:
+                group = list(range(len(batch.ids)))
+            groups = torch.tensor(np.repeat(group, 2), device=backbone.device)
+            x = training_input(backbone, views, generator)
+            with backbone.autocast():
+                z = projector(backbone.features(x).float())
+            return contrastive_loss(z, groups, self.temperature), len(batch.ids)
+
+        return train_loop(optimizer, self.epochs, epoch_batches, batch_loss)
 
     def _embed_labelled(self, ws, photo_ids: list[str]) -> tuple[np.ndarray, list[str]]:
         backbone = self.backbone_
@@ -291,7 +283,7 @@ class Contrastive(Method):
         return self
 
     @classmethod
-    def load(cls, folder: str | Path) -> Contrastive:
+    def load(cls, folder: str | Path, workspace: Path | None = None) -> Contrastive:
         """A trained model from a folder written by :meth:`save`."""
         info = read_model_info(folder)
-        return cls(**info["params"])._restore(Path(folder))
+        return cls(**info["params"])._restore(Path(folder), workspace)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
-from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.workspace.core import Prediction, Workspace
 
 REJECTED = "(rejected)"
@@ -41,6 +41,7 @@ class Ensemble(Method):
 
     name = "ensemble"
     needs_labels = False
+    combines_runs = True
 
     def __init__(
         self,
@@ -53,9 +54,21 @@ class Ensemble(Method):
         self.batch_size = batch_size
 
     # ------------------------------------------------------------------ fit
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Ensemble:
+    def comparison_note(self) -> str:
+        if self.voting == "weighted":
+            # The members' stored accuracy was measured on the same test photos.
+            return "weights are the members' accuracy on these test photos: optimistic"
+        return ""
+
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Ensemble:
+        self.bind(context, photos)
         if self.voting not in ("majority", "weighted"):
-            raise ValueError(f"voting must be 'majority' or 'weighted', not {self.voting!r}")
+            raise MethodError(f"voting must be 'majority' or 'weighted', not {self.voting!r}")
         ws = photos.workspace
         self.runs_ = resolve_runs(ws, self.runs)
         self.classes_ = ws.taxonomy.all_ids
@@ -83,7 +96,7 @@ class Ensemble(Method):
                 return right / len(rows)
         stored = ws.run(run_id)["summary"].get("accuracy")
         if stored is None:
-            raise ValueError(
+            raise MethodError(
                 f"run {run_id} has no stored accuracy and did not predict the labelled photos "
                 "given to the ensemble; evaluate it with `naturelens classify --shots K` or "
                 "`naturelens compare`, or use voting=majority"
@@ -176,13 +189,13 @@ def resolve_runs(ws: Workspace, runs: Sequence[str] | str) -> list[str]:
     else:
         chosen = [str(x) for x in runs]
     if not chosen:
-        raise ValueError("the ensemble has no runs to vote; run some methods first")
+        raise MethodError("the ensemble has no runs to vote; run some methods first")
     everything = {r["run_id"]: r for r in ws.runs()}
     for run_id in chosen:
         if run_id not in everything:
-            raise ValueError(f"no run {run_id!r}; see `naturelens status` for the runs")
+            raise MethodError(f"no run {run_id!r}; see `naturelens status` for the runs")
         if run_id not in done:
-            raise ValueError(f"run {run_id} is {everything[run_id]['status']}, not done")
+            raise MethodError(f"run {run_id} is {everything[run_id]['status']}, not done")
         if everything[run_id]["taxonomy"] != ws.taxonomy.label:
-            raise ValueError(f"run {run_id} used taxonomy {everything[run_id]['taxonomy']}")
+            raise MethodError(f"run {run_id} used taxonomy {everything[run_id]['taxonomy']}")
     return list(dict.fromkeys(chosen))

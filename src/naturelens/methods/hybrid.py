@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.text import CLASSIFIERS, make_text_classifier, photo_texts
 from naturelens.text.describe import DescriptionSource, load_descriptions
 from naturelens.workspace.core import Prediction, Workspace
@@ -127,18 +127,13 @@ class Hybrid(Method):
     def needs_labels(self) -> bool:  # type: ignore[override]
         return self.classifier in _LEARNS
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        params.pop("api_key", None)  # never stored with the run
-        return params
-
     # ------------------------------------------------------------------ descriptions
     def _description_source(self) -> DescriptionSource | None:
         """Where texts are read from; None for title and tags alone."""
         describer = self.describer or self.model or TAGS
         if describer == NO_DESCRIPTION:
             if not (self.use_title or self.use_tags):
-                raise ValueError(
+                raise MethodError(
                     "describer=none leaves no text: set use_title=true or use_tags=true"
                 )
             return None
@@ -184,24 +179,28 @@ class Hybrid(Method):
             given["seed"] = self.seed
         return {k: v for k, v in given.items() if v is not None}
 
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Hybrid:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Hybrid:
+        context = self.bind(context, photos)
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(
+            raise MethodError(
                 f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
             )
         ws = photos.workspace
         self.descriptions_ = self._description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
         if hasattr(self.text_classifier_, "ledger"):
-            from naturelens.workspace.ledger import Ledger, current_run_id
-
-            self.text_classifier_.ledger = Ledger(ws, current_run_id(ws, self, photos.ids))
+            self.text_classifier_.ledger = context.ledger
         if not self.needs_labels:
             self.text_classifier_.fit(ws.taxonomy)
             self.trained_on_ = 0
             return self
         if labels is None or len(labels) != len(photos):
-            raise ValueError(
+            raise MethodError(
                 f"classifier {self.classifier!r} needs a label for every training photo"
             )
         texts = self._texts(ws, photos.ids)
@@ -211,7 +210,7 @@ class Hybrid(Method):
             if texts[pid].text
         ]
         if not pairs:
-            raise ValueError(
+            raise MethodError(
                 "none of the labelled photos has a text to learn from; "
                 "see `naturelens status` for description failures"
             )

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from naturelens.methods.base import run_method
+from naturelens.methods.base import MethodError, run_method
 from naturelens.methods.hybrid import Hybrid
 from naturelens.workspace.core import Workspace
 
@@ -53,7 +53,7 @@ def run_offline_pipeline(
     """
     ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
     if not ids:
-        raise ValueError(f"{ws.root}: no photos to classify; ingest some first")
+        raise MethodError(f"{ws.root}: no photos to classify; ingest some first")
     method = offline_method(use_title=use_title, use_tags=use_tags)
     return run_method(ws, method, ids, [], progress=progress)
 

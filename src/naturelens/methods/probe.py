@@ -5,20 +5,13 @@ engine), so probing is cheap enough to repeat over many seeds and shot counts. T
 classifiers: multinomial logistic regression (the linear probe), k nearest neighbours
 (cosine) and nearest class mean (a prototype per class).
 
-This module also holds what every trained method shares: saving a fitted method as a
-model folder, and :class:`SavedModel`, which applies a saved folder to new photos.
+The runner saves a fitted probe as a model folder (see :mod:`naturelens.methods.saving`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +22,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from naturelens import __version__
-from naturelens.methods.base import Method, PhotoSet
-from naturelens.workspace.core import Prediction, Workspace, now
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
+from naturelens.methods.saving import model_info, read_model_info, write_model_dir
+from naturelens.workspace.core import Prediction, Workspace
 
 CLASSIFIERS = ("logreg", "knn", "ncm")
 METHOD_FILE = "method.json"
@@ -86,7 +79,7 @@ def make_classifier(
         Scale every embedding to unit length first (cosine geometry).
     """
     if kind not in CLASSIFIERS:
-        raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
+        raise MethodError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
     steps: list[Any] = [Normalizer()] if normalize else []
     if kind == "logreg":
         steps += [StandardScaler(), LogisticRegression(C=C, max_iter=5000)]
@@ -98,133 +91,6 @@ def make_classifier(
     else:
         steps.append(NearestClassMean())
     return make_pipeline(*steps)
-
-
-# --------------------------------------------------------------------------- model folders
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9.+-]+", "-", Path(text).name if os.sep in text else text).strip("-")
-
-
-def fit_fingerprint(ws: Workspace, method: Method, train_ids: Sequence[str]) -> str:
-    """A digest of the method, its parameters, the taxonomy and the training photos."""
-    params = json.dumps(method.get_params(), sort_keys=True, default=str)
-    text = f"{method.name}|{params}|{ws.taxonomy.digest}|{','.join(sorted(set(train_ids)))}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def model_dir_for(
-    ws: Workspace, method: Method, train_ids: Sequence[str], save_as: str | None = None
-) -> Path:
-    """Where a fitted method is saved: ``<workspace>/models/<save_as>``, or a folder named
-    after the method, its backbone and :func:`fit_fingerprint`."""
-    if save_as:
-        if "/" in save_as or "\\" in save_as or save_as.startswith("."):
-            raise ValueError(f"save_as {save_as!r}: give a plain folder name")
-        return ws.root / "models" / save_as
-    model = str(method.get_params().get("model", ""))
-    digest = fit_fingerprint(ws, method, train_ids)[:10]
-    return ws.root / "models" / f"{method.name}-{_slug(model)}-{digest}"
-
-
-def is_saved_fit(folder: Path, fingerprint: str) -> bool:
-    """Whether ``folder`` holds a model saved by an identical fit (so it need not rerun)."""
-    try:
-        return read_model_info(folder).get("fingerprint") == fingerprint
-    except (ValueError, OSError):
-        return False
-
-
-def write_model_dir(
-    folder: Path, info: dict[str, Any], write_files: Callable[[Path], None]
-) -> Path:
-    """Write a model folder atomically: files into a temporary folder, then renamed.
-
-    ``info`` goes to ``method.json`` (with ``method`` naming the method class to load).
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.mkdir()
-    try:
-        write_files(tmp)
-        meta = {**info, "naturelens": __version__, "saved_at": now().isoformat(timespec="seconds")}
-        (tmp / METHOD_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-def model_info(method: Method) -> dict[str, Any]:
-    """What every fitted method's ``method.json`` records: its name, parameters,
-    fingerprint, classes and number of training photos."""
-    return {
-        "method": method.name,
-        "params": method.get_params(),
-        "fingerprint": getattr(method, "fingerprint_", ""),
-        "classes": method.classes_,
-        "n_train": method.n_train_,
-    }
-
-
-def read_model_info(folder: str | Path) -> dict[str, Any]:
-    """The ``method.json`` of a saved model folder."""
-    path = Path(folder) / METHOD_FILE
-    if not path.exists():
-        raise ValueError(
-            f"{folder}: not a saved model folder (no {METHOD_FILE}); models are saved under "
-            "<workspace>/models/ by `naturelens classify --method probe|finetune|contrastive`"
-        )
-    return json.loads(path.read_text())
-
-
-def load_model_dir(folder: str | Path) -> Method:
-    """A fitted method loaded from a saved model folder."""
-    from naturelens.methods import method_class
-
-    info = read_model_info(folder)
-    cls = method_class(info["method"])
-    if not hasattr(cls, "load"):
-        raise ValueError(f"{folder}: method {info['method']!r} cannot be loaded from a folder")
-    return cls.load(folder)
-
-
-class SavedModel(Method):
-    """Applies a saved model folder (probe, finetune or contrastive) to photos.
-
-    Parameters
-    ----------
-    model_dir
-        The folder a trained method saved.
-    """
-
-    needs_labels = False
-
-    def __init__(self, model_dir: str):
-        self.model_dir = model_dir
-
-    @property
-    def name(self) -> str:  # the saved method's name, so runs group with their method
-        return str(read_model_info(self.model_dir)["method"])
-
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> SavedModel:
-        self.method_ = load_model_dir(self.model_dir)
-        classes = list(getattr(self.method_, "classes_", []))
-        unknown = sorted(set(classes) - set(photos.workspace.taxonomy.all_ids))
-        if unknown:
-            raise ValueError(
-                f"{self.model_dir} predicts classes {unknown} that the workspace's taxonomy "
-                f"({photos.workspace.taxonomy.label}) does not have"
-            )
-        self.classes_ = classes
-        return self
-
-    def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
-        return self.method_.predict_iter(photos)
 
 
 # --------------------------------------------------------------------------- the probe
@@ -253,6 +119,7 @@ class Probe(Method):
     """
 
     name = "probe"
+    saves_model = True
 
     def __init__(
         self,
@@ -301,13 +168,19 @@ class Probe(Method):
         return self._loaded
 
     # -- scikit-learn contract
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Probe:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Probe:
         from naturelens.models.embedding import load_embeddings
 
+        self.bind(context, photos)
         if labels is None:
-            raise ValueError("probe needs labelled photos")
+            raise MethodError("probe needs labelled photos")
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
+            raise MethodError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
         ws = photos.workspace
         self._ensure_embedded(ws, photos.ids)
         ids, X = load_embeddings(ws, self.model, photos.ids)
@@ -315,7 +188,7 @@ class Probe(Method):
         y = [label_of[i] for i in ids]
         self.skipped_ = len(set(photos.ids)) - len(ids)
         if len(set(y)) < 2:
-            raise ValueError(
+            raise MethodError(
                 f"probe needs labelled photos of at least two classes; got {sorted(set(y))} "
                 f"({self.skipped_} training photos could not be embedded)"
             )
@@ -323,8 +196,6 @@ class Probe(Method):
         self.classifier_.fit(X, y)
         self.classes_ = [str(c) for c in self.classifier_.classes_]
         self.n_train_ = len(y)
-        self.fingerprint_ = fit_fingerprint(ws, self, photos.ids)
-        self.model_dir_ = self.save(model_dir_for(ws, self, photos.ids, self.save_as))
         return self
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
@@ -372,7 +243,7 @@ class Probe(Method):
         )
 
     @classmethod
-    def load(cls, folder: str | Path) -> Probe:
+    def load(cls, folder: str | Path, workspace: Path | None = None) -> Probe:
         """A fitted probe from a folder written by :meth:`save`."""
         import joblib
 

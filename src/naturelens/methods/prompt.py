@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.prompts import PromptError, PromptTemplate, load_prompt
 from naturelens.sources.images import PhotoDecodeError
 from naturelens.vlm import ChatReply, ChatRequest, VisionLanguageModel, load_vlm
 from naturelens.vlm.answers import answer_schema, parse_answer
 from naturelens.workspace.core import Prediction, Workspace
-from naturelens.workspace.ledger import Ledger, current_run_id
 
 MODES = ("generate", "score")
 
@@ -161,9 +160,15 @@ class Prompt(Method):
             **({"max_side": self.max_side} if self.max_side else {}),
         )
 
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Prompt:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Prompt:
+        context = self.bind(context, photos)
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+            raise MethodError(f"mode must be one of {MODES}, not {self.mode!r}")
         ws = photos.workspace
         self.template_: PromptTemplate = load_prompt(self.prompt)
         self.classes_ = ws.taxonomy.all_ids
@@ -174,13 +179,13 @@ class Prompt(Method):
             self.model, base_url=self.base_url, workspace=ws.root, **self.vlm_options(ws)
         )
         if self.mode == "score" and self._remote():
-            raise ValueError(
+            raise MethodError(
                 "mode=score needs a local model: OpenAI-compatible servers return text, not "
                 "class likelihoods. Use mode=generate, or a local model without --base-url"
             )
         if self.batch and not self._remote():
-            raise ValueError("batch=true is for remote models (the OpenAI Batch API)")
-        self.ledger_ = Ledger(ws, current_run_id(ws, self, photos.ids))
+            raise MethodError("batch=true is for remote models (the OpenAI Batch API)")
+        self.ledger_ = context.ledger
         self.vlm_.ledger = self.ledger_
         self.examples_: list[tuple[object, str]] = []
         if self.template_.example_answer and self.shots > 0:
@@ -189,7 +194,7 @@ class Prompt(Method):
 
     def _examples(self, ws: Workspace, photos: PhotoSet, labels: Sequence[str] | None):
         if not labels:
-            raise ValueError(
+            raise MethodError(
                 f"prompt {self.prompt!r} shows labelled examples; label some photos first "
                 "(folder names or a manifest 'label' column)"
             )
@@ -213,7 +218,7 @@ class Prompt(Method):
                 examples.append((image, answer))
                 taken += 1
         if not examples:
-            raise ValueError("no readable labelled photo to show as an example")
+            raise MethodError("no readable labelled photo to show as an example")
         # Interleave classes so no class sits always next to the question.
         order = np.random.default_rng(self.seed + 1).permutation(len(examples))
         return [examples[i] for i in order]

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.models.cards import ModelCard, get_card
 from naturelens.shipped import read_shipped_or_file, shipped_names
 from naturelens.sources.images import PhotoDecodeError
@@ -69,7 +69,7 @@ def load_template_set(name_or_path: str | Path) -> TemplateSet:
     name = str(name_or_path)
     found = read_shipped_or_file("templates/zeroshot", name)
     if found is None:
-        raise ValueError(
+        raise MethodError(
             f"unknown template set {name!r}: not a file, and not one of "
             f"{', '.join(builtin_template_sets())}"
         )
@@ -77,10 +77,10 @@ def load_template_set(name_or_path: str | Path) -> TemplateSet:
     data = yaml.safe_load(text)
     templates = data.get("templates") if isinstance(data, dict) else None
     if not isinstance(templates, list) or not templates:
-        raise ValueError(f"template set {source}: 'templates' must be a non-empty list")
+        raise MethodError(f"template set {source}: 'templates' must be a non-empty list")
     bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
     if bad:
-        raise ValueError(f"template set {source}: each template needs exactly one '{{}}': {bad}")
+        raise MethodError(f"template set {source}: each template needs exactly one '{{}}': {bad}")
     return TemplateSet(
         name=str(data.get("name") or Path(name).stem),
         version=str(data.get("version") or "0"),
@@ -150,19 +150,25 @@ class ZeroShot(Method):
         self.embeddings = embeddings
 
     # ------------------------------------------------------------------ fit
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> ZeroShot:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> ZeroShot:
+        self.bind(context, photos)
         """Build (or load from the workspace cache) the text classifier; labels are ignored."""
         ws = photos.workspace
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, not {self.threshold}")
+            raise MethodError(f"threshold must be between 0 and 1, not {self.threshold}")
         self.card_: ModelCard = get_card(self.model, workspace=ws.root)
         if self.card_.kind not in ("clip", "siglip"):
-            raise ValueError(
+            raise MethodError(
                 f"zeroshot needs a CLIP or SigLIP model; {self.model!r} is a "
                 f"{self.card_.kind} model"
             )
         if self.embeddings not in ("store", "direct"):
-            raise ValueError(f"embeddings must be store or direct, not {self.embeddings!r}")
+            raise MethodError(f"embeddings must be store or direct, not {self.embeddings!r}")
         self.template_set_ = load_template_set(self.templates)
         self.classes_ = ws.taxonomy.all_ids
         self._load()
@@ -179,7 +185,7 @@ class ZeroShot(Method):
             self.processor_ = AutoProcessor.from_pretrained(self.card_.source)
             self.model_ = AutoModel.from_pretrained(self.card_.source, dtype=dtype)
         except OSError as exc:
-            raise ValueError(
+            raise MethodError(
                 f"cannot load {self.card_.name} from {self.card_.source!r}: {exc}"
             ) from exc
         self.model_.to(self.device_).eval()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from naturelens.text.base import TextClassifier, TextPrediction
+from naturelens.text.base import TextClassifier, text_prediction
 from naturelens.text.photo_text import PhotoText, join_text, photo_texts
 
 # Classifier name -> (module, class, default text model). Modules load when used.
@@ -55,7 +55,7 @@ __all__ = [
     "CLASSIFIERS",
     "PhotoText",
     "TextClassifier",
-    "TextPrediction",
+    "text_prediction",
     "join_text",
     "make_text_classifier",
     "photo_texts",

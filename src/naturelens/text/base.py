@@ -3,33 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from naturelens.taxonomy import Taxonomy
+from naturelens.workspace.core import Prediction
 
 
-@dataclass
-class TextPrediction:
-    """One text's class. ``status`` is ``ok``, ``unparsed`` (the model named no class;
-    ``detail`` keeps its answer) or ``failed`` (``detail`` says why)."""
+def text_prediction(
+    class_id: str | None,
+    confidence: float | None = None,
+    scores: dict[str, float] | None = None,
+    status: str = "ok",
+    detail: str = "",
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+    seconds: float = 0.0,
+    cost: float = 0.0,
+) -> Prediction:
+    """One text's class, as a :class:`Prediction` whose photo the caller fills in.
 
-    class_id: str | None
-    confidence: float | None = None
-    scores: dict[str, float] | None = None
-    status: str = "ok"
-    detail: str = ""
-    tokens_in: int = 0
-    tokens_out: int = 0
-    seconds: float = 0.0
-    cost: float = 0.0
+    ``status`` is ``ok``, ``unparsed`` (the model named no class; ``detail`` keeps its
+    answer) or ``failed`` (``detail`` says why).
+    """
+    return Prediction(
+        photo_id="",
+        class_id=class_id if status == "ok" else None,
+        confidence=confidence,
+        scores=scores,
+        status=status,
+        detail=detail,
+        seconds=seconds,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        cost=cost,
+    )
 
 
 class TextClassifier:
     """Base class. ``fit(taxonomy, texts, labels)`` returns self; ``predict(texts)`` gives
-    one :class:`TextPrediction` per text, in order."""
+    one :class:`~naturelens.workspace.Prediction` per text, in order, with no photo id (the
+    method that owns the photos fills it in)."""
 
     needs_labels: ClassVar[bool] = False
 
@@ -37,7 +52,7 @@ class TextClassifier:
         self.taxonomy_ = taxonomy
         return self
 
-    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
         raise NotImplementedError
 
     @property
@@ -60,13 +75,13 @@ def check_training(texts: Sequence[str], labels: Sequence[str], what: str) -> li
     return classes
 
 
-def from_probabilities(probs: np.ndarray, classes: Sequence[str]) -> list[TextPrediction]:
+def from_probabilities(probs: np.ndarray, classes: Sequence[str]) -> list[Prediction]:
     """Predictions from a (texts x classes) probability matrix."""
     out = []
     for row in np.asarray(probs, dtype=np.float64):
         best = int(row.argmax())
         out.append(
-            TextPrediction(
+            text_prediction(
                 class_id=classes[best],
                 confidence=float(row[best]),
                 scores={c: round(float(p), 6) for c, p in zip(classes, row, strict=True)},
@@ -82,4 +97,4 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-__all__ = ["TextClassifier", "TextPrediction", "check_training", "from_probabilities", "softmax"]
+__all__ = ["TextClassifier", "text_prediction", "check_training", "from_probabilities", "softmax"]

@@ -13,11 +13,11 @@ from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
     TextClassifier,
-    TextPrediction,
     check_training,
     from_probabilities,
     softmax,
 )
+from naturelens.workspace.core import Prediction
 
 DEFAULT_ENCODER_MODEL = "distilbert-base-uncased"
 
@@ -128,7 +128,7 @@ class EncoderClassifier(TextClassifier):
             losses.append(round(total / len(texts), 5))
         return losses
 
-    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
         import torch
 
         started = time.perf_counter()

@@ -22,7 +22,8 @@ import numpy as np
 from naturelens.models.weights import device as pick_device
 from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
-from naturelens.text.base import TextClassifier, TextPrediction, from_probabilities, softmax
+from naturelens.text.base import TextClassifier, from_probabilities, softmax, text_prediction
+from naturelens.workspace.core import Prediction
 
 DEFAULT_LLM = "qwen2.5-0.5b-instruct"
 DEFAULT_PROMPT = "classify_text"
@@ -254,14 +255,14 @@ class LLMClassifier(TextClassifier):
     def request_text(self, text: str) -> str:
         return self.template_.render(self.taxonomy_, mode=self.mode_, text=text)
 
-    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
         if isinstance(self.llm_, CausalLM):
             preds = self._predict_local(texts)
             self._record(preds)
             return preds
         return self._predict_remote(texts)
 
-    def _predict_local(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def _predict_local(self, texts: Sequence[str]) -> list[Prediction]:
         started = time.perf_counter()
         prompts = [self.llm_.chat_text(self.request_text(t)) for t in texts]
         if self.mode_ == "score":
@@ -280,18 +281,18 @@ class LLMClassifier(TextClassifier):
 
     def _parsed(
         self, text: str, tin: int, tout: int, seconds: float, cost: float = 0.0
-    ) -> TextPrediction:
+    ) -> Prediction:
         from naturelens.vlm.answers import parse_answer
 
         answer = parse_answer(text, self.taxonomy_)
         if answer.class_id is None:
             said = text[:500] if text.strip() else "empty answer"
-            return TextPrediction(None, None, None, "unparsed", said, tin, tout, seconds, cost)
-        return TextPrediction(
+            return text_prediction(None, None, None, "unparsed", said, tin, tout, seconds, cost)
+        return text_prediction(
             answer.class_id, answer.confidence, None, "ok", "", tin, tout, seconds, cost
         )
 
-    def _predict_remote(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def _predict_remote(self, texts: Sequence[str]) -> list[Prediction]:
         from naturelens.vlm import ChatRequest
 
         schema = label_schema(self.classes_)
@@ -310,7 +311,9 @@ class LLMClassifier(TextClassifier):
         for reply in self.llm_.chat(requests):
             if reply.error:
                 out.append(
-                    TextPrediction(None, status="failed", detail=reply.error, seconds=reply.seconds)
+                    text_prediction(
+                        None, status="failed", detail=reply.error, seconds=reply.seconds
+                    )
                 )
                 continue
             out.append(
@@ -320,7 +323,7 @@ class LLMClassifier(TextClassifier):
             )
         return out
 
-    def _record(self, preds: Sequence[TextPrediction]) -> None:
+    def _record(self, preds: Sequence[Prediction]) -> None:
         if self.ledger is None:
             return
         self.ledger.record_many(

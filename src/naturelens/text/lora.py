@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
     TextClassifier,
-    TextPrediction,
     check_training,
     from_probabilities,
     softmax,
 )
 from naturelens.text.llm import DEFAULT_LLM, DEFAULT_PROMPT, CausalLM
+from naturelens.workspace.core import Prediction
 
 
 class LoraClassifier(TextClassifier):
@@ -148,7 +148,7 @@ class LoraClassifier(TextClassifier):
             losses.append(round(total / max(1, count), 5))
         return losses
 
-    def predict(self, texts: Sequence[str]) -> list[TextPrediction]:
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
         started = time.perf_counter()
         prefix = self.template_.score_prefix
         prompts = [self.lm_.chat_text(self._request(t)) + prefix for t in texts]

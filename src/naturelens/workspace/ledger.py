@@ -9,7 +9,6 @@ asking again. API keys are never written here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -223,26 +222,6 @@ class Ledger:
             "INSERT OR REPLACE INTO batch_jobs VALUES (?,?,?,?,?,?,?)",
             [batch_id, self.run_id, chunk_key, model, requests, status, now()],
         )
-
-
-def current_run_id(workspace: Workspace, method: Any, train_ids: Sequence[str]) -> str | None:
-    """The run that ``run_method`` is running for ``method`` right now, if any.
-
-    Matched on method name, status, parameters and training photos: exactly what makes
-    two runs identical, so the match is the run that was started or resumed.
-    """
-    wanted = json.loads(json.dumps(method.get_params(), sort_keys=True, default=str))
-    train = sorted(train_ids)
-    rows = workspace.db.execute(
-        "SELECT run_id, params FROM runs WHERE method = ? AND status = 'running' "
-        "ORDER BY started_at DESC",
-        [method.name],
-    ).fetchall()
-    for run_id, params in rows:
-        stored = json.loads(params or "{}")
-        if stored.get("method") == wanted and stored.get("train", []) == train:
-            return run_id
-    return None
 
 
 def spend_summary(workspace: Workspace) -> list[dict[str, Any]]:

@@ -27,11 +27,10 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
-from naturelens.methods.base import Method, PhotoSet
+from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.methods.cluster.algorithms import (
     NOISE,
     Reducer,
@@ -152,25 +151,26 @@ class Cluster(Method):
         self.batch_size = batch_size
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        params = super().get_params()
-        params.pop("api_key", None)  # never stored with the run
-        return params
-
     # ------------------------------------------------------------------ fit
-    def fit(self, photos: PhotoSet, labels: Sequence[str] | None = None) -> Cluster:
+    def fit(
+        self,
+        photos: PhotoSet,
+        labels: Sequence[str] | None = None,
+        context: RunContext | None = None,
+    ) -> Cluster:
         """Check the parameters; clustering itself runs over the photos to predict."""
+        self.bind(context, photos)
         if self.naming not in NAMINGS:
-            raise ValueError(f"naming must be one of {NAMINGS}, not {self.naming!r}")
+            raise MethodError(f"naming must be one of {NAMINGS}, not {self.naming!r}")
         if self.naming in ("vlm", "llm") and not self.namer:
-            raise ValueError(
+            raise MethodError(
                 f"naming={self.naming} needs namer=<model> (a VLM for vlm, a language model "
                 "or VLM for llm; with base_url, a model the server serves)"
             )
         if not 0 < self.homogeneity <= 1:
-            raise ValueError(f"homogeneity must be in (0, 1], not {self.homogeneity}")
+            raise MethodError(f"homogeneity must be in (0, 1], not {self.homogeneity}")
         if self.medoids < 1:
-            raise ValueError(f"medoids must be at least 1, not {self.medoids}")
+            raise MethodError(f"medoids must be at least 1, not {self.medoids}")
         ws = photos.workspace
         self.classes_ = ws.taxonomy.all_ids
         self.votes_ = self._votes(ws) if self.naming == "majority" else {}
@@ -182,7 +182,7 @@ class Cluster(Method):
         if run_id is None:
             done = [r for r in ws.runs() if r["method"] != self.name and r["status"] == "done"]
             if not done:
-                raise ValueError(
+                raise MethodError(
                     "naming=majority names clusters by another run's predictions, and this "
                     "workspace has none: classify with another method first (e.g. the "
                     "offline pipeline, `--method hybrid`), or use naming=vlm, llm or none"
@@ -191,7 +191,7 @@ class Cluster(Method):
         try:
             ws.run(run_id)
         except WorkspaceError as exc:
-            raise ValueError(f"naming_run: {exc}") from exc
+            raise MethodError(f"naming_run: {exc}") from exc
         self.naming_run_ = run_id
         return {p.photo_id: p.class_id for p in ws.predictions(run_id) if p.status == "ok"}
 
@@ -221,10 +221,8 @@ class Cluster(Method):
 
     # ------------------------------------------------------------------ predict
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
-        from naturelens.workspace.ledger import current_run_id
-
         ws = photos.workspace
-        run_id = current_run_id(ws, self, [])
+        run_id = self.context_.run_id if self.context_ else None
         done = _load_assignments(ws, run_id, photos.ids)
         if done is None:
             done = self._assign(ws, photos.ids)
@@ -318,9 +316,7 @@ class Cluster(Method):
         return load_prompt(self.prompt).version_tag
 
     def _summarise(self, ws, result, names, seconds) -> None:
-        from naturelens.workspace.ledger import current_run_id
-
-        run_id = current_run_id(ws, self, [])
+        run_id = self.context_.run_id if self.context_ else None
         if run_id is None:
             return
         ws.update_run_summary(
@@ -377,7 +373,6 @@ class Cluster(Method):
         from naturelens.text.llm import load_chat_model
         from naturelens.vlm import ChatRequest, load_vlm
         from naturelens.vlm.answers import answer_schema, parse_answer
-        from naturelens.workspace.ledger import Ledger, current_run_id
 
         template = load_prompt(self.prompt)
         if self.naming == "vlm":
@@ -385,7 +380,7 @@ class Cluster(Method):
         else:
             namer = load_chat_model(self.namer, base_url=self.base_url, api_key=self.api_key)
         if getattr(namer, "ledger", None) is None:
-            namer.ledger = Ledger(ws, current_run_id(ws, self, []))
+            namer.ledger = self.context_.ledger
         schema = answer_schema(self.classes_)
         requests, asked, names = [], [], {}
         picks = {c: [ids[i] for i in medoids(z, labels, c, self.medoids)] for c in clusters}
