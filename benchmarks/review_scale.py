@@ -1,9 +1,10 @@
 """The review app on 100,000 catalogued photos: grid and filter latency, memory, retraining.
 
-A catalog is built once per size through the ordinary ingest (a manifest of tiny PNGs
-with titles, tags, owners, dates and positions; a tenth of them labelled), with one
-probe-like run of predictions for every photo and a second run that disagrees on some,
-and 384-dimensional stored embeddings (Gaussian clusters, as DINOv2-small would give).
+A catalog is built once per size by ``naturelens.workspace.scale`` (rows of the shape
+ingest writes: photos, manifest references with titles, tags, owners, dates and
+positions, a tenth of the photos labelled, one run of predictions for every photo and a
+second run that disagrees on a fifth), with 384-dimensional stored embeddings (Gaussian
+clusters, as DINOv2-small would give).
 
 Then, in a fresh process per size, the app is created in-process and its JSON routes
 are called through Starlette's test client (the whole request path but the socket):
@@ -24,7 +25,6 @@ loads every vector into memory first.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing as mp
 import resource
@@ -34,75 +34,32 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 DIM = 384
 
 
 def build(root: Path, n: int) -> Path:
-    """A workspace with ``n`` ingested photos, two runs and stored embeddings."""
+    """A workspace with ``n`` catalogued photos, two runs and stored embeddings."""
     from naturelens.models.embedding import _PartWriter
-    from naturelens.workspace.core import Prediction, Workspace
+    from naturelens.workspace.core import Workspace
+    from naturelens.workspace.scale import fill_synthetic_catalog
 
-    photos = root / "photos"
-    photos.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    ws = Workspace.create(root / "ws", "flips")
-    classes = ws.taxonomy.all_ids[:6]
-    truth = rng.integers(0, len(classes), size=n)
-    with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
-        out = csv.writer(fh)
-        out.writerow(["id", "path", "label", "title", "tags", "owner", "taken_at", "lat", "lon"])
-        for i in range(n):
-            # 4 x 4 pixels that spell the index: every photo's bytes differ.
-            px = np.frombuffer(i.to_bytes(48, "little"), dtype=np.uint8).reshape(4, 4, 3)
-            name = f"{i:06d}.png"
-            Image.fromarray(px).save(photos / name)
-            out.writerow(
-                [
-                    f"p{i}",
-                    f"photos/{name}",
-                    classes[truth[i]] if i % 10 == 0 else "",
-                    f"{classes[truth[i]]} walk {i}",
-                    "hiking,mountain" if i % 3 else "food,tapas",
-                    f"user{i % 500}",
-                    f"2023-{1 + i % 12:02d}-{1 + i % 28:02d} 10:00:00",
-                    round(40.0 + rng.random(), 5),
-                    round(-4.0 + rng.random(), 5),
-                ]
-            )
     start = time.perf_counter()
-    ws.ingest([root / "manifest.csv"])
-    print(f"  ingested {n:,} photos in {time.perf_counter() - start:.0f} s", flush=True)
-    ids = ws.photo_ids()
-    order = {r["photo_id"]: int(r["title"].rsplit(" ", 1)[1]) for r in ws.photo_table()}
-    for name, flip in (("probe", 0.0), ("zeroshot", 0.2)):
-        run_id, _ = ws.start_run(name, {"scale": n})
-        preds = []
-        for pid in ids:
-            k = int(truth[order[pid]])
-            if rng.random() < flip:
-                k = (k + 1) % len(classes)
-            preds.append(Prediction(pid, classes[k], confidence=float(rng.uniform(0.3, 1))))
-        ws.write_predictions(run_id, preds)
-        ws.finish_run(run_id)
-    centres = rng.normal(size=(len(classes), DIM)).astype(np.float32)
+    ws = Workspace.create(root / "ws", "flips")
+    ids, truth = fill_synthetic_catalog(ws, n)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(max(truth) + 1, DIM)).astype(np.float32)
     folder = ws.root / "embeddings" / "bench-384"
     folder.mkdir(parents=True)
-    (folder / "meta.json").write_text(json.dumps({"model": "bench", "pooling": "cls", "dim": DIM}))
+    meta = {"model": "bench", "pooling": "cls", "dim": DIM}
+    (folder / "meta.json").write_text(json.dumps(meta))
     writer = _PartWriter(folder, DIM, 8192)
     for s in range(0, n, 8192):
         chunk = ids[s : s + 8192]
-        k = truth[[order[p] for p in chunk]]
+        k = np.array(truth[s : s + 8192])
         vec = centres[k] + 1.5 * rng.standard_normal((len(chunk), DIM), dtype=np.float32)
-        writer.add(
-            {
-                "photo_id": chunk,
-                "vector": list(vec),
-                "failure": [None] * len(chunk),
-                "detail": [None] * len(chunk),
-            }
-        )
+        none = [None] * len(chunk)
+        writer.add({"photo_id": chunk, "vector": list(vec), "failure": none, "detail": none})
     writer.flush()
     ws.close()
     print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)

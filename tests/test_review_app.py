@@ -561,3 +561,24 @@ def test_browser_lasso_on_the_embedding_map_labels_the_photos_inside(built, tmp_
         assert from_map == expected
         gold = ws.labels()
         assert all(gold[pid] == "nature" for pid in expected)
+
+
+def test_synthetic_catalog_for_scale_benchmarks_has_the_shape_of_an_ingest(tmp_path):
+    from naturelens.workspace.review import PhotoFilter, browse
+    from naturelens.workspace.scale import fill_synthetic_catalog
+
+    with Workspace.create(tmp_path / "ws", "flips") as ws:
+        ids, classes = fill_synthetic_catalog(ws, 120)
+        assert len(set(ids)) == 120 and ws.photo_ids() == sorted(ids)
+        gold = ws.labels()
+        assert len(gold) == 12 == len(ws.label_history())
+        assert all(gold[ids[i]] == ws.taxonomy.all_ids[classes[i]] for i in range(0, 120, 10))
+        probe, zeroshot = ws.runs()
+        assert all(
+            p.class_id == ws.taxonomy.all_ids[classes[ids.index(p.photo_id)]]
+            for p in ws.predictions(probe["run_id"])
+        )
+        total, _ = browse(ws, PhotoFilter(disagree=True))
+        assert 0 < total < 120
+        total, _ = browse(ws, PhotoFilter(text="walk 7"))
+        assert total == len([i for i in range(120) if "7" in str(i) and str(i).startswith("7")])
