@@ -149,7 +149,7 @@ def create_app(
         lat_max: float | None = None,
         lon_min: float | None = None,
         lon_max: float | None = None,
-        sort: str = "photo",
+        sort: str = "added",
         offset: int = Query(0, ge=0),
         limit: int = Query(100, ge=1, le=500),
     ) -> dict[str, Any]:

@@ -15,14 +15,15 @@ from typing import Any
 from naturelens.errors import NaturelensError
 from naturelens.workspace.core import Workspace
 
+# Sort keys -> (needs the run's predictions, needs the references, ORDER BY expression).
 SORTS = {
-    "photo": "v.photo_id",
-    "taken": "v.taken_at NULLS LAST, v.photo_id",
-    "-taken": "v.taken_at DESC NULLS LAST, v.photo_id",
-    "title": "v.title NULLS LAST, v.photo_id",
-    "confidence": "pr.confidence NULLS LAST, v.photo_id",
-    "-confidence": "pr.confidence DESC NULLS LAST, v.photo_id",
-    "added": "v.photo_id",
+    "added": (False, False, "p.rowid"),
+    "photo": (False, False, "p.photo_id"),
+    "taken": (False, True, "taken_at NULLS LAST, p.photo_id"),
+    "-taken": (False, True, "taken_at DESC NULLS LAST, p.photo_id"),
+    "title": (False, True, "title NULLS LAST, p.photo_id"),
+    "confidence": (True, False, "pr.confidence NULLS LAST, p.photo_id"),
+    "-confidence": (True, False, "pr.confidence DESC NULLS LAST, p.photo_id"),
 }
 STATES = ("any", "gold", "unlabelled", "corrected")
 
@@ -66,7 +67,7 @@ class PhotoFilter:
     lat_max: float | None = None
     lon_min: float | None = None
     lon_max: float | None = None
-    sort: str = "photo"
+    sort: str = "added"
 
 
 def _like(text: str) -> str:
@@ -81,66 +82,81 @@ def _has_table(ws: Workspace, name: str) -> bool:
     return bool(row[0])
 
 
-def _where(ws: Workspace, f: PhotoFilter) -> tuple[str, list[Any]]:
+def _where(ws: Workspace, f: PhotoFilter) -> tuple[list[str], list[Any], bool]:
+    """Conditions on ``photos p`` (and ``pr``, the run's prediction, when the flag is set)."""
     if f.state not in STATES:
         raise ReviewQueryError(f"state must be one of {STATES}, not {f.state!r}")
     if f.sort not in SORTS:
         raise ReviewQueryError(f"sort must be one of {sorted(SORTS)}, not {f.sort!r}")
-    where: list[str] = []
+    where = ["p.failure IS NULL"]
     args: list[Any] = []
+    needs_run = False
     if f.predicted:
         where.append("pr.class_id = ?")
         args.append(f.predicted)
-    if f.label:
-        where.append("v.label = ?")
-        args.append(f.label)
-    if f.state == "gold":
-        where.append("v.label IS NOT NULL")
-    elif f.state == "unlabelled":
-        where.append("v.label IS NULL")
-    elif f.state == "corrected":
-        where.append(
-            "v.label IS NOT NULL AND EXISTS (SELECT 1 FROM label_history h "
-            "WHERE h.photo_id = v.photo_id AND h.origin = 'review') AND ("
-            "EXISTS (SELECT 1 FROM label_history h WHERE h.photo_id = v.photo_id "
-            "AND h.class_id IS DISTINCT FROM v.label) OR "
-            "EXISTS (SELECT 1 FROM predictions q WHERE q.photo_id = v.photo_id "
-            "AND q.status = 'ok' AND q.class_id != v.label))"
-        )
+        needs_run = True
     if f.min_confidence is not None:
         where.append("pr.confidence >= ?")
         args.append(float(f.min_confidence))
+        needs_run = True
     if f.max_confidence is not None:
         where.append("pr.confidence <= ?")
         args.append(float(f.max_confidence))
+        needs_run = True
+    if f.label:
+        where.append("p.photo_id IN (SELECT photo_id FROM labels WHERE class_id = ?)")
+        args.append(f.label)
+    if f.state == "gold":
+        where.append("p.photo_id IN (SELECT photo_id FROM labels)")
+    elif f.state == "unlabelled":
+        where.append("p.photo_id NOT IN (SELECT photo_id FROM labels)")
+    elif f.state == "corrected":
+        # Relabelled in review where an earlier label or some run said otherwise.
+        where.append(
+            "p.photo_id IN (SELECT l.photo_id FROM labels l "
+            "WHERE l.photo_id IN (SELECT photo_id FROM label_history WHERE origin = 'review') "
+            "AND (EXISTS (SELECT 1 FROM label_history h WHERE h.photo_id = l.photo_id "
+            "AND h.class_id IS DISTINCT FROM l.class_id) OR "
+            "EXISTS (SELECT 1 FROM predictions q WHERE q.photo_id = l.photo_id "
+            "AND q.status = 'ok' AND q.class_id != l.class_id)))"
+        )
     if f.disagree:
         where.append(
-            "v.photo_id IN (SELECT photo_id FROM predictions WHERE status = 'ok' "
+            "p.photo_id IN (SELECT photo_id FROM predictions WHERE status = 'ok' "
             "GROUP BY photo_id HAVING count(DISTINCT class_id) > 1)"
         )
+    # Text, dates and places live on the photo's references (any of them may match);
+    # EXIF dates and positions count too.
     if f.text and f.text.strip():
         pattern = _like(f.text.strip())
-        clauses = ["v.title ILIKE ? ESCAPE '\\'", "v.tags ILIKE ? ESCAPE '\\'"]
+        found = [
+            "SELECT photo_id FROM refs WHERE title ILIKE ? ESCAPE '\\' OR tags ILIKE ? ESCAPE '\\'"
+        ]
         args += [pattern, pattern]
         if _has_table(ws, "descriptions"):
-            clauses.append(
-                "EXISTS (SELECT 1 FROM descriptions d WHERE d.photo_id = v.photo_id "
-                "AND d.text ILIKE ? ESCAPE '\\')"
-            )
+            found.append("SELECT photo_id FROM descriptions WHERE text ILIKE ? ESCAPE '\\'")
             args.append(pattern)
-        where.append("(" + " OR ".join(clauses) + ")")
-    for value, sql in (
-        (f.taken_from, "v.taken_at >= ?"),
-        (f.taken_to, "v.taken_at <= ?"),
-        (f.lat_min, "v.lat >= ?"),
-        (f.lat_max, "v.lat <= ?"),
-        (f.lon_min, "v.lon >= ?"),
-        (f.lon_max, "v.lon <= ?"),
-    ):
-        if value is not None:
-            where.append(sql)
-            args.append(value)
-    return (" WHERE " + " AND ".join(where)) if where else "", args
+        where.append(f"p.photo_id IN ({' UNION '.join(found)})")
+    ranges = [
+        ("taken_at", "exif_taken_at", f.taken_from, f.taken_to),
+        ("lat", "exif_lat", f.lat_min, f.lat_max),
+        ("lon", "exif_lon", f.lon_min, f.lon_max),
+    ]
+    for column, exif, low, high in ranges:
+        if low is None and high is None:
+            continue
+        cond, vals = [], []
+        if low is not None:
+            cond.append("{c} >= ?")
+            vals.append(low)
+        if high is not None:
+            cond.append("{c} <= ?")
+            vals.append(high)
+        on_ref = " AND ".join(cond).format(c=column)
+        on_exif = " AND ".join(cond).format(c=f"p.{exif}")
+        where.append(f"(p.photo_id IN (SELECT photo_id FROM refs WHERE {on_ref}) OR ({on_exif}))")
+        args += vals + vals
+    return where, args, needs_run
 
 
 def browse(
@@ -148,26 +164,90 @@ def browse(
 ) -> tuple[int, list[dict[str, Any]]]:
     """One page of photos under ``f``: ``(total matching, rows)``.
 
+    The page's photo ids are chosen on the photos table with filters as semi-joins, and
+    only the page's rows are then joined to their references, labels and predictions.
+
     Each row has ``photo_id``, ``title``, ``tags``, ``label``, ``taken_at``, ``lat``,
     ``lon`` and the run's ``predicted`` class, ``confidence`` and ``status``.
     """
     limit = max(1, min(int(limit), 500))
     offset = max(0, int(offset))
-    where, args = _where(ws, f)
-    base = (
-        "FROM photo_view v LEFT JOIN predictions pr "
-        "ON pr.photo_id = v.photo_id AND pr.run_id = ?" + where
-    )
-    run_args = [f.run_id or ""] + args
-    total = ws.db.execute(f"SELECT count(*) {base}", run_args).fetchone()[0]
+    where, args, needs_run = _where(ws, f)
+    sort_run, sort_refs, order = SORTS[f.sort]
+    source = "photos p"
+    head: list[Any] = []
+    if needs_run or sort_run:
+        join = "JOIN" if needs_run else "LEFT JOIN"
+        source += f" {join} predictions pr ON pr.photo_id = p.photo_id AND pr.run_id = ?"
+        head.append(f.run_id or "")
+    if sort_refs:
+        source += (
+            " LEFT JOIN (SELECT photo_id, min(title) AS title, min(taken_at) AS taken_at "
+            "FROM refs GROUP BY photo_id) r ON r.photo_id = p.photo_id"
+        )
+        order = order.replace("taken_at", "coalesce(r.taken_at, p.exif_taken_at)").replace(
+            "title", "r.title"
+        )
+    body = f"FROM {source} WHERE " + " AND ".join(where)
+    total = ws.db.execute(f"SELECT count(*) {body}", head + args).fetchone()[0]
+    ids = [
+        r[0]
+        for r in ws.db.execute(
+            f"SELECT p.photo_id {body} ORDER BY {order} LIMIT ? OFFSET ?",
+            head + args + [limit, offset],
+        ).fetchall()
+    ]
+    return total, page_rows(ws, ids, f.run_id)
+
+
+def page_rows(ws: Workspace, photo_ids: list[str], run_id: str | None) -> list[dict[str, Any]]:
+    """Grid rows of ``photo_ids``, in that order (see :func:`browse`)."""
+    if not photo_ids:
+        return []
+    # The first reference of each photo, as in the catalog's photo view, without making
+    # the view rank every reference of the collection.
+    view: dict[str, dict[str, Any]] = {}
     cur = ws.db.execute(
-        "SELECT v.photo_id, v.title, v.tags, v.label, v.taken_at, v.lat, v.lon, "
-        "pr.class_id AS predicted, pr.confidence, pr.status "
-        f"{base} ORDER BY {SORTS[f.sort]} LIMIT ? OFFSET ?",
-        run_args + [limit, offset],
+        "SELECT p.photo_id, r.title, r.tags, l.class_id AS label, "
+        "coalesce(r.taken_at, p.exif_taken_at) AS taken_at, coalesce(r.lat, p.exif_lat) AS lat, "
+        "coalesce(r.lon, p.exif_lon) AS lon FROM photos p "
+        "LEFT JOIN refs r ON r.photo_id = p.photo_id AND r.photo_id IN (SELECT unnest($ids)) "
+        "LEFT JOIN labels l ON l.photo_id = p.photo_id "
+        "WHERE p.photo_id IN (SELECT unnest($ids)) ORDER BY r.added_at DESC, r.ref DESC",
+        {"ids": photo_ids},
     )
     cols = [d[0] for d in cur.description]
-    return total, [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    for row in cur.fetchall():
+        view[row[0]] = dict(zip(cols, row, strict=True))  # the last one written is the first
+    preds = {}
+    if run_id:
+        preds = {
+            pid: (c, conf, st)
+            for pid, c, conf, st in ws.db.execute(
+                "SELECT photo_id, class_id, confidence, status FROM predictions "
+                "WHERE run_id = ? AND photo_id IN (SELECT unnest(?))",
+                [run_id, photo_ids],
+            ).fetchall()
+        }
+    out = []
+    for pid in photo_ids:
+        v = view.get(pid, {})
+        c, conf, st = preds.get(pid, (None, None, None))
+        out.append(
+            {
+                "photo_id": pid,
+                "title": v.get("title"),
+                "tags": v.get("tags"),
+                "label": v.get("label"),
+                "taken_at": v.get("taken_at"),
+                "lat": v.get("lat"),
+                "lon": v.get("lon"),
+                "predicted": c,
+                "confidence": conf,
+                "status": st,
+            }
+        )
+    return out
 
 
 def photo_detail(ws: Workspace, photo_id: str) -> dict[str, Any] | None:
