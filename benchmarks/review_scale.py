@@ -40,8 +40,8 @@ DIM = 384
 
 def build(root: Path, n: int) -> Path:
     """A workspace with ``n`` catalogued photos, two runs and stored embeddings."""
-    from naturelens.models.embedding import _PartWriter
     from naturelens.workspace.core import Workspace
+    from naturelens.workspace.embeddings import PartWriter
     from naturelens.workspace.scale import fill_synthetic_catalog
 
     start = time.perf_counter()
@@ -53,13 +53,13 @@ def build(root: Path, n: int) -> Path:
     folder.mkdir(parents=True)
     meta = {"model": "bench", "pooling": "cls", "dim": DIM}
     (folder / "meta.json").write_text(json.dumps(meta))
-    writer = _PartWriter(folder, DIM, 8192)
+    writer = PartWriter(folder, DIM, 8192)
     for s in range(0, n, 8192):
         chunk = ids[s : s + 8192]
         k = np.array(truth[s : s + 8192])
         vec = centres[k] + 1.5 * rng.standard_normal((len(chunk), DIM), dtype=np.float32)
         none = [None] * len(chunk)
-        writer.add({"photo_id": chunk, "vector": list(vec), "failure": none, "detail": none})
+        writer.add({"photo_id": chunk, "vector": vec, "failure": none, "detail": none})
     writer.flush()
     ws.close()
     print(f"  built in {time.perf_counter() - start:.0f} s", flush=True)

@@ -9,15 +9,15 @@ import pytest
 from typer.testing import CliRunner
 
 from naturelens.cli import app
-from naturelens.evaluation import compare as compare_mod
+from naturelens.evaluation import energy as energy_mod
 from naturelens.evaluation.compare import (
     CompareError,
     compare,
-    energy_meter,
     latest_comparison,
     parse_method_specs,
     save_comparison,
 )
+from naturelens.evaluation.energy import energy_meter
 from naturelens.evaluation.metrics import evaluate_predictions
 from naturelens.evaluation.protocol import kshot_split
 from naturelens.methods import METHODS, Method, make_method, run_method
@@ -156,7 +156,7 @@ def test_energy_is_measured_from_rapl_counters(tmp_path, monkeypatch):
         z.mkdir()
         (z / "energy_uj").write_text(str(value))
         (z / "max_energy_range_uj").write_text("1000000000")
-    monkeypatch.setattr(compare_mod, "RAPL_ROOT", tmp_path)
+    monkeypatch.setattr(energy_mod, "RAPL_ROOT", tmp_path)
     with energy_meter() as energy:
         # 3 J of work, across the counter's wrap-around at 1000 J
         (zone / "energy_uj").write_text(str(2_000_000))
@@ -164,7 +164,7 @@ def test_energy_is_measured_from_rapl_counters(tmp_path, monkeypatch):
     assert energy.wh == pytest.approx(3 / 3600)
     assert energy.measured and "RAPL" in energy.source
 
-    monkeypatch.setattr(compare_mod, "RAPL_ROOT", tmp_path / "none")
+    monkeypatch.setattr(energy_mod, "RAPL_ROOT", tmp_path / "none")
     monkeypatch.setenv("NATURELENS_CPU_WATTS_PER_CORE", "7")
     with energy_meter() as estimate:
         pass

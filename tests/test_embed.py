@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from naturelens.cli import app
 from naturelens.models.backbones import (
-    BackboneError,
+    DeviceError,
     Preprocessing,
     load_backbone,
     load_efficientnet_lite0,
@@ -225,9 +225,9 @@ def test_cards_and_precision():
     assert get_card("clip-vit-b32").kind == "clip"
     assert pick_dtype("fp32", torch.device("cpu")) == torch.float32
     assert pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    with pytest.raises(BackboneError, match="precision"):
+    with pytest.raises(DeviceError, match="precision"):
         pick_dtype("half", torch.device("cpu"))
-    with pytest.raises(BackboneError, match="device"):
+    with pytest.raises(DeviceError, match="device"):
         load_backbone("efficientnet-lite0", device="tpu")
 
 

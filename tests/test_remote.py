@@ -19,11 +19,12 @@ import pytest
 from typer.testing import CliRunner
 
 from naturelens.cli import app
+from naturelens.evaluation.cost import estimate_cost, spend_summary
 from naturelens.methods import make_method, run_method
 from naturelens.testing.synthetic import synthetic_photo
 from naturelens.vlm import ChatRequest, VLMError, load_vlm
 from naturelens.vlm.remote import RateLimiter
-from naturelens.workspace.ledger import Ledger, estimate_cost, spend_summary
+from naturelens.workspace.ledger import Ledger
 
 KEY = "sk-test-a1b2c3d4e5f6"
 

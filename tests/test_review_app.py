@@ -125,7 +125,10 @@ def test_a_correction_keeps_the_earlier_label(review_ws):
 
 def test_history_is_made_for_labels_of_an_older_workspace(review_ws):
     ws, _ = review_ws
+    # A catalog at schema 3, from before the history.
     ws.db.execute("DROP TABLE label_history")
+    ws.db.execute("DELETE FROM schema_version")
+    ws.db.execute("INSERT INTO schema_version VALUES (3, now())")
     ws.close()
     ws2 = Workspace.open(ws.root)
     events = ws2.label_history()

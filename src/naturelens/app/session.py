@@ -20,8 +20,9 @@ from sklearn.preprocessing import normalize
 
 from naturelens.errors import NaturelensError
 from naturelens.methods.active import ActiveQueue
-from naturelens.models.embedding import EMBEDDINGS, EmbeddingSet, embedding_set
+from naturelens.models.embedding import embedding_set
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.embeddings import EMBEDDINGS, EmbeddingSet
 
 MAP_POINTS = 20_000
 

@@ -8,6 +8,7 @@ from naturelens.cli import (  # noqa: F401  (commands register on import)
     describe,
     evaluate,
     review,
+    runs,
     vision,
     workspace,
 )

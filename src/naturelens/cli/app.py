@@ -30,7 +30,7 @@ def fail(message: str | Exception, code: int = 2, hint: str = "") -> None:
     raise typer.Exit(code)
 
 
-class _Group(typer.core.TyperGroup):
+class ReportingGroup(typer.core.TyperGroup):
     """Runs a command and reports a :class:`NaturelensError` as one line, not a traceback."""
 
     def invoke(self, ctx):
@@ -45,7 +45,9 @@ app = typer.Typer(
     help="Sort photo collections into your classes with large vision and language models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    cls=_Group,
+    cls=ReportingGroup,
 )
-taxonomy_app = typer.Typer(help="List and show taxonomies.", no_args_is_help=True, cls=_Group)
+taxonomy_app = typer.Typer(
+    help="List and show taxonomies.", no_args_is_help=True, cls=ReportingGroup
+)
 app.add_typer(taxonomy_app, name="taxonomy")

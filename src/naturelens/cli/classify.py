@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import typer
-import yaml
+from rich.markup import escape
 from rich.table import Table
 
-from naturelens.cli.app import app, console, fail
+from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS, make_method, run_method
+from naturelens.methods import METHODS
+from naturelens.methods.params import ParamError, parse_params
 
 
-def parse_params(pairs: list[str]) -> dict:
+def method_params(pairs: list[str]) -> dict:
     """``["k=v", ...]`` -> dict, values read as YAML scalars (numbers, booleans, lists)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--param {pair!r}: expected KEY=VALUE")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_params(pairs)
+    except ParamError as exc:
+        fail(f"--param {exc.message}")
+        raise  # unreachable: fail exits
 
 
 @app.command()
@@ -39,77 +37,109 @@ def classify(
         None, help="OpenAI-compatible server: selects the remote back-end."
     ),
     shots: int = typer.Option(
-        None, help="Labelled photos per class to train on (k-shot protocol)."
+        None, help="Train on this many labelled photos per class (k-shot protocol)."
     ),
-    seeds: int = typer.Option(1, help="With --shots: how many random draws to average over."),
+    seeds: int = typer.Option(
+        None, help="With --shots: k-shot draws the accuracy estimate averages over (5)."
+    ),
+    coverage: float = typer.Option(
+        None,
+        help="Give each photo the smallest set of classes holding its true class with this "
+        "probability (conformal prediction), e.g. 0.9.",
+    ),
+    estimate: bool = typer.Option(
+        True, help="Estimate accuracy on the labelled photos (cross-validation or k-shot)."
+    ),
+    calibrate: bool = typer.Option(
+        True, help="Calibrate confidences on held-out labelled photos where there are enough."
+    ),
     param: list[str] = typer.Option([], "--param", "-p", help="Extra method parameter KEY=VALUE."),
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
 ) -> None:
-    """Classify the workspace's photos with a method.
+    """Classify every photo of the workspace with a method, and estimate how well.
 
-    Methods that learn train on the gold-labelled photos and predict the others. With
-    --shots K they train on K labelled photos per class, test on the remaining labelled
-    photos and report accuracy (mean ± sd over --seeds draws).
+    Methods that learn train on the gold-labelled photos (or --shots per class) and predict
+    every other photo; the accuracy estimate comes from the labelled photos (k-shot draws
+    over --seeds, otherwise cross-validation) and is stored with the run. Methods that do not
+    learn predict every photo and are scored on the labelled ones.
+
+    Examples:
+
+        naturelens classify parks --method probe --model dinov2-small
+
+        naturelens classify parks --method probe --shots 10 --coverage 0.9
+
+        naturelens classify parks --method zeroshot --model clip-vit-b16
     """
+    from naturelens.classify import classify_collection
+
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
-    params = {k: v for k, v in options.items() if v is not None} | parse_params(param)
+    params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     with open_workspace(workspace) as ws:
-        try:
-            probe = make_method(method, **params)
-        except (ValueError, ImportError) as exc:
-            fail(exc)
-        gold = ws.labels()
-        if shots is not None:
-            _kshot(ws, method, params, shots, seeds, fresh)
-            return
-        train = sorted(gold) if probe.needs_labels else []
-        targets = ws.photo_ids(labelled=False) if probe.needs_labels else ws.photo_ids()
-        if not targets:
-            fail(
-                "no photos to classify"
-                + (" (every photo is labelled)" if probe.needs_labels else "")
-            )
-        run_id = _run(ws, probe, targets, train, {}, fresh)
-        summary = ws.run(run_id)["summary"]
-        print_class_counts(ws, run_id)
+        result = classify_collection(
+            ws,
+            method,
+            params,
+            shots=shots,
+            seeds=seeds,
+            coverage=coverage,
+            calibrate=calibrate,
+            estimate=estimate,
+            fresh=fresh,
+            progress=photo_progress,
+        )
+        summary = ws.run(result.run_id)["summary"]
+        print_class_counts(ws, result.run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
         )
+        if result.estimate:
+            print_estimate(method, shots, result.estimate)
+        for note in result.notes:
+            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
-def _kshot(ws, method: str, params: dict, shots: int, seeds: int, fresh: bool) -> None:
-    """The k-shot protocol of `compare`, for one method: a run and an accuracy per seed."""
-    from naturelens.evaluation.compare import MethodSpec, compare
+def print_estimate(method: str, shots: int | None, est: dict) -> None:
+    """The accuracy estimate in one readable block."""
 
-    if seeds < 1:
-        fail("--seeds must be at least 1")
+    def pct(key: str) -> str:
+        value, sd = est.get(key), est.get(f"{key}_sd")
+        if value is None:
+            return "n/a"
+        return f"{value:.2%}" + (f" ± {sd:.2%}" if sd else "")
 
-    def stop(spec, seed, exc: Exception) -> None:
-        fail(f"seed {seed}: {exc}")
-
-    result = compare(
-        ws,
-        [MethodSpec(method, params)],
-        shots=shots,
-        seeds=seeds,
-        progress=photo_progress,
-        on_error=stop,
-        fresh=fresh,
-    )
-    (row,) = result.rows
-    table = Table("seed", "run", "train", "test", "accuracy", title=f"{method}, {shots} shots")
-    for r in row.runs:
-        table.add_row(str(r.seed), r.run_id, str(r.labels_used), str(r.photos), f"{r.accuracy:.2%}")
-    console.print(table)
-    accuracies = [r.accuracy for r in row.runs]
-    sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+    label = f"{shots}-shot accuracy" if shots else "accuracy"
     console.print(
-        f"[bold]{method}[/] {shots}-shot accuracy: "
-        f"{statistics.mean(accuracies):.2%} ± {sd:.2%} over {len(accuracies)} seed(s)"
+        f"[bold]{escape(method)}[/] {label}: {pct('accuracy')} over {est['splits']} "
+        f"{'seed(s)' if shots else 'split(s)'} ({est['protocol']}, {est['test_photos']} "
+        f"held-out predictions); macro-F1 {pct('macro_f1')}, balanced accuracy "
+        f"{pct('balanced_accuracy')}, majority-class baseline {pct('majority_baseline')}",
+        soft_wrap=True,
     )
+    if est.get("collapsed"):
+        console.print(
+            "[yellow]warning:[/] the method answers (nearly) one class for every photo of "
+            "a split: its accuracy says little"
+        )
+    cal = est.get("calibration")
+    if cal:
+        console.print(
+            f"calibration (temperature {est.get('temperature', 1.0):.2f}): expected "
+            f"calibration error {cal['ece_raw']:.3f} raw -> {cal['ece_calibrated']:.3f} "
+            f"calibrated, on {cal['photos']} held-out photos",
+            soft_wrap=True,
+        )
+    sets = est.get("prediction_sets")
+    if sets:
+        console.print(
+            f"prediction sets: coverage {sets['coverage']:.1%} (target "
+            f"{est.get('coverage_target', 0):.0%}), mean size {sets['mean_size']:.2f}, "
+            f"{sets['single']:.0%} single-class",
+            soft_wrap=True,
+        )
 
 
 def print_class_counts(ws, run_id: str) -> None:
@@ -122,14 +152,3 @@ def print_class_counts(ws, run_id: str) -> None:
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
     console.print(table)
-
-
-def _run(ws, method, targets, train, extra, fresh) -> str:
-    try:
-        with photo_progress(method.name, len(targets)) as advance:
-            return run_method(
-                ws, method, targets, train, extra_params=extra, progress=advance, resume=not fresh
-            )
-    except ValueError as exc:
-        fail(exc)
-        raise

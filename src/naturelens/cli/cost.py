@@ -9,7 +9,7 @@ from rich.table import Table
 
 from naturelens.cli.app import app, console, fail
 from naturelens.cli.workspace import open_workspace
-from naturelens.workspace.ledger import estimate_cost, spend_summary
+from naturelens.evaluation.cost import estimate_cost, spend_summary
 
 
 @app.command()

@@ -112,7 +112,8 @@ def tag(
     show: int = typer.Option(0, help="Print this many photos' tags afterwards."),
 ) -> None:
     """Tag every photo with its top ImageNet classes (offline EfficientNet-Lite0; resumable)."""
-    from naturelens.text.tagger import Tagger, tag_photos
+    from naturelens.text.describe import tag_photos
+    from naturelens.text.tagger import Tagger
 
     with open_workspace(workspace) as ws:
         ids = ws.photo_ids()

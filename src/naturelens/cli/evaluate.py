@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail
@@ -14,27 +15,110 @@ from naturelens.cli.workspace import open_workspace
 from naturelens.workspace.core import WorkspaceError
 
 
+def _agreement(workspace: Path, as_json: bool) -> None:
+    from naturelens.evaluation.agreement import agreement_estimate, run_answers
+
+    with open_workspace(workspace, read_only=True) as ws:
+        runs = [
+            r
+            for r in ws.runs()
+            if r["status"] == "done" and r["params"].get("purpose") != "evaluation"
+        ]
+        answers = {r["run_id"]: run_answers(ws.predictions(r["run_id"])) for r in runs}
+        result = agreement_estimate(answers, ws.labels())
+        methods = {r["run_id"]: r["method"] for r in runs}
+    if as_json:
+        print(json.dumps(result["runs"], indent=2))
+        return
+    table = Table(
+        "run",
+        "method",
+        "photos",
+        "estimated accuracy",
+        "measured (labelled)",
+        title="Accuracy from agreement between runs (Dawid-Skene)",
+    )
+    for run_id, row in result["runs"].items():
+        measured = row.get("measured_accuracy")
+        table.add_row(
+            escape(run_id),
+            methods[run_id],
+            str(row["photos"]),
+            f"{row['estimated_accuracy']:.1%}",
+            f"{measured:.1%} on {row['labelled_photos']}" if measured is not None else "-",
+        )
+    console.print(table)
+
+
 @app.command()
 def evaluate(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    run: str = typer.Option(None, "--run", "-r", help="Run id (default: the latest finished run)."),
+    run: str = typer.Option(
+        None, "--run", "-r", help="Run id or tag (default: the latest finished run)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95 % intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    agreement: bool = typer.Option(
+        False,
+        "--agreement",
+        help="Estimate every run's accuracy without labels, from how the runs agree "
+        "(Dawid-Skene), beside the accuracy measured on labelled photos.",
+    ),
 ) -> None:
-    """Score a run against the gold labels: accuracy, F1, kappa, confusion matrix.
+    """Score a run: its stored accuracy estimate, and the labelled photos it predicted.
 
-    Failed and unparsed predictions count as wrong; their number is printed.
+    A run of `classify` carries an accuracy estimate from held-out labelled photos
+    (cross-validation or k-shot draws), with calibration error and prediction-set coverage;
+    labelled photos the run predicted without training on them are scored here too, with
+    accuracy, F1, kappa, intervals and a confusion matrix. Failed and unparsed predictions
+    count as wrong; their number is printed.
+
+    Examples:
+
+        naturelens evaluate parks
+
+        naturelens evaluate parks --run final --json
+
+        naturelens evaluate parks --agreement
     """
-    from naturelens.evaluation.metrics import NO_CLASS, evaluate_run
+    from naturelens.cli.classify import print_estimate
+    from naturelens.evaluation.metrics import NO_CLASS, EvaluationError, evaluate_run
 
+    if agreement:
+        _agreement(workspace, as_json)
+        return
     with open_workspace(workspace, read_only=True) as ws:
+        record = ws.run(run)
+        estimate = record["summary"].get("estimate")
         try:
-            result = evaluate_run(ws, run, n_resamples=resamples, seed=seed)
-        except WorkspaceError as exc:
-            fail(exc)
+            result = evaluate_run(ws, record["run_id"], n_resamples=resamples, seed=seed)
+        except EvaluationError as exc:
+            if not estimate:
+                fail(exc)
+            result = {
+                "run_id": record["run_id"],
+                "method": record["method"],
+                "photos": 0,
+                "note": str(exc),
+            }
+    result["estimate"] = estimate
     if as_json:
         print(json.dumps(result, indent=2, default=str))
+        return
+    if estimate:
+        console.print(f"[bold]{escape(record['run_id'])}[/] ({record['method']})")
+        print_estimate(record["method"], record["params"].get("shots"), estimate)
+        if reliability := (estimate.get("calibration") or {}).get("reliability_calibrated"):
+            bins = ", ".join(
+                f"{b['confidence']:.2f}->{b['accuracy']:.2f} (n={b['photos']})" for b in reliability
+            )
+            console.print(f"reliability (confidence -> accuracy): {bins}", soft_wrap=True)
+    if not result.get("photos"):
+        console.print(
+            "No labelled photo was predicted by this run without being trained on; the "
+            "estimate above is measured on held-out labelled photos."
+        )
         return
     console.print(
         f"[bold]{result['run_id']}[/] ({result['method']}): {result['photos']} labelled photos "

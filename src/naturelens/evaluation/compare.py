@@ -18,14 +18,7 @@ not followed by ``KEY=`` belongs to the value, so ``base_url=http://host:8000/v1
 An ``ensemble`` spec without ``runs`` votes over the runs of the other methods on the same
 split.
 
-Energy is measured where the platform allows it: CPU packages through Linux RAPL
-(``/sys/class/powercap/intel-rapl:N/energy_uj``, when readable) and NVIDIA GPUs through
-NVML (when ``pynvml`` is installed). Otherwise it is estimated as device power times wall
-time, with :data:`CPU_WATTS_PER_CORE` per CPU core available to the process and
-:data:`GPU_WATTS` per visible GPU (override with the environment variables
-``NATURELENS_CPU_WATTS_PER_CORE`` and ``NATURELENS_GPU_WATTS``). The estimate assumes
-full load, so it is an upper bound for light methods; the energy of a remote API server
-is never included. Each row says which applies.
+Energy per run is measured or estimated by :mod:`naturelens.evaluation.energy`.
 """
 
 from __future__ import annotations
@@ -33,39 +26,22 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import statistics
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from naturelens.errors import NaturelensError
+from naturelens.evaluation.energy import Energy, energy_meter, estimate_energy
 from naturelens.evaluation.metrics import evaluate_run
-from naturelens.evaluation.protocol import holdout_split, kshot_split
+from naturelens.evaluation.protocol import cv_splits, holdout_split, kshot_split
 from naturelens.methods import METHODS, make_method, method_class, run_method
+from naturelens.methods.params import ParamError, parse_param
+from naturelens.workspace.comparisons import latest_comparison_data, store_comparison
 from naturelens.workspace.core import Workspace, WorkspaceError, now
-
-# Default device power for the energy estimate. Server CPUs draw roughly 100-280 W (TDP)
-# over 8-64 cores, about 5-15 W per core; data-centre GPUs 250-700 W (A100 PCIe 250-300 W).
-CPU_WATTS_PER_CORE = 10.0
-GPU_WATTS = 300.0
-RAPL_ROOT = Path("/sys/class/powercap")
-
-COMPARISONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS comparisons (
-    comparison_id VARCHAR PRIMARY KEY,
-    created_at TIMESTAMP,
-    protocol VARCHAR,
-    rows VARCHAR
-)
-"""
 
 ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
 
@@ -110,13 +86,13 @@ def parse_method_spec(text: str) -> MethodSpec:
         if first:  # text before the first KEY=
             parts = [rest]
         for part in parts:
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip():
-                raise CompareError(f"{text!r}: expected NAME:KEY=VALUE[:KEY=VALUE...]")
             try:
-                params[key.strip().replace("-", "_")] = yaml.safe_load(value)
-            except yaml.YAMLError as exc:
-                raise CompareError(f"{text!r}: cannot read value {value!r}: {exc}") from exc
+                key, value = parse_param(part)
+            except ParamError as exc:
+                raise CompareError(
+                    f"{text!r}: {exc.message}", hint="write NAME:KEY=VALUE[:KEY=VALUE...]"
+                ) from exc
+            params[key] = value
     return MethodSpec(name, params, text)
 
 
@@ -145,123 +121,6 @@ def parse_method_specs(text: str) -> list[MethodSpec]:
     return specs
 
 
-# ---------------------------------------------------------------------------- energy
-def _rapl_files() -> list[tuple[Path, int]]:
-    """Readable RAPL package counters with their wrap-around range."""
-    out = []
-    for zone in sorted(RAPL_ROOT.glob("intel-rapl:*")):
-        if zone.name.count(":") != 1:  # sub-zones (core, dram) are inside the package
-            continue
-        energy = zone / "energy_uj"
-        try:
-            int(energy.read_text())
-            top = int((zone / "max_energy_range_uj").read_text())
-        except (OSError, ValueError):
-            continue
-        out.append((energy, top))
-    return out
-
-
-def _nvml_handles() -> list[Any]:
-    try:
-        import pynvml  # optional
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        for h in handles:
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(h)
-        return handles
-    except Exception:  # noqa: BLE001 - no driver or an old GPU: fall back to the estimate
-        return []
-
-
-def _gpu_count() -> int:
-    torch = sys.modules.get("torch")  # only ask torch if a method already loaded it
-    try:
-        return torch.cuda.device_count() if torch is not None and torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-def _cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-@dataclass
-class Energy:
-    """Energy used while a block ran, in watt-hours, and how it was obtained."""
-
-    wh: float = 0.0
-    source: str = ""
-    measured: bool = False
-
-
-@contextmanager
-def energy_meter() -> Iterator[Energy]:
-    """Measure (or estimate) the energy of the enclosed block; fills the yielded record."""
-    result = Energy()
-    rapl = _rapl_files()
-    nvml = _nvml_handles()
-    before_cpu = [int(f.read_text()) for f, _ in rapl]
-    before_gpu = _nvml_read(nvml)
-    started = time.perf_counter()
-    try:
-        yield result
-    finally:
-        seconds = time.perf_counter() - started
-        parts, measured = [], []
-        joules = 0.0
-        if rapl:
-            for (f, top), b in zip(rapl, before_cpu, strict=True):
-                delta = int(f.read_text()) - b
-                joules += (delta if delta >= 0 else delta + top) / 1e6
-            measured.append("CPU measured (RAPL)")
-        else:
-            watts = _cpu_watts()
-            joules += watts * seconds
-            parts.append(f"CPU estimated ({_cpu_cores()} cores x {watts / _cpu_cores():g} W)")
-        if nvml:
-            joules += sum(a - b for a, b in zip(_nvml_read(nvml), before_gpu, strict=True)) / 1e3
-            measured.append("GPU measured (NVML)")
-        elif gpus := _gpu_count():
-            joules += gpus * _gpu_watts() * seconds
-            parts.append(f"GPU estimated ({gpus} x {_gpu_watts():g} W)")
-        result.wh = joules / 3600
-        result.source = ", ".join(measured + parts)
-        result.measured = not parts
-
-
-def estimate_energy(seconds: float) -> Energy:
-    """The power-times-time estimate for ``seconds`` of work on this machine."""
-    watts = _cpu_watts() + _gpu_count() * _gpu_watts()
-    source = f"CPU estimated ({_cpu_cores()} cores x {_cpu_watts() / _cpu_cores():g} W)"
-    if gpus := _gpu_count():
-        source += f", GPU estimated ({gpus} x {_gpu_watts():g} W)"
-    return Energy(watts * seconds / 3600, source, False)
-
-
-def _cpu_watts() -> float:
-    per_core = float(os.environ.get("NATURELENS_CPU_WATTS_PER_CORE", CPU_WATTS_PER_CORE))
-    return per_core * _cpu_cores()
-
-
-def _gpu_watts() -> float:
-    return float(os.environ.get("NATURELENS_GPU_WATTS", GPU_WATTS))
-
-
-def _nvml_read(handles: list[Any]) -> list[int]:
-    if not handles:
-        return []
-    import pynvml
-
-    return [pynvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in handles]
-
-
 # ---------------------------------------------------------------------------- protocol
 @dataclass(frozen=True)
 class Split:
@@ -277,6 +136,7 @@ def make_splits(
     seeds: int,
     test_fraction: float = 0.3,
     learning: bool = True,
+    folds: int | None = None,
 ) -> list[Split]:
     """One split of the labelled photos per seed.
 
@@ -293,7 +153,25 @@ def make_splits(
             "compare needs labelled photos: label some (folder names or a manifest 'label' column)"
         )
     if shots is None and not learning:
-        return [Split(0, (), tuple(sorted(labels)), {"test": "every labelled photo"})]
+        return [
+            Split(
+                0,
+                (),
+                tuple(sorted(labels)),
+                {"purpose": "evaluation", "test": "every labelled photo"},
+            )
+        ]
+    if shots is None and folds:
+        try:
+            pairs = cv_splits(labels, folds)
+        except ValueError as exc:
+            raise CompareError(str(exc), "label more photos or use --shots") from exc
+        return [
+            Split(
+                i, tuple(train), tuple(test), {"purpose": "evaluation", "folds": folds, "fold": i}
+            )
+            for i, (train, test) in enumerate(pairs)
+        ]
     if shots is None and not 0 < test_fraction < 1:
         raise CompareError("--test-fraction must be between 0 and 1")
     out = []
@@ -301,10 +179,10 @@ def make_splits(
         try:
             if shots is not None:
                 train, test = kshot_split(labels, shots, seed)
-                extra: dict[str, Any] = {"shots": shots, "seed": seed}
+                extra: dict[str, Any] = {"purpose": "evaluation", "shots": shots, "seed": seed}
             else:
                 train, test = holdout_split(labels, test_fraction, seed)
-                extra = {"holdout": test_fraction, "seed": seed}
+                extra = {"purpose": "evaluation", "holdout": test_fraction, "seed": seed}
         except ValueError as exc:
             hint = (
                 ""
@@ -425,6 +303,7 @@ def compare(
     progress: ProgressFactory | None = None,
     on_error: Callable[[MethodSpec, int, Exception], None] | None = None,
     fresh: bool = False,
+    folds: int | None = None,
 ) -> Comparison:
     """Run (or reuse) every method on every split and collect the comparison table.
 
@@ -453,13 +332,19 @@ def compare(
         learning = any(make_method(s.name, **s.params).needs_labels for s in specs)
     except ValueError as exc:
         raise CompareError(str(exc)) from exc
-    splits = make_splits(gold, shots, seeds, test_fraction, learning)
+    splits = make_splits(gold, shots, seeds, test_fraction, learning, folds)
     protocol = {
         "protocol": (
-            "k-shot" if shots is not None else "holdout" if learning else "every labelled photo"
+            "k-shot"
+            if shots is not None
+            else f"{folds}-fold cross-validation"
+            if folds and learning
+            else "holdout"
+            if learning
+            else "every labelled photo"
         ),
         "shots": shots,
-        "test_fraction": test_fraction if shots is None and learning else None,
+        "test_fraction": test_fraction if shots is None and learning and not folds else None,
         "seeds": len(splits),
         "labelled_photos": len(gold),
         "test_photos": [len(s.test) for s in splits],
@@ -563,7 +448,7 @@ def find_finished_run(
     """The latest finished run of ``method`` with exactly these parameters that predicted
     every test photo, or None."""
     wanted = _canonical(
-        {"method": method.get_params(), "train": sorted(train), "predict": len(test), **extra}
+        {"method": method.stored_params(), "train": sorted(train), "predict": len(test), **extra}
     )
     for run in reversed(ws.runs(method.name)):
         if run["status"] != "done" or run["taxonomy"] != ws.taxonomy.label:
@@ -586,10 +471,8 @@ def save_comparison(ws: Workspace, comparison: Comparison) -> Path:
     comparison.comparison_id = f"compare-{stamp:%Y%m%d-%H%M%S}-{digest}"
     comparison.created_at = stamp.isoformat(timespec="seconds")
     data = comparison.to_json()
-    ws.db.execute(COMPARISONS_SCHEMA)
-    ws.db.execute(
-        "INSERT OR REPLACE INTO comparisons VALUES (?,?,?,?)",
-        [comparison.comparison_id, stamp, _canonical(comparison.protocol), _canonical(data)],
+    store_comparison(
+        ws, comparison.comparison_id, stamp, _canonical(comparison.protocol), _canonical(data)
     )
     csv_path = ws.path("comparisons", f"{comparison.comparison_id}.csv")
     ws.path("comparisons", f"{comparison.comparison_id}.json").write_text(
@@ -611,15 +494,8 @@ def save_comparison(ws: Workspace, comparison: Comparison) -> Path:
 
 def latest_comparison(ws: Workspace) -> dict[str, Any] | None:
     """The most recent stored comparison (as :meth:`Comparison.to_json`), or None."""
-    exists = ws.db.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'comparisons'"
-    ).fetchone()[0]
-    if not exists:
-        return None
-    row = ws.db.execute(
-        "SELECT rows FROM comparisons ORDER BY created_at DESC, comparison_id DESC LIMIT 1"
-    ).fetchone()
-    return json.loads(row[0]) if row else None
+    data = latest_comparison_data(ws)
+    return json.loads(data) if data is not None else None
 
 
 def format_accuracy(row: dict[str, Any], key: str = "accuracy") -> str:

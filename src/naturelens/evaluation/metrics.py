@@ -15,7 +15,6 @@ open-set runs rejection precision and recall.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -208,8 +207,10 @@ _CLUSTER = re.compile(r"\bcluster\s*[=:]\s*(-?\d+)")
 
 
 def cluster_of(pred: Prediction) -> int | None:
-    """The cluster a cluster run put the photo in (``detail`` "cluster=N" or a
+    """The cluster a cluster run put the photo in (its ``cluster``, ``detail`` "cluster=N" or a
     ``cluster`` entry in ``scores``), or None."""
+    if pred.cluster is not None:
+        return pred.cluster
     if pred.scores and "cluster" in pred.scores:
         try:
             return int(pred.scores["cluster"])
@@ -339,20 +340,10 @@ def evaluate_run(
     run = ws.run(run_id)
     # Only labelled photos are scored, so only their predictions are read: memory follows
     # the number of gold labels, not the size of the run.
-    cur = ws.db.execute(
-        "SELECT p.photo_id, p.class_id, p.confidence, p.scores, p.status, p.detail, l.class_id "
-        "FROM predictions p JOIN labels l USING (photo_id) WHERE p.run_id = ?",
-        [run["run_id"]],
-    )
-    preds, gold = [], {}
-    for pid, cls, conf, scores, status, detail, label in cur.fetchall():
-        preds.append(
-            Prediction(pid, cls, conf, json.loads(scores) if scores else None, status, detail or "")
-        )
-        gold[pid] = label
-    run_photos = ws.db.execute(
-        "SELECT count(*) FROM predictions WHERE run_id = ?", [run["run_id"]]
-    ).fetchone()[0]
+    preds = ws.predictions(run["run_id"], labelled=True)
+    labels = ws.labels()
+    gold = {p.photo_id: labels[p.photo_id] for p in preds}
+    run_photos = ws.run_totals(run["run_id"])["photos"]
     try:
         result = evaluate_predictions(
             preds, gold, ws.taxonomy, photo_ids=photo_ids, n_resamples=n_resamples, seed=seed

@@ -252,20 +252,16 @@ def run_method(
         ws.finish_run(run_id, status="interrupted")
         raise
     seconds = time.perf_counter() - started
-    totals = ws.db.execute(
-        "SELECT count(*), sum(seconds), sum(tokens_in), sum(tokens_out), sum(cost), "
-        "count(*) FILTER (WHERE status = 'ok') FROM predictions WHERE run_id = ?",
-        [run_id],
-    ).fetchone()
+    totals = ws.run_totals(run_id)
     previous = ws.run(run_id).get("summary") or {}
     summary = {
         **previous,
-        "photos": totals[0],
-        "classified": totals[5],
+        "photos": totals["photos"],
+        "classified": totals["classified"],
         "wall_seconds": round(previous.get("wall_seconds", 0) + seconds, 3),
-        "tokens_in": int(totals[2] or 0),
-        "tokens_out": int(totals[3] or 0),
-        "cost": float(totals[4] or 0.0),
+        "tokens_in": totals["tokens_in"],
+        "tokens_out": totals["tokens_out"],
+        "cost": totals["cost"],
         "labels_used": len(train_ids),
         "resumed_photos": len(done),
     }

@@ -80,11 +80,7 @@ class Ensemble(Method):
 
     def _validation_accuracy(self, ws: Workspace, run_id: str, gold: dict[str, str]) -> float:
         if gold:
-            rows = ws.db.execute(
-                "SELECT photo_id, class_id, status FROM predictions "
-                "WHERE run_id = ? AND photo_id IN (SELECT unnest(?))",
-                [run_id, list(gold)],
-            ).fetchall()
+            rows = [(p.photo_id, p.class_id, p.status) for p in ws.predictions(run_id, list(gold))]
             if rows:
                 open_id = ws.taxonomy.open_set.id if ws.taxonomy.open_set else None
                 right = sum(
@@ -109,15 +105,13 @@ class Ensemble(Method):
         order = {c: i for i, c in enumerate([*ws.taxonomy.all_ids, REJECTED])}
         open_id = ws.taxonomy.open_set.id if ws.taxonomy.open_set else None
         for batch in photos.batches(self.batch_size):
-            rows = ws.db.execute(
-                "SELECT photo_id, run_id, class_id, confidence, status, detail, seconds, "
-                "tokens_in, tokens_out, cost FROM predictions "
-                "WHERE run_id IN (SELECT unnest(?)) AND photo_id IN (SELECT unnest(?))",
-                [list(self.runs_), list(batch.ids)],
-            ).fetchall()
             members: dict[str, list[tuple]] = defaultdict(list)
-            for row in rows:
-                members[row[0]].append(row[1:])
+            for run_id in self.runs_:
+                for p in ws.predictions(run_id, batch.ids):
+                    members[p.photo_id].append(
+                        (run_id, p.class_id, p.confidence, p.status, p.detail, p.seconds,
+                         p.tokens_in, p.tokens_out, p.cost)
+                    )  # fmt: skip
             for pid in batch.ids:
                 yield self._vote(pid, members.get(pid, []), order, open_id)
 

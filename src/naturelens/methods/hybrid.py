@@ -193,8 +193,8 @@ class Hybrid(Method):
         ws = photos.workspace
         self.descriptions_ = self._description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
-        if hasattr(self.text_classifier_, "ledger"):
-            self.text_classifier_.ledger = context.ledger
+        # A language model's calls are recorded against the run; other classifiers make none.
+        self.ledger_ = context.ledger if hasattr(self.text_classifier_, "calls") else None
         if not self.needs_labels:
             self.text_classifier_.fit(ws.taxonomy)
             self.trained_on_ = 0
@@ -234,7 +234,10 @@ class Hybrid(Method):
             if source is not None:
                 costs = load_descriptions(ws, source.source, chunk, source.version, ok_only=True)
             ready = [p for p in chunk if texts[p].text]
-            results = dict(zip(ready, clf.predict([texts[p].text for p in ready]), strict=True))
+            preds = clf.predict([texts[p].text for p in ready])
+            if getattr(self, "ledger_", None) is not None:  # None: no language model
+                self.ledger_.record_many(clf.calls(preds, ready))
+            results = dict(zip(ready, preds, strict=True))
             for pid in chunk:
                 if pid not in results:
                     yield Prediction(

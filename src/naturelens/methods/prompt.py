@@ -186,7 +186,6 @@ class Prompt(Method):
         if self.batch and not self._remote():
             raise MethodError("batch=true is for remote models (the OpenAI Batch API)")
         self.ledger_ = context.ledger
-        self.vlm_.ledger = self.ledger_
         self.examples_: list[tuple[object, str]] = []
         if self.template_.example_answer and self.shots > 0:
             self.examples_ = self._examples(ws, photos, labels)
@@ -280,7 +279,9 @@ class Prompt(Method):
 
     def _send(self, requests: list[ChatRequest], part: PhotoSet, purpose: str) -> list[ChatReply]:
         if not (self.batch and purpose == "classify"):
-            return self.vlm_.chat(requests)
+            replies = self.vlm_.chat(requests)
+            self.ledger_.record_replies(self.vlm_, requests, replies)
+            return replies
         ids = [r.photo_id or "" for r in requests]
         key = hashlib.sha256(
             "|".join([self.prompt_version_, self.vlm_.name, *ids]).encode()
@@ -294,6 +295,7 @@ class Prompt(Method):
         replies = self.vlm_.wait_batch(  # type: ignore[attr-defined]
             batch_id, requests, ids, poll_seconds=self.poll_seconds
         )
+        self.ledger_.record_replies(self.vlm_, requests, replies, batch=True)
         self.ledger_.save_batch_job(batch_id, key, self.vlm_.name, len(requests), "done")
         return replies
 
@@ -354,6 +356,7 @@ class Prompt(Method):
             started = time.perf_counter()
             requests = [self._request(img, text, pid, "score") for pid, img in ready]
             replies = self.vlm_.score(requests, choices) if requests else []
+            self.ledger_.record_replies(self.vlm_, requests, replies)
             by_id = dict(zip([pid for pid, _ in ready], replies, strict=True))
             share = (time.perf_counter() - started) / max(1, len(ready))
             for pid in part.ids:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.workspace.core import Prediction, Workspace, now
 

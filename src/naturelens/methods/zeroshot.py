@@ -16,7 +16,6 @@ probability is below it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import yaml
 
 from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
-from naturelens.models.cards import ModelCard, get_card
+from naturelens.models.cards import ModelCard, resolve
 from naturelens.shipped import read_shipped_or_file, shipped_names
 from naturelens.sources.images import PhotoDecodeError
 from naturelens.taxonomy import Taxonomy
@@ -161,7 +160,7 @@ class ZeroShot(Method):
         ws = photos.workspace
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise MethodError(f"threshold must be between 0 and 1, not {self.threshold}")
-        self.card_: ModelCard = get_card(self.model, workspace=ws.root)
+        self.card_: ModelCard = resolve(self.model, workspace=ws.root)
         if self.card_.kind not in ("clip", "siglip"):
             raise MethodError(
                 f"zeroshot needs a CLIP or SigLIP model; {self.model!r} is a "
@@ -176,19 +175,15 @@ class ZeroShot(Method):
         return self
 
     def _load(self) -> None:
-        import torch
-        from transformers import AutoModel, AutoProcessor
+        from naturelens.models.backbones import load_model
 
-        self.device_ = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if self.device_.startswith("cuda") else torch.float32
-        try:
-            self.processor_ = AutoProcessor.from_pretrained(self.card_.source)
-            self.model_ = AutoModel.from_pretrained(self.card_.source, dtype=dtype)
-        except OSError as exc:
-            raise MethodError(
-                f"cannot load {self.card_.name} from {self.card_.source!r}: {exc}"
-            ) from exc
-        self.model_.to(self.device_).eval()
+        # The same loaded weights the embedding engine uses for this card and device, so
+        # a process that embeds photos and builds the text classifier loads them once.
+        self.bundle_ = load_model(self.card_, self.device)
+        self.backbone_ = self.bundle_.backbone()
+        self.processor_ = self.bundle_.processor
+        self.model_ = self.bundle_.module
+        self.device_ = str(self.bundle_.device)
         config = self.model_.config
         self.sigmoid_ = getattr(config, "model_type", "") in ("siglip", "siglip2")
         self.logit_scale_ = float(self.model_.logit_scale.detach().exp())
@@ -238,9 +233,7 @@ class ZeroShot(Method):
             tok = self.processor_.tokenizer(
                 chunk, padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
             )
-            tok = {k: v.to(self.device_) for k, v in tok.items()}
-            with torch.inference_mode():
-                out = _features(self.model_.get_text_features(**tok))
+            out = self.bundle_.text_features(tok)
             feats.append(torch.nn.functional.normalize(out.float(), dim=-1).cpu())
         mean = torch.cat(feats).mean(0)
         return torch.nn.functional.normalize(mean, dim=0).numpy()
@@ -251,14 +244,9 @@ class ZeroShot(Method):
         import torch
 
         inputs = self.processor_(images=images, return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device_, self.model_.dtype)
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16)
-            if self.device_ == "cpu"
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            out = _features(self.model_.get_image_features(pixel_values=pixels))
+        pixels = inputs["pixel_values"].to(self.backbone_.device, self.backbone_.dtype)
+        with torch.inference_mode():
+            out = self.backbone_.features(pixels)
         return torch.nn.functional.normalize(out.float(), dim=-1).cpu().numpy()
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
@@ -367,8 +355,3 @@ class ZeroShot(Method):
                 **base,
             )
         return Prediction(class_id=best, confidence=top, scores=scores, **base)
-
-
-def _features(out: Any):
-    """Projected features: a tensor, or (transformers 5) the output's pooler output."""
-    return out if hasattr(out, "shape") else out.pooler_output

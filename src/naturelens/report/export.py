@@ -15,21 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from naturelens.errors import NaturelensError
+from naturelens.workspace import reports
 from naturelens.workspace.core import Workspace
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".geojson": "geojson"}
-
-# One row per prediction of the run; the columns every format carries.
-_QUERY = """
-SELECT p.photo_id, v.path, p.class_id,
-       map_extract_value(MAP(?::VARCHAR[], ?::VARCHAR[]), p.class_id) AS class_name,
-       p.confidence, p.status, p.detail, v.lat, v.lon, v.title, v.owner, v.taken_at, v.tags,
-       v.url, v.label AS gold_label, p.model, p.prompt_version, p.seconds, p.tokens_in,
-       p.tokens_out, p.cost, p.scores, p.run_id
-FROM predictions p LEFT JOIN photo_view v USING (photo_id)
-WHERE p.run_id = ?
-ORDER BY p.photo_id
-"""
 
 
 class ExportError(NaturelensError, ValueError):
@@ -64,20 +53,14 @@ def export_run(
             f"{output}: unknown format {output.suffix!r}; use one of {', '.join(FORMATS)}"
         )
     run = ws.run(run_id)  # raises a clear error for an unknown run
-    classes = ws.taxonomy.all_classes
-    args = [[c.id for c in classes], [c.name for c in classes], run["run_id"]]
     output.parent.mkdir(parents=True, exist_ok=True)
     # Write next to the target and rename, so a failed export leaves no half file.
     partial = output.with_name(output.name + ".partial")
     try:
         if fmt == "geojson":
-            count = _write_geojson(ws, args, partial, batch_size)
+            count = _write_geojson(ws, run["run_id"], partial, batch_size)
         else:
-            options = "(FORMAT csv, HEADER)" if fmt == "csv" else "(FORMAT parquet)"
-            ws.db.execute(f"COPY ({_QUERY}) TO ? {options}", [*args, str(partial)])
-            count = ws.db.execute(
-                "SELECT count(*) FROM predictions WHERE run_id = ?", [run["run_id"]]
-            ).fetchone()[0]
+            count = reports.copy_export(ws, run["run_id"], str(partial), fmt)
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
@@ -90,27 +73,22 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _write_geojson(ws: Workspace, args: list, path: Path, batch_size: int) -> int:
-    cur = ws.db.cursor()  # its own cursor: other queries may run while this one streams
-    cur.execute(_QUERY, args)
-    cols = [d[0] for d in cur.description]
+def _write_geojson(ws: Workspace, run_id: str, path: Path, batch_size: int) -> int:
     count = 0
     with open(path, "w", encoding="utf-8") as fh:
         fh.write('{"type": "FeatureCollection", "features": [\n')
-        while rows := cur.fetchmany(batch_size):
-            for row in rows:
-                props = {c: _json_value(v) for c, v in zip(cols, row, strict=True)}
-                if props["scores"]:
-                    props["scores"] = json.loads(props["scores"])
-                lat, lon = props.pop("lat"), props.pop("lon")
-                geometry = (
-                    {"type": "Point", "coordinates": [lon, lat]}
-                    if lat is not None and lon is not None
-                    else None
-                )
-                feature = {"type": "Feature", "geometry": geometry, "properties": props}
-                fh.write(("" if count == 0 else ",\n") + json.dumps(feature, ensure_ascii=False))
-                count += 1
+        for row in reports.iter_export(ws, run_id, batch_size):
+            props = {c: _json_value(v) for c, v in row.items()}
+            if props["scores"]:
+                props["scores"] = json.loads(props["scores"])
+            lat, lon = props.pop("lat"), props.pop("lon")
+            geometry = (
+                {"type": "Point", "coordinates": [lon, lat]}
+                if lat is not None and lon is not None
+                else None
+            )
+            feature = {"type": "Feature", "geometry": geometry, "properties": props}
+            fh.write(("" if count == 0 else ",\n") + json.dumps(feature, ensure_ascii=False))
+            count += 1
         fh.write("\n]}\n")
-    cur.close()
     return count

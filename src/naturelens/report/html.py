@@ -36,12 +36,14 @@ from urllib.parse import quote
 import jinja2
 from markupsafe import Markup
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.compare import format_accuracy, format_energy, latest_comparison
 from naturelens.evaluation.metrics import EvaluationError, evaluate_run
 from naturelens.sources.images import PhotoDecodeError, load_photo
+from naturelens.workspace import reports
 from naturelens.workspace.core import Workspace, WorkspaceError, now
+from naturelens.workspace.reports import NOT_CLASSIFIED
 
 # Distinct colours for classes, in taxonomy order (Tableau 10, then 10 lighter ones).
 PALETTE = [
@@ -50,7 +52,6 @@ PALETTE = [
     "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#bab0ac",
 ]  # fmt: skip
 REJECTED_COLOUR = "#7f7f7f"
-NOT_CLASSIFIED = "(not classified)"
 # Kilometres per degree of latitude, and of longitude at the equator (WGS84, rounded).
 KM_PER_DEG_LAT = 110.574
 KM_PER_DEG_LON = 111.320
@@ -189,22 +190,7 @@ def _choose_run(ws: Workspace, run_id: str | None) -> dict[str, Any] | None:
 
 
 def _distribution(ws: Workspace, run: dict | None) -> list[dict[str, Any]]:
-    gold = dict(
-        ws.db.execute(
-            "SELECT label, count(*) FROM photo_view WHERE label IS NOT NULL GROUP BY 1"
-        ).fetchall()
-    )
-    predicted: dict[str, int] = {}
-    if run:
-        predicted = dict(
-            ws.db.execute(
-                "SELECT CASE WHEN status = 'ok' THEN class_id "
-                "WHEN status = 'rejected' THEN coalesce(class_id, '(rejected)') "
-                f"ELSE '{NOT_CLASSIFIED}' END AS k, count(*) "
-                "FROM predictions WHERE run_id = ? GROUP BY 1",
-                [run["run_id"]],
-            ).fetchall()
-        )
+    gold, predicted = reports.class_counts(ws, run["run_id"] if run else None)
     meta = _class_meta(ws)
     keys = [k for k in meta if k in gold or k in predicted or k in ws.taxonomy.class_ids]
     keys += sorted((set(gold) | set(predicted)) - set(keys))
@@ -226,45 +212,7 @@ def _distribution(ws: Workspace, run: dict | None) -> list[dict[str, Any]]:
 def _gallery_rows(ws: Workspace, run: dict | None, limit: int) -> list[dict[str, Any]]:
     """Photos per class for the galleries: the most and least confident of each class."""
     half = max(1, limit // 2) if limit else 2**62
-    if run:
-        sql = f"""
-        WITH p AS (
-            SELECT photo_id, confidence, detail,
-                   CASE WHEN status = 'ok' THEN class_id
-                        WHEN status = 'rejected' THEN coalesce(class_id, '(rejected)')
-                        ELSE '{NOT_CLASSIFIED}' END AS k
-            FROM predictions WHERE run_id = ?
-        ), ranked AS (
-            SELECT *,
-              row_number() OVER (PARTITION BY k ORDER BY confidence DESC NULLS LAST, photo_id)
-                  AS hi,
-              row_number() OVER (PARTITION BY k ORDER BY confidence ASC NULLS FIRST, photo_id)
-                  AS lo,
-              count(*) OVER (PARTITION BY k) AS total
-            FROM p
-        )
-        SELECT r.k, r.photo_id, r.confidence, r.detail, r.total, v.path, v.title, v.owner,
-               v.taken_at, v.tags, v.label
-        FROM ranked r LEFT JOIN photo_view v USING (photo_id)
-        WHERE r.hi <= ? OR r.lo <= ?
-        ORDER BY r.k, r.confidence DESC NULLS LAST, r.photo_id
-        """
-        args = [run["run_id"], half, half]
-    else:  # no run yet: galleries of the gold labels
-        sql = """
-        WITH ranked AS (
-            SELECT *, label AS k, row_number() OVER (PARTITION BY label ORDER BY photo_id) AS hi,
-                   count(*) OVER (PARTITION BY label) AS total
-            FROM photo_view WHERE label IS NOT NULL
-        )
-        SELECT k, photo_id, NULL AS confidence, '' AS detail, total, path, title, owner,
-               taken_at, tags, label
-        FROM ranked WHERE hi <= ? ORDER BY k, photo_id
-        """
-        args = [2 * half]
-    cur = ws.db.execute(sql, args)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    return reports.gallery_rows(ws, run["run_id"] if run else None, half)
 
 
 def _review_runs(ws: Workspace, run: dict | None) -> list[dict[str, Any]]:
@@ -282,26 +230,7 @@ def _disagreements(ws: Workspace, runs: list[dict], limit: int) -> tuple[int, li
     """Photos that at least two runs classified differently (failures are not opinions)."""
     if len(runs) < 2:
         return 0, []
-    ids = [r["run_id"] for r in runs]
-    base = """
-        SELECT photo_id,
-               count(DISTINCT coalesce(class_id, '(rejected)'))
-                   FILTER (WHERE status IN ('ok', 'rejected')) AS answers
-        FROM predictions WHERE run_id IN (SELECT unnest(?)) GROUP BY photo_id
-    """
-    total = ws.db.execute(f"SELECT count(*) FROM ({base}) WHERE answers > 1", [ids]).fetchone()[0]
-    rows = ws.db.execute(
-        f"""
-        WITH d AS (SELECT * FROM ({base}) WHERE answers > 1
-                   ORDER BY answers DESC, photo_id LIMIT ?)
-        SELECT d.photo_id, d.answers, p.run_id, p.class_id, p.status, p.confidence,
-               v.path, v.title, v.owner, v.label
-        FROM d JOIN predictions p ON p.photo_id = d.photo_id AND p.run_id IN (SELECT unnest(?))
-        LEFT JOIN photo_view v ON v.photo_id = d.photo_id
-        ORDER BY d.answers DESC, d.photo_id
-        """,
-        [ids, limit, ids],
-    ).fetchall()
+    total, rows = reports.disagreements(ws, [r["run_id"] for r in runs], limit)
     items: dict[str, dict] = {}
     for pid, answers, run_id, cls, status, conf, path, title, owner, label in rows:
         item = items.setdefault(
@@ -312,24 +241,6 @@ def _disagreements(ws: Workspace, runs: list[dict], limit: int) -> tuple[int, li
         answer = cls if status == "ok" else "(rejected)" if status == "rejected" else f"({status})"
         item["by_run"][run_id] = (answer, conf)
     return int(total), list(items.values())
-
-
-def _grid_sql(run: dict | None) -> tuple[str, list]:
-    """Geotagged photos with their class, grid row/column and user-day key."""
-    if run:
-        source = """
-            SELECT v.*, coalesce(p.class_id, '(rejected)') AS k, p.confidence
-            FROM photo_view v JOIN predictions p
-              ON p.photo_id = v.photo_id AND p.run_id = ? AND p.status IN ('ok', 'rejected')
-        """
-        args: list = [run["run_id"]]
-    else:
-        source = (
-            "SELECT v.*, v.label AS k, NULL AS confidence FROM photo_view v "
-            "WHERE v.label IS NOT NULL"
-        )
-        args = []
-    return source, args
 
 
 def photo_user_days(
@@ -350,33 +261,10 @@ def photo_user_days(
     """
     if cell_km <= 0:
         raise ReportError("--cell-km must be positive")
-    source, args = _grid_sql(run)
     dlat = cell_km / KM_PER_DEG_LAT
-    sql = f"""
-        WITH pts AS (
-            SELECT k, lat, lon, floor(lat / {dlat!r}) AS r,
-                   coalesce(owner, 'photo:' || photo_id) || '|' ||
-                   coalesce(CAST(CAST(taken_at AS DATE) AS VARCHAR), 'undated') AS user_day
-            FROM ({source}) WHERE lat IS NOT NULL AND lon IS NOT NULL
-        ), sized AS (
-            SELECT *, {cell_km!r} / ({KM_PER_DEG_LON} *
-                   greatest(cos(radians((r + 0.5) * {dlat!r})), 0.01)) AS dlon
-            FROM pts
-        )
-        SELECT k, r, floor(lon / dlon) AS c, any_value(dlon) AS dlon,
-               count(DISTINCT user_day) AS pud, count(*) AS photos
-        FROM sized GROUP BY k, r, c
-    """
-    totals = {
-        k: {"pud": int(p), "cells": int(n), "photos": int(ph)}
-        for k, p, n, ph in ws.db.execute(
-            f"SELECT k, sum(pud), count(*), sum(photos) FROM ({sql}) GROUP BY k ORDER BY k", args
-        ).fetchall()
-    }
-    limit = f"LIMIT {int(max_cells)}" if max_cells else ""
-    rows = ws.db.execute(
-        f"SELECT k, r, c, dlon, pud, photos FROM ({sql}) ORDER BY pud DESC, k, r, c {limit}", args
-    ).fetchall()
+    run_id = run["run_id"] if run else None
+    total_rows, rows = reports.grid_cells(ws, run_id, dlat, cell_km, KM_PER_DEG_LON, max_cells)
+    totals = {k: {"pud": int(p), "cells": int(n), "photos": int(ph)} for k, p, n, ph in total_rows}
     cells = [
         {
             "class": k,
@@ -390,17 +278,7 @@ def photo_user_days(
 
 
 def _map_points(ws: Workspace, run: dict | None, limit: int) -> tuple[int, list[dict]]:
-    source, args = _grid_sql(run)
-    total = ws.db.execute(
-        f"SELECT count(*) FROM ({source}) WHERE lat IS NOT NULL AND lon IS NOT NULL", args
-    ).fetchone()[0]
-    cur = ws.db.execute(
-        f"SELECT photo_id, k, confidence, lat, lon, title, owner, taken_at FROM ({source}) "
-        "WHERE lat IS NOT NULL AND lon IS NOT NULL ORDER BY hash(photo_id), photo_id LIMIT ?",
-        [*args, limit],
-    )
-    cols = [d[0] for d in cur.description]
-    return int(total), [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+    return reports.map_points(ws, run["run_id"] if run else None, limit)
 
 
 # ---------------------------------------------------------------------------- map

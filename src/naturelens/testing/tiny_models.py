@@ -32,6 +32,7 @@ TINY_KINDS: tuple[str, ...] = (
     "dinov2-registers",
     "clip",
     "siglip",
+    "convnext",
     "llava",
     "idefics3",
     "qwen2-vl",
@@ -634,6 +635,25 @@ def _build_siglip(folder: Path) -> None:
     _save(folder, SiglipModel(config), processor)
 
 
+def _build_convnext(folder: Path) -> None:
+    from transformers import ConvNextConfig, ConvNextModel
+
+    # Two stages of one block each; the stem's 4x4 patches and one 2x downsampling leave a
+    # 4x4 feature map of a 32-pixel input.
+    config = ConvNextConfig(
+        num_stages=2, hidden_sizes=[16, _HIDDEN], depths=[1, 1], image_size=_IMAGE
+    )
+    # As the real processor below 384 pixels: short side to size / crop_pct, centre crop.
+    processor = _image_processor_class("ConvNextImageProcessor")(
+        size={"shortest_edge": _IMAGE},
+        crop_pct=0.875,
+        resample=_BICUBIC,
+        image_mean=_IMAGENET_MEAN,
+        image_std=_IMAGENET_STD,
+    )
+    _save(folder, ConvNextModel(config), processor)
+
+
 def _build_llava(folder: Path) -> None:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -893,6 +913,7 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "dinov2-registers": _build_dinov2_registers,
     "clip": _build_clip,
     "siglip": _build_siglip,
+    "convnext": _build_convnext,
     "llava": _build_llava,
     "idefics3": _build_idefics3,
     "qwen2-vl": _build_qwen2_vl,

@@ -9,7 +9,6 @@ that failed are tried again.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,45 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from naturelens.sources.images import PhotoDecodeError
-from naturelens.workspace.core import Workspace, now
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS descriptions (
-    photo_id VARCHAR,
-    source VARCHAR,
-    prompt_version VARCHAR,
-    text VARCHAR,
-    status VARCHAR,
-    detail VARCHAR,
-    extra VARCHAR,
-    tokens_in BIGINT,
-    tokens_out BIGINT,
-    seconds DOUBLE,
-    cost DOUBLE,
-    created_at TIMESTAMP,
-    PRIMARY KEY (photo_id, source, prompt_version)
-);
-"""
-
-
-@dataclass
-class Description:
-    """One photo's description. ``status`` is ``ok`` or ``failed`` (``detail`` says why).
-
-    ``extra`` holds what a source adds beyond text (the tagger: tags with probabilities).
-    """
-
-    photo_id: str
-    source: str
-    prompt_version: str
-    text: str
-    status: str = "ok"
-    detail: str = ""
-    extra: dict[str, Any] | None = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    seconds: float = 0.0
-    cost: float = 0.0
+from naturelens.workspace.core import Workspace
+from naturelens.workspace.descriptions import (
+    Description,
+    description_sets,
+    done_ids,
+    load_descriptions,
+    write_descriptions,
+)
 
 
 @dataclass
@@ -73,111 +41,6 @@ class DescribeReport:
     failures: list[str] = field(default_factory=list)
 
 
-def _table(ws: Workspace) -> None:
-    ws.db.execute(SCHEMA)
-
-
-def write_descriptions(ws: Workspace, rows: Sequence[Description]) -> None:
-    """Store descriptions, replacing earlier ones for the same photo, source and prompt."""
-    if not rows:
-        return
-    _table(ws)
-    stamp = now()
-    ws.db.executemany(
-        "INSERT OR REPLACE INTO descriptions VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        [
-            (
-                d.photo_id,
-                d.source,
-                d.prompt_version,
-                d.text,
-                d.status,
-                d.detail,
-                json.dumps(d.extra) if d.extra is not None else None,
-                d.tokens_in,
-                d.tokens_out,
-                d.seconds,
-                d.cost,
-                stamp,
-            )
-            for d in rows
-        ],
-    )
-
-
-def load_descriptions(
-    ws: Workspace,
-    source: str,
-    photo_ids: Sequence[str] | None = None,
-    prompt_version: str | None = None,
-    ok_only: bool = False,
-) -> dict[str, Description]:
-    """Descriptions from ``source``, per photo id.
-
-    When ``prompt_version`` is None, each photo gets its newest description from that
-    source (a successful one before a failed one).
-    """
-    _table(ws)
-    sql = "SELECT * FROM descriptions WHERE source = ?"
-    args: list[Any] = [source]
-    if prompt_version is not None:
-        sql += " AND prompt_version = ?"
-        args.append(prompt_version)
-    if photo_ids is not None:
-        sql += " AND photo_id IN (SELECT unnest(?))"
-        args.append(list(photo_ids))
-    if ok_only:
-        sql += " AND status = 'ok'"
-    sql += (
-        " QUALIFY row_number() OVER (PARTITION BY photo_id "
-        "ORDER BY (status = 'ok') DESC, created_at DESC, prompt_version DESC) = 1"
-    )
-    cur = ws.db.execute(sql, args)
-    cols = [d[0] for d in cur.description]
-    out = {}
-    for row in cur.fetchall():
-        r = dict(zip(cols, row, strict=True))
-        out[r["photo_id"]] = Description(
-            photo_id=r["photo_id"],
-            source=r["source"],
-            prompt_version=r["prompt_version"],
-            text=r["text"] or "",
-            status=r["status"],
-            detail=r["detail"] or "",
-            extra=json.loads(r["extra"]) if r["extra"] else None,
-            tokens_in=r["tokens_in"] or 0,
-            tokens_out=r["tokens_out"] or 0,
-            seconds=r["seconds"] or 0.0,
-            cost=r["cost"] or 0.0,
-        )
-    return out
-
-
-def description_sets(ws: Workspace) -> list[dict[str, Any]]:
-    """Which descriptions the workspace holds: per source and prompt, photos ok and failed."""
-    _table(ws)
-    rows = ws.db.execute(
-        "SELECT source, prompt_version, count(*) FILTER (WHERE status = 'ok'), "
-        "count(*) FILTER (WHERE status != 'ok'), sum(cost) FROM descriptions "
-        "GROUP BY ALL ORDER BY source, prompt_version"
-    ).fetchall()
-    return [
-        {"source": s, "prompt_version": v, "ok": ok, "failed": bad, "cost": float(cost or 0)}
-        for s, v, ok, bad, cost in rows
-    ]
-
-
-def done_ids(ws: Workspace, source: str, prompt_version: str) -> set[str]:
-    """Photos with a successful description from ``source`` with ``prompt_version``."""
-    _table(ws)
-    rows = ws.db.execute(
-        "SELECT photo_id FROM descriptions WHERE source = ? AND prompt_version = ? "
-        "AND status = 'ok'",
-        [source, prompt_version],
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
 def source_name(model: str) -> str:
     """The name descriptions by ``model`` are stored under: its card's name, or for a
     local folder the folder's name, or else the name as given (a remote model)."""
@@ -187,6 +50,143 @@ def source_name(model: str) -> str:
         return get_card(model).name
     except (CardError, ValueError, OSError):
         return Path(model).name if Path(model).is_dir() else model
+
+
+class VLMDescriber:
+    """A vision-language model that writes a description of each photo.
+
+    Parameters
+    ----------
+    vlm
+        A loaded model (see :func:`naturelens.vlm.load_vlm`).
+    prompt
+        A prompt name or YAML file; its version is stored with every description.
+    taxonomy
+        The taxonomy the prompt is rendered for.
+    batch_size
+        Photos decoded and sent at once.
+    max_tokens
+        The longest description.
+    max_side
+        Photos are decoded at about twice this short side at most.
+    """
+
+    purpose = "describe"
+
+    def __init__(self, vlm, prompt, taxonomy, batch_size=8, max_tokens=160, max_side=512):
+        from naturelens.prompts import load_prompt
+
+        template = load_prompt(prompt)
+        self.vlm = vlm
+        self.text = template.render(taxonomy)
+        self.prompt_version = template.version_tag
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.max_side = max_side
+
+    @property
+    def name(self) -> str:
+        return self.vlm.name
+
+    def describe(
+        self, ws: Workspace, photo_ids: Sequence[str]
+    ) -> tuple[list[Description], list[dict[str, Any]]]:
+        """Descriptions of ``photo_ids`` and the model calls they took (ledger records)."""
+        from naturelens.vlm import ChatRequest
+        from naturelens.workspace.ledger import call_records
+
+        source, version = self.name, self.prompt_version
+        rows: list[Description] = []
+        requests, asked = [], []
+        for pid in photo_ids:
+            try:
+                image = ws.open_image(pid, max_side=self.max_side)
+            except (PhotoDecodeError, KeyError) as exc:
+                reason = (
+                    f"{exc.reason}: {exc.detail}"
+                    if isinstance(exc, PhotoDecodeError)
+                    else "unknown photo"
+                )
+                rows.append(Description(pid, source, version, "", "failed", reason))
+                continue
+            requests.append(
+                ChatRequest(
+                    images=[image],
+                    text=self.text,
+                    max_tokens=self.max_tokens,
+                    photo_id=pid,
+                    prompt_version=version,
+                    purpose=self.purpose,
+                )
+            )
+            asked.append(pid)
+        started = time.perf_counter()
+        replies = self.vlm.chat(requests) if requests else []
+        wall = time.perf_counter() - started
+        for pid, reply in zip(asked, replies, strict=True):
+            answer = (reply.text or "").strip()
+            status, detail = "ok", ""
+            if reply.error:
+                status, detail = "failed", str(reply.error)
+            elif not answer:
+                status, detail = "failed", "empty answer"
+            rows.append(
+                Description(
+                    pid,
+                    source,
+                    version,
+                    answer if status == "ok" else "",
+                    status,
+                    detail,
+                    tokens_in=reply.tokens_in,
+                    tokens_out=reply.tokens_out,
+                    seconds=reply.seconds or wall / max(1, len(asked)),
+                    cost=reply.cost,
+                )
+            )
+        return rows, call_records(self.vlm, requests, replies)
+
+
+def run_describer(
+    ws: Workspace,
+    describer,
+    photo_ids: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DescribeReport:
+    """Describe the photos that have no successful description from ``describer`` yet.
+
+    ``describer`` (a :class:`VLMDescriber` or a :class:`~naturelens.text.tagger.Tagger`)
+    only returns records; this job writes the descriptions and the model calls behind
+    them to the workspace, batch by batch, so memory stays flat and an interrupted job
+    resumes where it stopped.
+    """
+    from naturelens.workspace.ledger import Ledger
+
+    source, version = describer.name, describer.prompt_version
+    report = DescribeReport(source=source, prompt_version=version)
+    ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
+    done = done_ids(ws, source, version)
+    todo = [p for p in ids if p not in done]
+    report.skipped = len(ids) - len(todo)
+    ledger = Ledger(ws)
+    it = iter(todo)
+    while batch := list(islice(it, describer.batch_size)):
+        rows, calls = describer.describe(ws, batch)
+        ledger.record_many(calls)  # first, so what was paid for is kept
+        write_descriptions(ws, rows)
+        for d in rows:
+            if d.status == "ok":
+                report.described += 1
+            else:
+                report.failed += 1
+                report.failures.append(f"{d.photo_id[:12]}: {d.detail}")
+            report.tokens_in += d.tokens_in
+            report.tokens_out += d.tokens_out
+            report.cost += d.cost
+            report.seconds += d.seconds
+        if progress:
+            progress(len(batch))
+    return report
 
 
 def describe_photos(
@@ -230,87 +230,32 @@ def describe_photos(
     -------
     DescribeReport
     """
-    from naturelens.prompts import load_prompt
-    from naturelens.vlm import ChatRequest, load_vlm
-    from naturelens.workspace.ledger import Ledger
+    from naturelens.vlm import load_vlm
 
-    template = load_prompt(prompt)
-    text = template.render(ws.taxonomy)
     if vlm is None:
         vlm = load_vlm(model, base_url=base_url, api_key=api_key, **options)
-    if getattr(vlm, "ledger", None) is None:
-        vlm.ledger = Ledger(ws)
-    source = vlm.name
-    version = template.version_tag
-    report = DescribeReport(source=source, prompt_version=version)
-    ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
-    done = done_ids(ws, source, version)
-    todo = [p for p in ids if p not in done]
-    report.skipped = len(ids) - len(todo)
-    it = iter(todo)
-    while batch := list(islice(it, batch_size)):
-        rows: list[Description] = []
-        requests, asked = [], []
-        for pid in batch:
-            try:
-                image = ws.open_image(pid, max_side=max_side)
-            except (PhotoDecodeError, KeyError) as exc:
-                reason = (
-                    f"{exc.reason}: {exc.detail}"
-                    if isinstance(exc, PhotoDecodeError)
-                    else "unknown photo"
-                )
-                rows.append(Description(pid, source, version, "", "failed", reason))
-                continue
-            requests.append(
-                ChatRequest(
-                    images=[image],
-                    text=text,
-                    max_tokens=max_tokens,
-                    photo_id=pid,
-                    prompt_version=version,
-                    purpose="describe",
-                )
-            )
-            asked.append(pid)
-        started = time.perf_counter()
-        replies = vlm.chat(requests) if requests else []
-        wall = time.perf_counter() - started
-        for pid, reply in zip(asked, replies, strict=True):
-            answer = (reply.text or "").strip()
-            status, detail = "ok", ""
-            if reply.error:
-                status, detail = "failed", str(reply.error)
-            elif not answer:
-                status, detail = "failed", "empty answer"
-            rows.append(
-                Description(
-                    pid,
-                    source,
-                    version,
-                    answer if status == "ok" else "",
-                    status,
-                    detail,
-                    tokens_in=reply.tokens_in,
-                    tokens_out=reply.tokens_out,
-                    seconds=reply.seconds or wall / max(1, len(asked)),
-                    cost=reply.cost,
-                )
-            )
-        write_descriptions(ws, rows)
-        for d in rows:
-            if d.status == "ok":
-                report.described += 1
-            else:
-                report.failed += 1
-                report.failures.append(f"{d.photo_id[:12]}: {d.detail}")
-            report.tokens_in += d.tokens_in
-            report.tokens_out += d.tokens_out
-            report.cost += d.cost
-            report.seconds += d.seconds
-        if progress:
-            progress(len(batch))
-    return report
+    describer = VLMDescriber(vlm, prompt, ws.taxonomy, batch_size, max_tokens, max_side)
+    return run_describer(ws, describer, photo_ids, progress)
+
+
+def tag_photos(
+    ws: Workspace,
+    photo_ids: Sequence[str] | None = None,
+    top_k: int = 5,
+    batch_size: int = 32,
+    workers: int = 4,
+    progress: Callable[[int], None] | None = None,
+    tagger=None,
+) -> DescribeReport:
+    """Tag photos with the offline tagger and store the tags as descriptions.
+
+    Photos already tagged are skipped; a photo that cannot be decoded is stored as a
+    failed description with the reason.
+    """
+    from naturelens.text.tagger import Tagger
+
+    tagger = tagger or Tagger(top_k=top_k, batch_size=batch_size, workers=workers)
+    return run_describer(ws, tagger, photo_ids, progress)
 
 
 class DescriptionSource:
@@ -364,10 +309,10 @@ class DescriptionSource:
         if not missing:
             return
         if self.describer == self.TAGS:
-            from naturelens.text.tagger import Tagger, tag_photos
+            from naturelens.text.tagger import Tagger
 
             self._model = self._model or Tagger(top_k=self.top_k)
-            tag_photos(ws, missing, tagger=self._model)
+            run_describer(ws, self._model, missing)
             return
         from naturelens.vlm import load_vlm
 
@@ -392,10 +337,13 @@ __all__ = [
     "DescribeReport",
     "Description",
     "DescriptionSource",
+    "VLMDescriber",
     "describe_photos",
     "description_sets",
     "done_ids",
     "load_descriptions",
+    "run_describer",
     "source_name",
+    "tag_photos",
     "write_descriptions",
 ]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from naturelens.models.weights import device as pick_device
+from naturelens.models.device import pick_device
 from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
@@ -66,7 +66,7 @@ class EncoderClassifier(TextClassifier):
         self.taxonomy_ = taxonomy
         torch.manual_seed(self.seed)
         _, source = resolve(self.text_model, kind="text")
-        self.device_ = pick_device()
+        self.device_ = str(pick_device())
         try:
             self.tokenizer_ = AutoTokenizer.from_pretrained(source)
             self.model_ = AutoModelForSequenceClassification.from_pretrained(

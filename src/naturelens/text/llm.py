@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from naturelens.models.weights import device as pick_device
+from naturelens.models.device import pick_device, pick_dtype
 from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import TextClassifier, from_probabilities, softmax, text_prediction
@@ -56,12 +56,9 @@ class CausalLM:
 
         self.card, self.source = resolve(name, kind="llm")
         self.name = self.card.name
-        self.device = device or pick_device()
-        if self.device.startswith("cuda"):
-            wanted = dtype or self.card.get("dtype") or "bfloat16"
-            torch_dtype = getattr(torch, wanted)
-        else:
-            torch_dtype = torch.float32
+        dev = pick_device(device)
+        self.device = str(dev)
+        torch_dtype = pick_dtype(dtype, dev, self.card)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
             self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch_dtype)
@@ -214,7 +211,6 @@ class LLMClassifier(TextClassifier):
         self.mode = mode
         self.batch_size = batch_size
         self.max_tokens = max_tokens
-        self.ledger = None
 
     def _remote(self) -> bool:
         if self.base_url:
@@ -246,8 +242,6 @@ class LLMClassifier(TextClassifier):
             from naturelens.vlm import load_vlm
 
             self.llm_ = load_vlm(self.text_model, base_url=self.base_url, api_key=self.api_key)
-            if self.ledger is not None and getattr(self.llm_, "ledger", None) is None:
-                self.llm_.ledger = self.ledger
         else:
             self.llm_ = load_causal_lm(self.text_model)
         return self
@@ -257,9 +251,7 @@ class LLMClassifier(TextClassifier):
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         if isinstance(self.llm_, CausalLM):
-            preds = self._predict_local(texts)
-            self._record(preds)
-            return preds
+            return self._predict_local(texts)
         return self._predict_remote(texts)
 
     def _predict_local(self, texts: Sequence[str]) -> list[Prediction]:
@@ -323,25 +315,29 @@ class LLMClassifier(TextClassifier):
             )
         return out
 
-    def _record(self, preds: Sequence[Prediction]) -> None:
-        if self.ledger is None:
-            return
-        self.ledger.record_many(
-            [
-                dict(
-                    model=self.llm_.name,
-                    backend="transformers",
-                    tokens_in=p.tokens_in,
-                    tokens_out=p.tokens_out,
-                    seconds=p.seconds,
-                    cost=0.0,
-                    purpose="classify-text",
-                    prompt_version=self.template_.version_tag,
-                    reply=p.class_id or p.detail,
-                )
-                for p in preds
-            ]
-        )
+    def calls(
+        self, preds: Sequence[Prediction], photo_ids: Sequence[str | None] | None = None
+    ) -> list[dict]:
+        """One ledger record per prediction (the model call behind it), for the caller to
+        store with :meth:`naturelens.workspace.ledger.Ledger.record_many`."""
+        ids = photo_ids if photo_ids is not None else [None] * len(preds)
+        backend = getattr(self.llm_, "backend", "") or "transformers"
+        return [
+            dict(
+                model=self.llm_.name,
+                backend=backend,
+                tokens_in=p.tokens_in,
+                tokens_out=p.tokens_out,
+                seconds=p.seconds,
+                cost=p.cost,
+                photo_id=pid,
+                purpose="classify-text",
+                prompt_version=self.template_.version_tag,
+                error=p.detail if p.status == "failed" else None,
+                reply=p.class_id or p.detail,
+            )
+            for p, pid in zip(preds, ids, strict=True)
+        ]
 
 
 class LocalTextChat:
@@ -353,7 +349,6 @@ class LocalTextChat:
     def __init__(self, lm: CausalLM, batch_size: int = 8):
         self.lm = lm
         self.batch_size = batch_size
-        self.ledger = None
 
     @property
     def name(self) -> str:
@@ -370,10 +365,7 @@ class LocalTextChat:
             [self.lm.chat_text(r.text) for r in requests], longest, self.batch_size
         )
         each = (time.perf_counter() - started) / max(1, len(requests))
-        replies = [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
-        if self.ledger is not None:
-            self.ledger.record_replies(self, requests, replies)
-        return replies
+        return [ChatReply(text, tin, tout, each) for text, tin, tout in answers]
 
 
 def load_chat_model(name: str, base_url: str | None = None, api_key: str | None = None):
@@ -398,7 +390,7 @@ _LOADED: dict[tuple[str, str], CausalLM] = {}
 
 def load_causal_lm(name: str) -> CausalLM:
     """The local causal LM ``name``, loaded once per process (it is only read, never trained)."""
-    key = (name, pick_device())
+    key = (name, str(pick_device()))
     if key not in _LOADED:
         _LOADED[key] = CausalLM(name)
     return _LOADED[key]

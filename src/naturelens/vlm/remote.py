@@ -234,8 +234,6 @@ class RemoteVLM(VisionLanguageModel):
             for future in as_completed(futures):
                 i = futures[future]
                 replies[i] = future.result()
-                # Recorded as each answer arrives, so an interrupted run keeps what it paid for.
-                self._record([requests[i]], [replies[i]])
         return replies  # type: ignore[return-value]
 
     def _call(self, request: ChatRequest) -> ChatReply:
@@ -409,7 +407,6 @@ class RemoteVLM(VisionLanguageModel):
                 except (KeyError, IndexError, TypeError, ValueError) as exc:
                     reason = f"malformed batch answer: {type(exc).__name__}: {exc}"
                     replies.append(ChatReply("", seconds=per_request, error=reason))
-        self._record(requests, replies, batch=True)
         return replies
 
 
@@ -438,7 +435,7 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 def remote_vlm(card: ModelCard, base_url: str | None, api_key: str | None, **options) -> RemoteVLM:
     """A :class:`RemoteVLM` for ``card`` (its ``source`` is the model name sent)."""
     fields = {f for f in RemoteVLM.__dataclass_fields__ if f not in ("card", "client", "api_key")}
-    unknown = set(options) - fields - {"ledger"}
+    unknown = set(options) - fields
     if unknown:
         raise VLMError(
             f"unknown option(s) {sorted(unknown)} for a remote model; known: {sorted(fields)}"

@@ -23,7 +23,6 @@ import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -32,111 +31,23 @@ import duckdb
 import yaml
 from PIL import Image
 
-from naturelens import __version__
+from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader, DownloadError
-from naturelens.sources.images import PhotoDecodeError, decode_photo, inspect_photo
+from naturelens.sources.download import Downloader
+from naturelens.sources.images import PhotoDecodeError, decode_photo
+from naturelens.sources.ingest import read_ref
 from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import labels as label_store
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS photos (
-    photo_id VARCHAR PRIMARY KEY,
-    path VARCHAR,
-    bytes BIGINT,
-    width INTEGER,
-    height INTEGER,
-    format VARCHAR,
-    exif_lat DOUBLE,
-    exif_lon DOUBLE,
-    exif_taken_at TIMESTAMP,
-    failure VARCHAR,
-    failure_detail VARCHAR,
-    added_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS refs (
-    ref VARCHAR PRIMARY KEY,
-    source VARCHAR,
-    photo_id VARCHAR,
-    path VARCHAR,
-    url VARCHAR,
-    manifest_id VARCHAR,
-    label_raw VARCHAR,
-    lat DOUBLE,
-    lon DOUBLE,
-    owner VARCHAR,
-    taken_at TIMESTAMP,
-    title VARCHAR,
-    tags VARCHAR,
-    failure VARCHAR,
-    failure_detail VARCHAR,
-    added_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS labels (
-    photo_id VARCHAR PRIMARY KEY,
-    class_id VARCHAR NOT NULL,
-    origin VARCHAR
-);
-CREATE TABLE IF NOT EXISTS label_problems (
-    ref VARCHAR PRIMARY KEY,
-    photo_id VARCHAR,
-    label_raw VARCHAR,
-    problem VARCHAR
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id VARCHAR PRIMARY KEY,
-    method VARCHAR,
-    config_key VARCHAR,
-    params VARCHAR,
-    taxonomy VARCHAR,
-    code_version VARCHAR,
-    started_at TIMESTAMP,
-    ended_at TIMESTAMP,
-    status VARCHAR,
-    summary VARCHAR
-);
-CREATE TABLE IF NOT EXISTS predictions (
-    run_id VARCHAR,
-    photo_id VARCHAR,
-    class_id VARCHAR,
-    confidence DOUBLE,
-    scores VARCHAR,
-    status VARCHAR,
-    detail VARCHAR,
-    model VARCHAR,
-    prompt_version VARCHAR,
-    seconds DOUBLE,
-    tokens_in BIGINT,
-    tokens_out BIGINT,
-    cost DOUBLE,
-    created_at TIMESTAMP,
-    PRIMARY KEY (run_id, photo_id)
-);
-CREATE OR REPLACE VIEW photo_view AS
-SELECT p.photo_id, p.path, p.bytes, p.width, p.height, p.format,
-       coalesce(r.lat, p.exif_lat) AS lat,
-       coalesce(r.lon, p.exif_lon) AS lon,
-       coalesce(r.taken_at, p.exif_taken_at) AS taken_at,
-       r.owner, r.title, r.tags, r.url, r.manifest_id, l.class_id AS label
-FROM photos p
-LEFT JOIN (
-    SELECT * FROM refs WHERE photo_id IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY photo_id ORDER BY added_at, ref) = 1
-) r USING (photo_id)
-LEFT JOIN labels l USING (photo_id)
-WHERE p.failure IS NULL;
-"""
+from naturelens.workspace import schema
+from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
+from naturelens.workspace.stamps import now
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
 
 
 class WorkspaceError(NaturelensError, ValueError):
     """A workspace is missing, already exists, or is asked for something it lacks."""
-
-
-def now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def code_version() -> str:
@@ -175,6 +86,11 @@ class Prediction:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    cluster: int | None = None
+    # After calibration ``scores``/``confidence`` are calibrated and the method's own
+    # scores are kept here; ``prediction_set`` is the conformal set where one was fitted.
+    raw_scores: dict[str, float] | None = None
+    prediction_set: list[str] | None = None
 
     def __post_init__(self):
         assert self.status in PREDICTION_STATUSES, self.status
@@ -235,18 +151,50 @@ class Workspace:
 
     @property
     def db(self) -> duckdb.DuckDBPyConnection:
+        """The catalog's connection, opened (and brought up to the current schema) on first use."""
         if self._db is None:
-            path = str(self.root / "catalog.duckdb")
-            try:
-                self._db = duckdb.connect(path, read_only=self.read_only)
-            except duckdb.IOException as exc:
-                raise WorkspaceError(
-                    f"{self.root}: the catalog is in use by another naturelens process ({exc})"
-                ) from exc
-            if not self.read_only:
-                self._db.execute(SCHEMA)
-                label_store.ensure_history(self._db)
+            path = self.root / "catalog.duckdb"
+            self._db = self._connect(path, self.read_only)
+            version = schema.catalog_version(self._db)
+            if version != schema.SCHEMA_VERSION:
+                self._db.close()
+                self._db = None
+                self._upgrade(path, version)
+                self._db = self._connect(path, self.read_only)
         return self._db
+
+    def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise WorkspaceError(
+                f"{self.root}: the catalog is in use by another naturelens process ({exc})"
+            ) from exc
+
+    def _upgrade(self, path: Path, version: int) -> None:
+        """Make the tables of a new catalog, or migrate an older one after backing it up."""
+        if version > schema.SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"{self.root}: the catalog was written by a newer naturelens (schema "
+                f"{version}, this one reads {schema.SCHEMA_VERSION}); upgrade naturelens"
+            )
+        db = self._connect(path, read_only=False)
+        copy = None
+        try:
+            if version > 0:  # data to keep: copy the catalog first
+                db.execute("CHECKPOINT")  # everything in the file, so the copy is complete
+                db.close()
+                copy = schema.backup(path)
+                db = self._connect(path, read_only=False)
+            schema.migrate(db, version)
+        except duckdb.Error as exc:
+            kept = f"; a copy from before is {copy}" if copy else ""
+            raise WorkspaceError(
+                f"{self.root}: could not bring the catalog from schema {version} to "
+                f"{schema.SCHEMA_VERSION} ({exc}); it was left as it was{kept}"
+            ) from exc
+        finally:
+            db.close()
 
     def close(self) -> None:
         if self._db is not None:
@@ -264,6 +212,11 @@ class Workspace:
         p = self.root.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
+        """The stored embeddings made with ``spec`` (see
+        :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
+        return open_set(self.root, spec)
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -316,7 +269,7 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: _read_ref(r, fetched), todo))
+        results = list(pool.map(lambda r: read_ref(r, fetched), todo))
         known = {
             row[0]
             for row in self.db.execute(
@@ -498,6 +451,13 @@ class Workspace:
         ).fetchall()
         return {pid: Path(p) for pid, p in rows}
 
+    def photo_sizes(self, photo_ids: Sequence[str]) -> list[tuple[int | None, int | None]]:
+        """(width, height) of each photo of ``photo_ids`` that the catalog knows."""
+        return self.db.execute(
+            "SELECT width, height FROM photos WHERE photo_id IN (SELECT unnest(?))",
+            [list(photo_ids)],
+        ).fetchall()
+
     def open_image(self, photo_id: str, max_side: int | None = None) -> Image.Image:
         """The photo as an RGB image.
 
@@ -587,10 +547,18 @@ class Workspace:
         default to "the latest run" never report on half a run.
         """
         if run_id is None:
-            latest = "SELECT arg_max(run_id, (started_at, run_id)) FROM runs WHERE status = 'done'"
+            # Evaluation runs (k-shot draws, cross-validation folds) predict held-out labelled
+            # photos only: "the latest run" is never one of them.
+            latest = (
+                "SELECT arg_max(run_id, (started_at, run_id)) FROM runs WHERE status = 'done' "
+                "AND coalesce(json_extract_string(params, '$.purpose'), '') != 'evaluation'"
+            )
             found = self._run_records(f"WHERE run_id = ({latest})", [])
         else:
-            found = self._run_records("WHERE run_id = ?", [run_id])
+            found = self._run_records(
+                "WHERE run_id = ? OR run_id = (SELECT run_id FROM run_tags WHERE tag = ?)",
+                [run_id, run_id],
+            )
         if found:
             return found[0]
         rows = self.db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()
@@ -625,23 +593,139 @@ class Workspace:
                 p.tokens_out,
                 p.cost,
                 stamp,
+                p.cluster,
+                json.dumps(p.raw_scores) if p.raw_scores is not None else None,
+                json.dumps(p.prediction_set) if p.prediction_set is not None else None,
             )
             for p in predictions
         ]
         if rows:
             self.db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
+                "INSERT OR REPLACE INTO predictions (run_id, photo_id, class_id, confidence, "
+                "scores, status, detail, model, prompt_version, seconds, tokens_in, tokens_out, "
+                "cost, created_at, cluster, raw_scores, prediction_set) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
         return len(rows)
 
-    def predictions(self, run_id: str) -> list[Prediction]:
-        """A run's predictions, sorted by photo id."""
-        cur = self.db.execute(
-            "SELECT photo_id, class_id, confidence, scores, status, detail, model, "
-            "prompt_version, seconds, tokens_in, tokens_out, cost FROM predictions "
-            "WHERE run_id = ? ORDER BY photo_id",
+    def set_calibrated(
+        self, run_id: str, rows: Iterable[tuple[str, dict | None, list | None]]
+    ) -> None:
+        """Store calibrated scores and prediction sets of a run's photos.
+
+        ``rows`` are ``(photo_id, calibrated scores or None, prediction set or None)``. The
+        method's own scores move to ``raw_scores`` the first time, so calibrating again
+        starts from them and never compounds.
+        """
+        updates = []
+        for pid, scores, pset in rows:
+            best = max(scores, key=scores.get) if scores else None
+            updates.append(
+                (
+                    json.dumps(scores) if scores is not None else None,
+                    scores[best] if scores else None,
+                    best,
+                    json.dumps(pset) if pset is not None else None,
+                    run_id,
+                    pid,
+                )
+            )
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute(
+                "UPDATE predictions SET raw_scores = scores WHERE run_id = ? "
+                "AND raw_scores IS NULL AND status = 'ok'",
+                [run_id],
+            )
+            db.executemany(
+                "UPDATE predictions SET scores = coalesce(?, scores), "
+                "confidence = coalesce(?, confidence), class_id = coalesce(?, class_id), "
+                "prediction_set = ? WHERE run_id = ? AND photo_id = ?",
+                updates,
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ run management
+    def run_tags(self) -> dict[str, list[str]]:
+        """run id -> its tags."""
+        out: dict[str, list[str]] = {}
+        rows = self.db.execute("SELECT tag, run_id FROM run_tags ORDER BY tag").fetchall()
+        for tag, run_id in rows:
+            out.setdefault(run_id, []).append(tag)
+        return out
+
+    def tag_run(self, run_id: str, tag: str, replace: bool = False) -> None:
+        """Give ``run_id`` the tag ``tag`` (taken from any run that had it); with ``replace``
+        the run's other tags go."""
+        tag = tag.strip()
+        if not tag or tag.split() != [tag]:
+            raise WorkspaceError(f"tag {tag!r}: give one word without spaces")
+        if self._run_records("WHERE run_id = ?", [tag]):
+            raise WorkspaceError(f"tag {tag!r} is the id of a run; choose another")
+        if replace:
+            self.db.execute("DELETE FROM run_tags WHERE run_id = ?", [run_id])
+        self.db.execute("INSERT OR REPLACE INTO run_tags VALUES (?, ?)", [tag, run_id])
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Remove a run with its predictions and tags; returns what was removed."""
+        db = self.db
+        n = db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [run_id]).fetchone()
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute("DELETE FROM predictions WHERE run_id = ?", [run_id])
+            db.execute("DELETE FROM run_tags WHERE run_id = ?", [run_id])
+            db.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        return {"predictions": int(n[0])}
+
+    def runs_using_model(self, model_dir: str) -> list[str]:
+        """Runs whose summary names ``model_dir`` as their saved model."""
+        return [r["run_id"] for r in self.runs() if r["summary"].get("model_dir") == model_dir]
+
+    def prediction_failures(self, run_id: str) -> dict[str, int]:
+        """A run's failed photos counted by reason (the text before the first colon)."""
+        rows = self.db.execute(
+            "SELECT split_part(detail, ':', 1) AS reason, count(*) FROM predictions "
+            "WHERE run_id = ? AND status = 'failed' GROUP BY 1 ORDER BY 2 DESC",
             [run_id],
+        ).fetchall()
+        return {reason or "failed": n for reason, n in rows}
+
+    def predictions(
+        self,
+        run_id: str,
+        photo_ids: Sequence[str] | None = None,
+        labelled: bool | None = None,
+    ) -> list[Prediction]:
+        """A run's predictions, sorted by photo id.
+
+        Parameters
+        ----------
+        photo_ids
+            Only these photos' predictions.
+        labelled
+            True: only photos with a gold label; False: only photos without one.
+        """
+        sql = (
+            "SELECT photo_id, class_id, confidence, scores, status, detail, model, "
+            "prompt_version, seconds, tokens_in, tokens_out, cost, cluster, raw_scores, "
+            "prediction_set FROM predictions WHERE run_id = ?"
         )
+        args: list[Any] = [run_id]
+        if photo_ids is not None:
+            sql += " AND photo_id IN (SELECT unnest(?))"
+            args.append(list(photo_ids))
+        if labelled is not None:
+            sql += f" AND photo_id {'' if labelled else 'NOT '}IN (SELECT photo_id FROM labels)"
+        cur = self.db.execute(sql + " ORDER BY photo_id", args)
         return [
             Prediction(
                 photo_id=r[0],
@@ -656,9 +740,28 @@ class Workspace:
                 tokens_in=r[9] or 0,
                 tokens_out=r[10] or 0,
                 cost=r[11] or 0.0,
+                cluster=r[12],
+                raw_scores=json.loads(r[13]) if r[13] else None,
+                prediction_set=json.loads(r[14]) if r[14] else None,
             )
             for r in cur.fetchall()
         ]
+
+    def run_totals(self, run_id: str) -> dict[str, Any]:
+        """Sums over a run's predictions: photos, classified (status ok), seconds, tokens, cost."""
+        n, seconds, tin, tout, cost, ok = self.db.execute(
+            "SELECT count(*), sum(seconds), sum(tokens_in), sum(tokens_out), sum(cost), "
+            "count(*) FILTER (WHERE status = 'ok') FROM predictions WHERE run_id = ?",
+            [run_id],
+        ).fetchone()
+        return {
+            "photos": int(n),
+            "classified": int(ok),
+            "seconds": float(seconds or 0.0),
+            "tokens_in": int(tin or 0),
+            "tokens_out": int(tout or 0),
+            "cost": float(cost or 0.0),
+        }
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -680,13 +783,6 @@ class Workspace:
                 "JOIN photo_view USING (photo_id) GROUP BY 1 ORDER BY 1"
             ).fetchall()
         )
-        embedding_sets = []
-        emb_root = self.root / "embeddings"
-        if emb_root.exists():
-            for d in sorted(p for p in emb_root.iterdir() if p.is_dir()):
-                meta = d / "meta.json"
-                info = json.loads(meta.read_text()) if meta.exists() else {}
-                embedding_sets.append({"key": d.name, "model": info.get("model", d.name)})
         return {
             "workspace": str(self.root),
             "taxonomy": self.taxonomy.label,
@@ -697,7 +793,7 @@ class Workspace:
             "labelled": sum(per_class.values()),
             "labelled_per_class": {c: per_class.get(c, 0) for c in self.taxonomy.all_ids},
             "label_problems": one("SELECT count(*) FROM label_problems"),
-            "embeddings": embedding_sets,
+            "embeddings": stored_sets(self.root),
             "runs": [
                 {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
                 for r in self.runs()
@@ -715,51 +811,3 @@ class Workspace:
             """
         )
         return [dict(ref=a, reason=b, detail=c) for a, b, c in cur.fetchall()]
-
-
-@dataclass
-class _ReadResult:
-    ref: PhotoRef
-    photo_id: str | None = None
-    path: str | None = None
-    size: int | None = None
-    info: Any = None
-    failure: str | None = None  # the reference itself failed (missing file, bad row, dead URL)
-    failure_detail: str | None = None
-    photo_failure: str | None = None  # the bytes were read but are not a usable photo
-    photo_failure_detail: str | None = None
-
-
-def _read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> _ReadResult:
-    res = _ReadResult(ref)
-    if ref.problem:
-        res.failure, _, res.failure_detail = ref.problem.partition(": ")
-        res.failure_detail = ref.problem
-        return res
-    if ref.path:
-        path = Path(ref.path)
-    else:
-        got = fetched.get(ref.url or "")
-        if isinstance(got, DownloadError):
-            res.failure, res.failure_detail = got.reason, got.detail
-            return res
-        if got is None:
-            res.failure, res.failure_detail = "download failed", "no result"
-            return res
-        path = got
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        res.failure, res.failure_detail = "file not found", str(path)
-        return res
-    except OSError as exc:
-        res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
-        return res
-    res.photo_id = hashlib.sha256(data).hexdigest()
-    res.path = str(path)
-    res.size = len(data)
-    try:
-        res.info = inspect_photo(data)
-    except PhotoDecodeError as exc:
-        res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
-    return res

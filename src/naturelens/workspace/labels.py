@@ -7,8 +7,8 @@ came from, when, and an optional user name. An event with no class withdraws a l
 event; it is what every method reads, so a correction never erases the earlier label
 from the history, while methods see only the corrected one.
 
-Workspaces made before the history existed get one event per stored label when the
-table is first made, dated when the photo was added.
+The table is made by schema version 4 (:mod:`naturelens.workspace.schema`), which gives
+each label of an older workspace one event, dated when its photo was added.
 """
 
 from __future__ import annotations
@@ -20,37 +20,6 @@ from typing import Any
 import duckdb
 
 ORIGINS = ("folder", "manifest", "review", "user")
-
-SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS label_event_seq;
-CREATE TABLE IF NOT EXISTS label_history (
-    event_id BIGINT PRIMARY KEY DEFAULT nextval('label_event_seq'),
-    photo_id VARCHAR NOT NULL,
-    class_id VARCHAR,
-    origin VARCHAR NOT NULL,
-    source VARCHAR,
-    user_name VARCHAR,
-    created_at TIMESTAMP NOT NULL
-);
-"""
-
-_BACKFILL = """
-INSERT INTO label_history (photo_id, class_id, origin, source, user_name, created_at)
-SELECT l.photo_id, l.class_id, coalesce(l.origin, 'user'), NULL, NULL,
-       coalesce(p.added_at, TIMESTAMP '1970-01-01')
-FROM labels l LEFT JOIN photos p USING (photo_id)
-ORDER BY l.photo_id
-"""
-
-
-def ensure_history(db: duckdb.DuckDBPyConnection) -> None:
-    """Make the history table; on a workspace that had labels before it, record them."""
-    existed = db.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'label_history'"
-    ).fetchone()[0]
-    db.execute(SCHEMA)
-    if not existed:
-        db.execute(_BACKFILL)
 
 
 def add_label_events(

@@ -16,37 +16,7 @@ from typing import TYPE_CHECKING, Any
 from naturelens.workspace.core import Workspace, now
 
 if TYPE_CHECKING:
-    from naturelens.vlm.base import ChatReply, ChatRequest, VisionLanguageModel
-
-SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS calls_seq;
-CREATE TABLE IF NOT EXISTS calls (
-    call_id BIGINT DEFAULT nextval('calls_seq') PRIMARY KEY,
-    run_id VARCHAR,
-    photo_id VARCHAR,
-    model VARCHAR,
-    backend VARCHAR,
-    purpose VARCHAR,
-    prompt_version VARCHAR,
-    tokens_in BIGINT,
-    tokens_out BIGINT,
-    seconds DOUBLE,
-    cost DOUBLE,
-    batch BOOLEAN,
-    error VARCHAR,
-    reply VARCHAR,
-    created_at TIMESTAMP
-);
-CREATE TABLE IF NOT EXISTS batch_jobs (
-    batch_id VARCHAR PRIMARY KEY,
-    run_id VARCHAR,
-    chunk_key VARCHAR,
-    model VARCHAR,
-    requests INTEGER,
-    status VARCHAR,
-    created_at TIMESTAMP
-);
-"""
+    from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel
 
 
 @dataclass
@@ -73,7 +43,6 @@ class Ledger:
     def __init__(self, workspace: Workspace, run_id: str | None = None):
         self.workspace = workspace
         self.run_id = run_id
-        workspace.db.execute(SCHEMA)
 
     def record(
         self,
@@ -145,29 +114,11 @@ class Ledger:
         self,
         vlm: VisionLanguageModel,
         requests: Sequence[ChatRequest],
-        replies: Sequence[ChatReply],
+        replies: Sequence[ChatReply | ScoreReply],
         batch: bool = False,
     ) -> None:
         """Record one call per ``(request, reply)`` pair answered by ``vlm``."""
-        self.record_many(
-            [
-                dict(
-                    model=vlm.name,
-                    backend=vlm.backend,
-                    tokens_in=rep.tokens_in,
-                    tokens_out=rep.tokens_out,
-                    seconds=rep.seconds,
-                    cost=rep.cost,
-                    photo_id=req.photo_id,
-                    purpose=req.purpose,
-                    prompt_version=req.prompt_version,
-                    batch=batch,
-                    error=rep.error,
-                    reply=rep.text,
-                )
-                for req, rep in zip(requests, replies, strict=True)
-            ]
-        )
+        self.record_many(call_records(vlm, requests, replies, batch))
 
     def history(
         self, photo_ids: Sequence[str], prompt_version: str, model: str
@@ -207,6 +158,28 @@ class Ledger:
         n, tin, tout, secs, cost, errors = self.workspace.db.execute(sql, args).fetchone()
         return Totals(int(n), int(tin), int(tout), float(secs), float(cost), int(errors))
 
+    def spend(self) -> list[dict[str, Any]]:
+        """What was spent, per run and model: calls, errors, tokens, seconds, cost."""
+        cur = self.workspace.db.execute(
+            "SELECT coalesce(run_id, '(no run)') AS run_id, model, backend, count(*) AS calls, "
+            "count(*) FILTER (WHERE error IS NOT NULL) AS errors, sum(tokens_in) AS tokens_in, "
+            "sum(tokens_out) AS tokens_out, sum(seconds) AS seconds, sum(cost) AS cost, "
+            "min(created_at) AS first_call FROM calls GROUP BY ALL ORDER BY first_call"
+        )
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def measured_tokens(self, model: str, prompt_version: str) -> tuple[float, float] | None:
+        """Mean tokens in and out of past successful classify calls of ``model``."""
+        row = self.workspace.db.execute(
+            "SELECT avg(tokens_in), avg(tokens_out), count(*) FROM calls WHERE model = ? "
+            "AND prompt_version = ? AND error IS NULL AND purpose = 'classify'",
+            [model, prompt_version],
+        ).fetchone()
+        if not row or not row[2]:
+            return None
+        return float(row[0]), float(row[1])
+
     # ------------------------------------------------------------------ batch jobs
     def batch_job(self, chunk_key: str) -> tuple[str, str] | None:
         """The batch job already submitted for ``chunk_key`` in this run: (id, status)."""
@@ -224,107 +197,31 @@ class Ledger:
         )
 
 
-def spend_summary(workspace: Workspace) -> list[dict[str, Any]]:
-    """What was spent, per run and model: calls, errors, tokens, seconds, cost."""
-    workspace.db.execute(SCHEMA)
-    cur = workspace.db.execute(
-        "SELECT coalesce(run_id, '(no run)') AS run_id, model, backend, count(*) AS calls, "
-        "count(*) FILTER (WHERE error IS NOT NULL) AS errors, sum(tokens_in) AS tokens_in, "
-        "sum(tokens_out) AS tokens_out, sum(seconds) AS seconds, sum(cost) AS cost, "
-        "min(created_at) AS first_call FROM calls GROUP BY ALL ORDER BY first_call"
-    )
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+def call_records(
+    vlm: VisionLanguageModel,
+    requests: Sequence[ChatRequest],
+    replies: Sequence[ChatReply | ScoreReply],
+    batch: bool = False,
+) -> list[dict[str, Any]]:
+    """The ledger records of ``replies`` to ``requests``, as :meth:`Ledger.record_many` takes.
 
-
-def measured_tokens(
-    workspace: Workspace, model: str, prompt_version: str
-) -> tuple[float, float] | None:
-    """Mean tokens in and out of past successful calls of ``model`` with this prompt."""
-    workspace.db.execute(SCHEMA)
-    row = workspace.db.execute(
-        "SELECT avg(tokens_in), avg(tokens_out), count(*) FROM calls WHERE model = ? "
-        "AND prompt_version = ? AND error IS NULL AND purpose = 'classify'",
-        [model, prompt_version],
-    ).fetchone()
-    if not row or not row[2]:
-        return None
-    return float(row[0]), float(row[1])
-
-
-@dataclass
-class CostEstimate:
-    """What asking a model about every photo of a workspace would cost, before doing it."""
-
-    model: str
-    prompt_version: str
-    photos: int
-    tokens_in: int
-    tokens_out: int
-    cost: float
-    batch_cost: float | None
-    basis: str  # "measured" (from past calls in this workspace) or "estimated"
-
-
-def estimate_cost(
-    workspace: Workspace,
-    model: str,
-    prompt: str = "simple",
-    base_url: str | None = None,
-    detail: str = "low",
-    shots: int = 0,
-    max_tokens: int = 96,
-    answer_tokens: int | None = None,
-    photo_ids: Sequence[str] | None = None,
-) -> CostEstimate:
-    """Estimate the tokens and cost of one request per photo.
-
-    Input tokens are the prompt's text (about four characters a token) plus each image's
-    tokens from the model card (at high detail, from the photo's own size); in-context
-    prompts add ``shots`` example photos per class to every request. Output tokens are
-    ``answer_tokens`` (default: a short JSON answer, at most ``max_tokens``). When this
-    workspace already holds calls of the same model and prompt, their measured means
-    are used instead. Re-asks are not counted.
+    ``vlm`` is anything with a ``name`` and a ``backend``; replies carry their own tokens,
+    seconds, cost and error.
     """
-    from naturelens.prompts import load_prompt
-    from naturelens.vlm import image_token_estimate, text_token_estimate, vlm_card
-
-    card = vlm_card(model, base_url, workspace.root)
-    template = load_prompt(prompt)
-    tax = workspace.taxonomy
-    ids = list(photo_ids) if photo_ids is not None else workspace.photo_ids()
-    measured = measured_tokens(workspace, card.name, template.version_tag)
-    if measured is not None:
-        per_in, per_out = measured
-        tokens_in, tokens_out, basis = per_in * len(ids), per_out * len(ids), "measured"
-    else:
-        text = text_token_estimate(template.render(tax)) + 8  # + chat-format overhead
-        examples = 0
-        if template.example_answer and shots > 0:
-            sample = image_token_estimate(card, 1024, 768, detail)
-            answer = text_token_estimate(template.render_example(tax, tax.all_classes[0]))
-            examples = shots * len(tax.all_classes) * (sample + answer + 8)
-        images = 0
-        for start in range(0, len(ids), 10_000):
-            rows = workspace.db.execute(
-                "SELECT width, height FROM photos WHERE photo_id IN (SELECT unnest(?))",
-                [ids[start : start + 10_000]],
-            ).fetchall()
-            images += sum(image_token_estimate(card, w or 0, h or 0, detail) for w, h in rows)
-        tokens_in = (text + examples) * len(ids) + images
-        tokens_out = min(max_tokens, answer_tokens or 30) * len(ids)
-        basis = "estimated"
-    price_in = float(card.get("price_in", 0) or 0)
-    price_out = float(card.get("price_out", 0) or 0)
-    cost = (tokens_in * price_in + tokens_out * price_out) / 1e6
-    discount = card.get("batch_discount")
-    return CostEstimate(
-        model=card.name,
-        prompt_version=template.version_tag,
-        photos=len(ids),
-        tokens_in=int(round(tokens_in)),
-        tokens_out=int(round(tokens_out)),
-        cost=cost,
-        batch_cost=cost * float(discount) if discount else None,
-        basis=basis,
-    )
+    return [
+        dict(
+            model=vlm.name,
+            backend=vlm.backend,
+            tokens_in=rep.tokens_in,
+            tokens_out=rep.tokens_out,
+            seconds=rep.seconds,
+            cost=rep.cost,
+            photo_id=req.photo_id,
+            purpose=req.purpose,
+            prompt_version=req.prompt_version,
+            batch=batch,
+            error=rep.error,
+            reply=rep.text,
+        )
+        for req, rep in zip(requests, replies, strict=True)
+    ]

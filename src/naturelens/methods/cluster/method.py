@@ -379,8 +379,6 @@ class Cluster(Method):
             namer = load_vlm(self.namer, base_url=self.base_url, api_key=self.api_key)
         else:
             namer = load_chat_model(self.namer, base_url=self.base_url, api_key=self.api_key)
-        if getattr(namer, "ledger", None) is None:
-            namer.ledger = self.context_.ledger
         schema = answer_schema(self.classes_)
         requests, asked, names = [], [], {}
         picks = {c: [ids[i] for i in medoids(z, labels, c, self.medoids)] for c in clusters}
@@ -426,7 +424,9 @@ class Cluster(Method):
                 )
             )
             asked.append(c)
-        for c, reply in zip(asked, namer.chat(requests) if requests else [], strict=True):
+        replies = namer.chat(requests) if requests else []
+        (self.context_ or RunContext(ws)).ledger.record_replies(namer, requests, replies)
+        for c, reply in zip(asked, replies, strict=True):
             cost = dict(
                 tokens_in=reply.tokens_in,
                 tokens_out=reply.tokens_out,
