@@ -585,3 +585,28 @@ def test_synthetic_catalog_for_scale_benchmarks_has_the_shape_of_an_ingest(tmp_p
         assert 0 < total < 120
         total, _ = browse(ws, PhotoFilter(text="walk 7"))
         assert total == len([i for i in range(120) if "7" in str(i) and str(i).startswith("7")])
+
+
+def test_grid_filters_on_the_size_of_conformal_prediction_sets(tmp_path):
+    from naturelens.workspace.core import Prediction
+    from naturelens.workspace.review import PhotoFilter, browse
+    from naturelens.workspace.scale import fill_synthetic_catalog
+
+    with Workspace.create(tmp_path / "ws", "flips") as ws:
+        ids, _ = fill_synthetic_catalog(ws, 20, runs=())
+        run_id, _ = ws.start_run("probe", {"calibrated": True})
+        sets = [["nature"], ["nature", "sport"], ["nature", "sport", "gastronomy"]]
+        ws.write_predictions(
+            run_id,
+            [
+                Prediction(pid, s[0], 0.5, prediction_set=s)
+                for pid, s in zip(ids[:3], sets, strict=True)
+            ]
+            + [Prediction(ids[3], "nature", 0.9)],
+        )
+        total, rows = browse(ws, PhotoFilter(run_id=run_id, min_set_size=2))
+        assert total == 2 and {r["set_size"] for r in rows} == {2, 3}
+        total, _ = browse(ws, PhotoFilter(run_id=run_id, max_set_size=1))
+        assert total == 1
+        total, _ = browse(ws, PhotoFilter(run_id=run_id))
+        assert total == 20

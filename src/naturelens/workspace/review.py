@@ -49,6 +49,8 @@ class PhotoFilter:
         where an earlier label or a run said otherwise) or ``any``.
     disagree
         Only photos on which runs predict different classes.
+    min_set_size, max_set_size
+        Size of the run's conformal prediction set (photos without one never match).
     text
         Words found in the title, tags or a stored description (case-insensitive).
     """
@@ -60,6 +62,8 @@ class PhotoFilter:
     min_confidence: float | None = None
     max_confidence: float | None = None
     disagree: bool = False
+    min_set_size: int | None = None
+    max_set_size: int | None = None
     text: str | None = None
     taken_from: date | datetime | None = None
     taken_to: date | datetime | None = None
@@ -103,6 +107,11 @@ def _where(ws: Workspace, f: PhotoFilter) -> tuple[list[str], list[Any], bool]:
         where.append("pr.confidence <= ?")
         args.append(float(f.max_confidence))
         needs_run = True
+    for bound, op in ((f.min_set_size, ">="), (f.max_set_size, "<=")):
+        if bound is not None:
+            where.append(f"json_array_length(pr.prediction_set) {op} ?")
+            args.append(int(bound))
+            needs_run = True
     if f.label:
         where.append("p.photo_id IN (SELECT photo_id FROM labels WHERE class_id = ?)")
         args.append(f.label)
@@ -222,9 +231,10 @@ def page_rows(ws: Workspace, photo_ids: list[str], run_id: str | None) -> list[d
     preds = {}
     if run_id:
         preds = {
-            pid: (c, conf, st)
-            for pid, c, conf, st in ws.db.execute(
-                "SELECT photo_id, class_id, confidence, status FROM predictions "
+            pid: (c, conf, st, size)
+            for pid, c, conf, st, size in ws.db.execute(
+                "SELECT photo_id, class_id, confidence, status, "
+                "json_array_length(prediction_set) FROM predictions "
                 "WHERE run_id = ? AND photo_id IN (SELECT unnest(?))",
                 [run_id, photo_ids],
             ).fetchall()
@@ -232,7 +242,7 @@ def page_rows(ws: Workspace, photo_ids: list[str], run_id: str | None) -> list[d
     out = []
     for pid in photo_ids:
         v = view.get(pid, {})
-        c, conf, st = preds.get(pid, (None, None, None))
+        c, conf, st, size = preds.get(pid, (None, None, None, None))
         out.append(
             {
                 "photo_id": pid,
@@ -245,6 +255,7 @@ def page_rows(ws: Workspace, photo_ids: list[str], run_id: str | None) -> list[d
                 "predicted": c,
                 "confidence": conf,
                 "status": st,
+                "set_size": size,
             }
         )
     return out

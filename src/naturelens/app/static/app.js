@@ -92,7 +92,8 @@ class Grid {
     const card = el("div", { class: "card", "data-photo": r.photo_id }, img, title, gold);
     if (r.predicted) {
       const conf = r.confidence == null ? "" : ` ${(100 * r.confidence).toFixed(0)}%`;
-      card.append(el("div", { class: "pred", text: `${className(r.predicted)}${conf}` }));
+      const set = r.set_size == null ? "" : ` · set of ${r.set_size}`;
+      card.append(el("div", { class: "pred", text: `${className(r.predicted)}${conf}${set}` }));
     }
     if (r.note) card.append(el("div", { class: "pred", text: r.note }));
     card.addEventListener("click", (ev) => {
