@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ demo: $(DEMO_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-test: $(STAMP) lint
+# The review app's browser test drives Debian's Chromium (Playwright cannot download
+# browsers here); install it when missing and apt is available.
+chromium:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null && \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "chromium not installed: the browser tests will be skipped")
+
+test: $(STAMP) lint chromium
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -q
 
 clean:

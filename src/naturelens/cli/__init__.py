@@ -16,6 +16,7 @@ from naturelens.cli import (  # noqa: E402, F401  (commands register on import)
     cost,
     describe,
     evaluate,
+    review,
     runs,
     storage,
     vision,

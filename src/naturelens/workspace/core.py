@@ -31,6 +31,7 @@ import yaml
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
+from naturelens.workspace import labels as label_store
 from naturelens.workspace import schema
 from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
@@ -370,13 +371,27 @@ class Workspace:
             if ref.label and res.photo_id and not failure:
                 class_id = self.taxonomy.match(ref.label)
                 if class_id:
-                    label_rows.append((res.photo_id, class_id, ref.source))
+                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, None))
                 else:
                     problem = f"unknown class {ref.label!r}"
                     problem_rows.append((ref.ref, res.photo_id, ref.label, problem))
                     report.label_problems.append(f"{ref.ref}: {problem}")
-        report.labelled += len(label_rows)
         db = self.db
+        if label_rows:
+            # The first label given for a photo wins; a conflicting later one is reported.
+            labelled = {
+                row[0]
+                for row in db.execute(
+                    "SELECT photo_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                    [[r[0] for r in label_rows]],
+                ).fetchall()
+            }
+            first = {}
+            for row in label_rows:
+                if row[0] not in labelled:
+                    first.setdefault(row[0], row)
+            label_rows = list(first.values())
+        report.labelled += len(label_rows)
         db.execute("BEGIN TRANSACTION")
         try:
             if photo_rows:
@@ -387,11 +402,7 @@ class Workspace:
             db.executemany(
                 "INSERT OR REPLACE INTO refs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ref_rows
             )
-            if label_rows:
-                # The first label given for a photo wins; a conflicting later one is reported.
-                db.executemany(
-                    "INSERT INTO labels VALUES (?,?,?) ON CONFLICT DO NOTHING", label_rows
-                )
+            label_store.add_label_events(db, label_rows, stamp)
             if problem_rows:
                 db.executemany(
                     "INSERT OR REPLACE INTO label_problems VALUES (?,?,?,?)", problem_rows
@@ -409,18 +420,54 @@ class Workspace:
         return [r[0] for r in rows.fetchall()]
 
     def labels(self) -> dict[str, str]:
-        """Gold labels: photo id -> class id."""
+        """Current gold labels: photo id -> class id."""
         return dict(self.db.execute("SELECT photo_id, class_id FROM labels").fetchall())
 
-    def set_labels(self, labels: dict[str, str], origin: str = "user") -> None:
-        """Set or replace gold labels (class ids must be in the taxonomy)."""
-        bad = sorted({c for c in labels.values() if c not in self.taxonomy.all_ids})
+    def set_labels(
+        self,
+        labels: dict[str, str | None],
+        origin: str = "user",
+        user: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Set, replace or (with None) withdraw gold labels, keeping every earlier label.
+
+        Parameters
+        ----------
+        labels
+            Photo id -> class id (must be in the taxonomy), or None to withdraw the label.
+        origin
+            Where the labels come from: ``folder``, ``manifest``, ``review`` or ``user``.
+        user, source
+            Who gave them and from where (a page, a file); both optional.
+        """
+        bad = sorted({c for c in labels.values() if c is not None} - set(self.taxonomy.all_ids))
         if bad:
             raise WorkspaceError(f"unknown class id(s) {bad}; known: {self.taxonomy.all_ids}")
-        self.db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?,?,?)",
-            [(p, c, origin) for p, c in labels.items()],
-        )
+        if origin not in label_store.ORIGINS:
+            raise WorkspaceError(f"label origin must be one of {label_store.ORIGINS}")
+        known = set(self.photo_paths(list(labels)))
+        missing = sorted(set(labels) - known)
+        if missing:
+            raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            label_store.add_label_events(
+                db, [(p, c, origin, source, user) for p, c in labels.items()], now()
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def label_history(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every label event (of ``photo_ids`` when given), oldest first.
+
+        Each event has ``photo_id``, ``class_id`` (None: label withdrawn), ``origin``
+        (folder, manifest, review, user), ``source``, ``user_name`` and ``created_at``.
+        """
+        return label_store.history(self.db, photo_ids)
 
     def photo_table(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Readable photos with their metadata (path, size, lat, lon, owner, title, tags...)."""
@@ -767,7 +814,6 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """A summary of photos, failures, labels, embeddings and runs (JSON-ready)."""
         db = self.db
-        from naturelens.workspace.embeddings import stored_sets
 
         one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
         failures = db.execute(
