@@ -54,13 +54,7 @@ def make_method(name: str, **params: Any) -> Method:
     from naturelens.methods.base import MethodError
 
     cls = method_class(name)
-    known = cls._param_names()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise MethodError(
-            f"method {name!r} has no parameter(s) {', '.join(unknown)}",
-            f"its parameters are: {', '.join(known)}",
-        )
+    cls.check_params(params)
     try:
         return cls(**params)
     except TypeError as exc:

@@ -95,15 +95,20 @@ class Method:
         """The constructor's arguments (scikit-learn's ``get_params``)."""
         return {n: getattr(self, n) for n in self._param_names()}
 
-    def set_params(self, **params: Any) -> Method:
-        """Change constructor arguments; unknown names are refused with the known ones."""
-        known = self._param_names()
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Refuse parameter names the method does not have, listing the ones it has."""
+        known = cls._param_names()
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise MethodError(
-                f"method {self.name!r} has no parameter(s) {unknown}",
+                f"method {cls.name!r} has no parameter(s) {', '.join(unknown)}",
                 f"its parameters are: {', '.join(known)}",
             )
+
+    def set_params(self, **params: Any) -> Method:
+        """Change constructor arguments; unknown names are refused with the known ones."""
+        self.check_params(params)
         for key, value in params.items():
             setattr(self, key, value)
         return self
