@@ -224,3 +224,16 @@ def test_calibration_lowers_ece_and_sets_reach_coverage_on_real_features(tmp_pat
     with pytest.raises(CalibrationError):
         PredictionSets(0.99).fit(proba[:30], [gold[i] for i in rest[:30]], probe.classes_)
     ws.close()
+
+
+def test_a_model_that_fails_to_load_leaves_no_run(mixed_workspace, tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = runner.invoke(
+        app,
+        ["classify", str(mixed_workspace), "--method", "zeroshot", "--model", str(broken)],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    with Workspace.open(mixed_workspace) as ws:
+        assert ws.runs() == []

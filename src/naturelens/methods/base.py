@@ -251,7 +251,15 @@ def run_method(
 
             photos = PhotoSet(ws, tuple(train_ids))
             context = RunContext(ws, run_id)
-            method = fit_or_load(method, photos, labels if train_ids else None, context)
+            try:
+                method = fit_or_load(method, photos, labels if train_ids else None, context)
+            except BaseException:
+                # The model did not load or train: a new run with nothing in it is not kept,
+                # so failed attempts never pile up as "interrupted" runs.
+                if not resumed:
+                    ws.delete_run(run_id)
+                    run_id = ""
+                raise
             fit = {"fit_seconds": round(time.perf_counter() - started, 3)}
             if getattr(method, "model_dir_", None):
                 fit["model_dir"] = str(method.model_dir_)
@@ -272,13 +280,16 @@ def run_method(
                 progress(len(buffer))
             assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
     except RunStopped as exc:
+        if not run_id:
+            raise
         ws.finish_run(run_id, status="interrupted")
         exc.hint = "; ".join(
             filter(None, [exc.hint, f"run {run_id} is kept: the same command resumes it"])
         )
         raise
     except BaseException:
-        ws.finish_run(run_id, status="interrupted")
+        if run_id:
+            ws.finish_run(run_id, status="interrupted")
         raise
     seconds = time.perf_counter() - started
     totals = ws.run_totals(run_id)
