@@ -81,6 +81,14 @@ def test_kshot_classify_predicts_every_photo_and_stores_an_estimate(mixed_worksp
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(everything)
     assert len({r["photo_id"] for r in rows}) == len(everything)
+    assert sum(r["status"] == "labelled" for r in rows) == len(train)
+    html = mixed_workspace / "report.html"
+    result = runner.invoke(app, ["report", str(mixed_workspace), "-o", str(html)])
+    assert result.exit_code == 0, result.output
+    page = html.read_text(encoding="utf-8")
+    assert "Accuracy estimate" in page and "2-shot" in page
+    if est.get("calibration"):
+        assert "Reliability diagram" in page
 
 
 def test_runs_can_be_listed_shown_tagged_and_removed(mixed_workspace, tiny_root):

@@ -470,6 +470,7 @@ def build_report(
         review_shown=len(review_items),
         evaluation=evaluation,
         evaluation_error=evaluation_error,
+        estimate=(run or {}).get("summary", {}).get("estimate"),
         cm_max=cm_max,
         class_names={k: v["name"] for k, v in meta.items()},
         comparison=comparison,
