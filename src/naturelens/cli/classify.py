@@ -20,7 +20,7 @@ from naturelens.cli.app import (
 )
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS
+from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
 
 
@@ -90,6 +90,8 @@ def classify(
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     json_mode(as_json)
     with open_workspace(workspace) as ws:
+        # Refused before anything starts (a hosted API without a key...), in one line.
+        make_method(method, **params).check_ready(ws)
         result = classify_collection(
             ws,
             method,
@@ -124,7 +126,8 @@ def classify(
             }
         )
     photos = int(summary.get("photos") or 0)
-    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:
