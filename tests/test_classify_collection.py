@@ -42,8 +42,18 @@ def test_kshot_classify_predicts_every_photo_and_stores_an_estimate(mixed_worksp
     model = str(tiny_model("dinov2", tiny_root))
     result = runner.invoke(
         app,
-        ["classify", str(mixed_workspace), "--method", "probe", "--model", model,
-         "--shots", "2", "--seeds", "3"],
+        [
+            "classify",
+            str(mixed_workspace),
+            "--method",
+            "probe",
+            "--model",
+            model,
+            "--shots",
+            "2",
+            "--seeds",
+            "3",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "2-shot accuracy" in result.output and "majority-class baseline" in result.output
@@ -110,8 +120,16 @@ def test_bad_coverage_and_too_few_labels_are_one_line_errors(mixed_workspace, ti
     for value in ("0", "1", "1.5", "-0.2"):
         result = runner.invoke(
             app,
-            ["classify", str(mixed_workspace), "--method", "probe", "--model", model,
-             "--coverage", value],
+            [
+                "classify",
+                str(mixed_workspace),
+                "--method",
+                "probe",
+                "--model",
+                model,
+                "--coverage",
+                value,
+            ],
         )
         assert result.exit_code == 2, result.output
         assert "coverage must be between 0 and 1" in result.output
@@ -119,8 +137,20 @@ def test_bad_coverage_and_too_few_labels_are_one_line_errors(mixed_workspace, ti
     # 6 shots of 8 leave 2 held-out photos per class: 12, too few to calibrate sets on.
     result = runner.invoke(
         app,
-        ["classify", str(mixed_workspace), "--method", "probe", "--model", model,
-         "--shots", "6", "--seeds", "1", "--coverage", "0.9"],
+        [
+            "classify",
+            str(mixed_workspace),
+            "--method",
+            "probe",
+            "--model",
+            model,
+            "--shots",
+            "6",
+            "--seeds",
+            "1",
+            "--coverage",
+            "0.9",
+        ],
     )
     assert result.exit_code == 2, result.output
     assert "held-out labelled" in result.output and "Traceback" not in result.output

@@ -208,18 +208,14 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
 
 def _score(ws: Workspace, preds: list[Prediction], gold: dict[str, str], protocol: str):
     result = evaluate_predictions(preds, gold, ws.taxonomy, n_resamples=0)
-    truth = [gold[p.photo_id] for p in preds]
-    majority = max(truth.count(c) for c in set(truth)) / len(truth) if truth else 0.0
-    predicted = [p.class_id for p in preds if p.status == "ok"]
-    top_share = max(predicted.count(c) for c in set(predicted)) / len(preds) if predicted else 0.0
     out = {
         "protocol": protocol,
         "test_photos": len(preds),
-        "accuracy": result["accuracy"],
-        "balanced_accuracy": result["balanced_accuracy"],
-        "macro_f1": result["macro_f1"],
-        "majority_baseline": majority,
-        "top_class_share": top_share,
+        **{
+            k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "majority_baseline")
+        },
+        "top_class_share": result["top_class_share"],
+        "collapsed": result["collapsed"],
     }
     if protocol:
         return _summarise([out], protocol)
@@ -239,7 +235,7 @@ def _summarise(per_split: list[dict], protocol: str) -> dict[str, Any]:
     out["test_photos"] = sum(s["test_photos"] for s in per_split)
     # A run that answers (nearly) one class for everything scores the majority baseline
     # on imbalanced photos: flag it rather than let accuracy flatter it.
-    out["collapsed"] = any(s["top_class_share"] >= 0.9 for s in per_split if s["test_photos"])
+    out["collapsed"] = any(s["collapsed"] for s in per_split if s["test_photos"])
     return out
 
 

@@ -222,6 +222,7 @@ def run_method(
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
     started = time.perf_counter()
+    store_seconds = 0.0
     try:
         if todo:
             from naturelens.methods.saving import fit_or_load
@@ -232,19 +233,29 @@ def run_method(
             fit = {"fit_seconds": round(time.perf_counter() - started, 3)}
             if getattr(method, "model_dir_", None):
                 fit["model_dir"] = str(method.model_dir_)
+            # Facts a method learnt while fitting that its parameters do not pin down
+            # (e.g. which run named a cluster run's clusters).
+            fit.update(getattr(method, "run_facts_", {}))
             ws.update_run_summary(run_id, fit)
             buffer: list[Prediction] = []
             wanted = set(todo)
+
+            def store(preds: list[Prediction]) -> None:
+                nonlocal store_seconds
+                tic = time.perf_counter()
+                ws.write_predictions(run_id, preds)
+                store_seconds += time.perf_counter() - tic
+
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)
                 if len(buffer) >= write_every:
-                    ws.write_predictions(run_id, buffer)
+                    store(buffer)
                     if progress:
                         progress(len(buffer))
                     buffer = []
-            ws.write_predictions(run_id, buffer)
+            store(buffer)
             if progress and buffer:
                 progress(len(buffer))
             assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
@@ -262,7 +273,10 @@ def run_method(
         "tokens_in": totals["tokens_in"],
         "tokens_out": totals["tokens_out"],
         "cost": totals["cost"],
-        "labels_used": len(train_ids),
+        # Methods that learn from another run's labels (ensemble, cluster naming) say how
+        # many they used through ``labels_used_``.
+        "labels_used": int(getattr(method, "labels_used_", None) or len(train_ids)),
+        "store_seconds": round(previous.get("store_seconds", 0) + store_seconds, 3),
         "resumed_photos": len(done),
     }
     ws.finish_run(run_id, status="done", summary=summary)

@@ -73,6 +73,9 @@ class Ensemble(Method):
         self.runs_ = resolve_runs(ws, self.runs)
         self.classes_ = ws.taxonomy.all_ids
         self.weights_ = {run: 1.0 for run in self.runs_}
+        # The members learnt from gold labels: count every photo any of them trained on.
+        trained = {pid for run in self.runs_ for pid in ws.run(run)["params"].get("train", [])}
+        self.labels_used_ = len(trained | set(photos.ids))
         if self.voting == "weighted":
             gold = dict(zip(photos.ids, labels or [], strict=False))
             self.weights_ = {run: self._validation_accuracy(ws, run, gold) for run in self.runs_}
