@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--shots", default="1,5,10")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--finetune-modes", default="head")
+    parser.add_argument("--finetune-seeds", type=int, default=None, help="default: --seeds")
+    parser.add_argument("--finetune-test", type=int, default=150, help="photos finetune predicts")
+    parser.add_argument("--min-steps", type=int, default=100, help="finetune's step floor")
+    parser.add_argument("--workdir", type=Path, default=None, help="reuse photos + embeddings")
     parser.add_argument("--quick", action="store_true", help="600 photos, 2 seeds")
     args = parser.parse_args()
     if args.quick:
@@ -111,11 +115,15 @@ def main() -> None:
     from naturelens.models.embedding import embed_photos, load_embeddings
     from naturelens.workspace.core import Workspace
 
-    tmp = Path(tempfile.mkdtemp(prefix="fewshot-"))
-    (tmp / "three.yaml").write_text(TAXONOMY)
-    make_photos(tmp / "photos", args.photos)
-    ws = Workspace.create(tmp / "ws", tmp / "three.yaml")
-    ws.ingest([tmp / "photos"])
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="fewshot-"))
+    if (tmp / "ws").exists():
+        ws = Workspace.open(tmp / "ws")
+    else:
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "three.yaml").write_text(TAXONOMY)
+        make_photos(tmp / "photos", args.photos)
+        ws = Workspace.create(tmp / "ws", tmp / "three.yaml")
+        ws.ingest([tmp / "photos"])
     gold = ws.labels()
     ids = sorted(gold)
     tic = time.perf_counter()
@@ -127,50 +135,56 @@ def main() -> None:
     print(f"majority-class baseline (accuracy of always answering 'big'): {majority:.2f}\n")
 
     modes = [m for m in args.finetune_modes.split(",") if m]
-    methods = ["sklearn", "old probe", "probe", *[f"finetune {m}" for m in modes]]
+    shot_list = [int(s) for s in args.shots.split(",")]
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
-    for shots in [int(s) for s in args.shots.split(",")]:
+
+    def split(shots: int, seed: int, n_test: int) -> tuple[list[str], list[str]]:
+        train, test = kshot_split(gold, shots, seed)
+        return train, sorted(np.random.default_rng(seed).permutation(test)[:n_test])
+
+    def add(name: str, shots: int, value: dict[str, float]) -> None:
+        results.setdefault((name, shots), []).append(value)
+
+    def table(names: list[str], title: str) -> None:
+        print(f"\n{title}")
+        print(
+            f"{'shots':>5}  {'method':<16} {'macro-F1':>13} {'balanced acc':>13} {'accuracy':>13}"
+        )
+        for shots in shot_list:
+            for name in names:
+                rs = results.get((name, shots))
+                if not rs:
+                    continue
+                print(
+                    f"{shots:>5}  {name:<16} {fmt([r['macro_f1'] for r in rs]):>13} "
+                    f"{fmt([r['balanced'] for r in rs]):>13} "
+                    f"{fmt([r['accuracy'] for r in rs]):>13}"
+                )
+        print(flush=True)
+
+    for shots in shot_list:
         for seed in range(args.seeds):
-            train, test = kshot_split(gold, shots, seed)
-            test = sorted(np.random.default_rng(seed).permutation(test)[: args.test_photos])
+            train, test = split(shots, seed, args.test_photos)
             Xtr, ytr = X[[row[i] for i in train]], [gold[i] for i in train]
             Xte, yte = X[[row[i] for i in test]], [gold[i] for i in test]
             plain = LogisticRegression(max_iter=1000).fit(Xtr, ytr)
-            results.setdefault(("sklearn", shots), []).append(scores(yte, plain.predict(Xte)))
+            add("sklearn", shots, scores(yte, plain.predict(Xte)))
             old = make_pipeline(
                 Normalizer(), StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)
             ).fit(Xtr, ytr)
-            results.setdefault(("old probe", shots), []).append(scores(yte, old.predict(Xte)))
+            add("old probe", shots, scores(yte, old.predict(Xte)))
             extra = {"benchmark": "fewshot", "shots": shots, "seed": seed}
             run = run_method(ws, Probe(model=MODEL), test, train, extra_params=extra)
-            results.setdefault(("probe", shots), []).append(run_scores(ws, run, test, gold))
-            for mode in modes:
-                tic = time.perf_counter()
-                method = FineTune(model=MODEL, mode=mode, seed=seed, precision="fp32")
-                run = run_method(ws, method, test, train, extra_params=extra)
-                results.setdefault((f"finetune {mode}", shots), []).append(
-                    run_scores(ws, run, test, gold)
-                )
-                facts = ws.run(run)["summary"]
-                print(
-                    f"  finetune {mode} {shots}-shot seed {seed}: "
-                    f"{time.perf_counter() - tic:.0f} s, {facts.get('schedule')}",
-                    flush=True,
-                )
-            print(f"{shots}-shot seed {seed} done", flush=True)
-
-    print(f"\n{len(ids)} photos, {args.test_photos} scored per split, {args.seeds} seeds")
-    print(f"{'shots':>5}  {'method':<14} {'macro-F1':>13} {'balanced acc':>13} {'accuracy':>13}")
-    for shots in [int(s) for s in args.shots.split(",")]:
-        for name in methods:
-            rs = results[(name, shots)]
-            print(
-                f"{shots:>5}  {name:<14} {fmt([r['macro_f1'] for r in rs]):>13} "
-                f"{fmt([r['balanced'] for r in rs]):>13} {fmt([r['accuracy'] for r in rs]):>13}"
-            )
+            add("probe", shots, run_scores(ws, run, test, gold))
+    table(
+        ["sklearn", "old probe", "probe"],
+        f"{len(ids)} photos, {args.test_photos} scored per split, {args.seeds} seeds "
+        "(mean ± sd over seeds)",
+    )
+    for shots in shot_list:
         base = statistics.fmean(r["macro_f1"] for r in results[("sklearn", shots)])
         ours = statistics.fmean(r["macro_f1"] for r in results[("probe", shots)])
-        print(f"{'':>5}  probe - sklearn mean macro-F1: {100 * (ours - base):+.1f} points")
+        print(f"{shots:>2}-shot: probe - sklearn mean macro-F1 {100 * (ours - base):+.1f} points")
 
     # ---- part 2: storing predictions of a probe run over every photo
     train, _ = kshot_split(gold, 10, 0)
@@ -207,8 +221,40 @@ def main() -> None:
         f"\nprobe over {len(preds)} photos (cached embeddings): fit + predict "
         f"{fit_predict:.2f} s, storing {store:.3f} s (bulk Arrow insert); "
         f"row-by-row executemany of the same predictions {rowwise:.2f} s "
-        f"(x{rowwise / max(store, 1e-9):.0f})"
+        f"(x{rowwise / max(store, 1e-9):.0f})",
+        flush=True,
     )
+
+    # ---- part 3: finetune beside the probe and sklearn, on the same splits (fewer
+    # test photos: every finetune prediction runs the backbone)
+    seeds = args.finetune_seeds or args.seeds
+    for shots in shot_list if modes else []:
+        for seed in range(seeds):
+            train, test = split(shots, seed, args.finetune_test)
+            Xtr, ytr = X[[row[i] for i in train]], [gold[i] for i in train]
+            Xte, yte = X[[row[i] for i in test]], [gold[i] for i in test]
+            plain = LogisticRegression(max_iter=1000).fit(Xtr, ytr)
+            add("sklearn (ft)", shots, scores(yte, plain.predict(Xte)))
+            extra = {"benchmark": "finetune", "shots": shots, "seed": seed}
+            run = run_method(ws, Probe(model=MODEL), test, train, extra_params=extra)
+            add("probe (ft)", shots, run_scores(ws, run, test, gold))
+            for mode in modes:
+                tic = time.perf_counter()
+                method = FineTune(
+                    model=MODEL, mode=mode, seed=seed, precision="fp32", min_steps=args.min_steps
+                )
+                run = run_method(ws, method, test, train, extra_params=extra)
+                add(f"finetune {mode}", shots, run_scores(ws, run, test, gold))
+                print(
+                    f"  finetune {mode} {shots}-shot seed {seed}: "
+                    f"{time.perf_counter() - tic:.0f} s, {ws.run(run)['summary'].get('schedule')}",
+                    flush=True,
+                )
+    if modes:
+        table(
+            ["sklearn (ft)", "probe (ft)", *[f"finetune {m}" for m in modes]],
+            f"finetune on the same splits: {args.finetune_test} scored per split, {seeds} seeds",
+        )
     ws.close()
 
 

@@ -294,8 +294,13 @@ def evaluate_predictions(
         When no predicted photo has a gold label.
     """
     wanted = set(photo_ids) if photo_ids is not None else None
+    # A photo some ensemble member trained on has no honest prediction: not scored.
     scored = [
-        p for p in predictions if p.photo_id in gold and (wanted is None or p.photo_id in wanted)
+        p
+        for p in predictions
+        if p.photo_id in gold
+        and (wanted is None or p.photo_id in wanted)
+        and p.status != "training"
     ]
     if not scored:
         raise EvaluationError(
@@ -312,7 +317,12 @@ def evaluate_predictions(
     no_class = int(sum(n for k, n in statuses.items() if k not in ("ok", "rejected")))
     result: dict[str, Any] = {
         "photos": len(scored),
-        "statuses": {k: int(statuses.get(k, 0)) for k in PREDICTION_STATUSES},
+        # The four classic statuses always; cluster and ensemble statuses when present.
+        "statuses": {
+            k: int(statuses.get(k, 0))
+            for k in PREDICTION_STATUSES
+            if k in ("ok", "rejected", "unparsed", "failed") or statuses.get(k)
+        },
         "counted_wrong": no_class,
         "note": COUNTING_NOTE.format(n=no_class),
         **{name: _num(s[name]) for name in HEADLINE},

@@ -43,8 +43,8 @@ from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
 
 # ``noise`` and ``unnamed``: a cluster run's photos in HDBSCAN noise or in a cluster that
-# got no class.
-PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed")
+# got no class; ``training``: an ensemble's photo that a member trained on (not scored).
+PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed", "training")
 
 
 class WorkspaceError(NaturelensError, ValueError):
