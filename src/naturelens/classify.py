@@ -64,6 +64,7 @@ def classify_collection(
     estimate: bool = True,
     fresh: bool = False,
     progress: Callable | None = None,
+    on_split: Callable | None = None,
 ) -> Classification:
     """Classify every photo of ``ws`` with a method and estimate its accuracy.
 
@@ -89,6 +90,9 @@ def classify_collection(
         Start new runs even when identical interrupted ones exist.
     progress
         ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+    on_split
+        Called with each evaluation split's result (a
+        :class:`naturelens.evaluation.compare.RunResult`) as soon as it is scored.
     """
     params = dict(params or {})
     if coverage is not None:
@@ -120,7 +124,7 @@ def classify_collection(
     evaluation_runs: list[str] = []
     if learns and want_estimate:
         found, held_out, evaluation_runs = _estimate_by_protocol(
-            ws, method_name, params, gold, shots, seeds, fresh, progress, notes
+            ws, method_name, params, gold, shots, seeds, fresh, progress, notes, on_split
         )
 
     # 2. The collection run.
@@ -164,7 +168,9 @@ def _classes_without_labels(ws: Workspace, gold: dict[str, str]) -> list[str]:
     return [c for c in ws.taxonomy.class_ids if c not in labelled]
 
 
-def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, progress, notes):
+def _estimate_by_protocol(
+    ws, method_name, params, gold, shots, seeds, fresh, progress, notes, on_split=None
+):
     from naturelens.evaluation.compare import MethodSpec, compare
 
     def stop(spec, seed, exc: Exception) -> None:
@@ -180,6 +186,7 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
             progress=progress,
             on_error=stop,
             fresh=fresh,
+            on_result=(lambda spec, result: on_split(result)) if on_split else None,
         )
         protocol = f"{shots}-shot, {seeds or DEFAULT_SEEDS} seed(s)"
     else:
@@ -189,7 +196,15 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
                 "no accuracy estimate: it needs at least 4 labelled photos of 2 classes or more"
             )
             return None, [], []
-        comparison = compare(ws, [spec], folds=folds, progress=progress, on_error=stop, fresh=fresh)
+        comparison = compare(
+            ws,
+            [spec],
+            folds=folds,
+            progress=progress,
+            on_error=stop,
+            fresh=fresh,
+            on_result=(lambda spec, result: on_split(result)) if on_split else None,
+        )
         protocol = f"{folds}-fold cross-validation"
     (row,) = comparison.rows
     runs = [r.run_id for r in row.runs]

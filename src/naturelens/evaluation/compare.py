@@ -312,6 +312,7 @@ def compare(
     on_error: Callable[[MethodSpec, int, Exception], None] | None = None,
     fresh: bool = False,
     folds: int | None = None,
+    on_result: Callable[[MethodSpec, RunResult], None] | None = None,
 ) -> Comparison:
     """Run (or reuse) every method on every split and collect the comparison table.
 
@@ -334,6 +335,9 @@ def compare(
         comparison goes on with the next method.
     fresh
         Recompute runs even when a finished identical run exists.
+    on_result
+        Called with each method's result on each split as soon as it is scored (the CLI
+        prints it, so a long comparison shows its seeds as they finish).
     """
     gold = ws.labels()
     try:
@@ -393,6 +397,8 @@ def compare(
                     on_error(spec, split.seed, exc)
                 continue
             row.runs.append(result)
+            if on_result:
+                on_result(spec, result)
             if not combines:
                 split_runs.append(result.run_id)
     return Comparison(protocol, rows)
