@@ -87,6 +87,54 @@ def fmt(xs: list[float]) -> str:
     return f"{100 * statistics.fmean(xs):5.1f} ± {100 * sd:4.1f}"
 
 
+def store_part(ws, gold: dict[str, str], ids: list[str], tmp: Path) -> None:
+    """A probe run over every photo: fit + predict seconds against storing seconds, and
+    the previous row-by-row storage of the same predictions."""
+    import duckdb
+
+    from naturelens.evaluation.protocol import kshot_split
+    from naturelens.methods import run_method
+    from naturelens.methods.probe import Probe
+
+    train, _ = kshot_split(gold, 10, 0)
+    run = run_method(ws, Probe(model=MODEL), ids, train, extra_params={"benchmark": "store"})
+    summary = ws.run(run)["summary"]
+    store = summary["store_seconds"]
+    fit_predict = summary["wall_seconds"] - store
+    preds = ws.predictions(run)
+    # The previous storage, on a catalog file of the same schema: one executemany of
+    # INSERT OR REPLACE per 64 predictions, every column.
+    from naturelens.workspace import schema
+
+    scratch = duckdb.connect(str(tmp / "rowwise.duckdb"))
+    schema.migrate(scratch, 0)
+    cols = (
+        "run_id, photo_id, class_id, confidence, scores, status, detail, model, "
+        "prompt_version, seconds, tokens_in, tokens_out, cost, created_at, cluster, "
+        "raw_scores, prediction_set"
+    )
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    tic = time.perf_counter()
+    for start in range(0, len(preds), 64):
+        scratch.executemany(
+            f"INSERT OR REPLACE INTO predictions ({cols}) VALUES ({','.join('?' * 17)})",
+            [
+                (run, p.photo_id, p.class_id, p.confidence, json.dumps(p.scores), p.status,
+                 p.detail, p.model, p.prompt_version, p.seconds, p.tokens_in, p.tokens_out,
+                 p.cost, stamp, p.cluster, None, None)
+                for p in preds[start : start + 64]
+            ],
+        )  # fmt: skip
+    rowwise = time.perf_counter() - tic
+    print(
+        f"\nprobe over {len(preds)} photos (cached embeddings): fit, predict and save the model "
+        f"{fit_predict:.2f} s, storing {store:.3f} s (bulk Arrow insert); "
+        f"row-by-row executemany of the same predictions {rowwise:.2f} s "
+        f"(x{rowwise / max(store, 1e-9):.0f})",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--photos", type=int, default=2000)
@@ -97,13 +145,14 @@ def main() -> None:
     parser.add_argument("--finetune-seeds", type=int, default=None, help="default: --seeds")
     parser.add_argument("--finetune-test", type=int, default=150, help="photos finetune predicts")
     parser.add_argument("--min-steps", type=int, default=100, help="finetune's step floor")
+    parser.add_argument("--batch-size", type=int, default=16, help="finetune's batch")
+    parser.add_argument("--parts", default="probe,store,finetune", help="parts to run")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse photos + embeddings")
     parser.add_argument("--quick", action="store_true", help="600 photos, 2 seeds")
     args = parser.parse_args()
     if args.quick:
         args.photos, args.seeds, args.test_photos = 600, 2, 240
 
-    import duckdb
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
@@ -162,7 +211,8 @@ def main() -> None:
                 )
         print(flush=True)
 
-    for shots in shot_list:
+    parts = set(args.parts.split(","))
+    for shots in shot_list if "probe" in parts else []:
         for seed in range(args.seeds):
             train, test = split(shots, seed, args.test_photos)
             Xtr, ytr = X[[row[i] for i in train]], [gold[i] for i in train]
@@ -181,54 +231,18 @@ def main() -> None:
         f"{len(ids)} photos, {args.test_photos} scored per split, {args.seeds} seeds "
         "(mean ± sd over seeds)",
     )
-    for shots in shot_list:
+    for shots in shot_list if "probe" in parts else []:
         base = statistics.fmean(r["macro_f1"] for r in results[("sklearn", shots)])
         ours = statistics.fmean(r["macro_f1"] for r in results[("probe", shots)])
         print(f"{shots:>2}-shot: probe - sklearn mean macro-F1 {100 * (ours - base):+.1f} points")
 
     # ---- part 2: storing predictions of a probe run over every photo
-    train, _ = kshot_split(gold, 10, 0)
-    run = run_method(ws, Probe(model=MODEL), ids, train, extra_params={"benchmark": "store"})
-    summary = ws.run(run)["summary"]
-    store = summary["store_seconds"]
-    fit_predict = summary["wall_seconds"] - store
-    preds = ws.predictions(run)
-    # The previous storage, on a catalog file of the same schema: one executemany of
-    # INSERT OR REPLACE per 64 predictions, every column.
-    from naturelens.workspace import schema
-
-    scratch = duckdb.connect(str(tmp / "rowwise.duckdb"))
-    schema.migrate(scratch, 0)
-    cols = (
-        "run_id, photo_id, class_id, confidence, scores, status, detail, model, "
-        "prompt_version, seconds, tokens_in, tokens_out, cost, created_at, cluster, "
-        "raw_scores, prediction_set"
-    )
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    tic = time.perf_counter()
-    for start in range(0, len(preds), 64):
-        scratch.executemany(
-            f"INSERT OR REPLACE INTO predictions ({cols}) VALUES ({','.join('?' * 17)})",
-            [
-                (run, p.photo_id, p.class_id, p.confidence, json.dumps(p.scores), p.status,
-                 p.detail, p.model, p.prompt_version, p.seconds, p.tokens_in, p.tokens_out,
-                 p.cost, stamp, p.cluster, None, None)
-                for p in preds[start : start + 64]
-            ],
-        )  # fmt: skip
-    rowwise = time.perf_counter() - tic
-    print(
-        f"\nprobe over {len(preds)} photos (cached embeddings): fit + predict "
-        f"{fit_predict:.2f} s, storing {store:.3f} s (bulk Arrow insert); "
-        f"row-by-row executemany of the same predictions {rowwise:.2f} s "
-        f"(x{rowwise / max(store, 1e-9):.0f})",
-        flush=True,
-    )
-
+    if "store" in parts:
+        store_part(ws, gold, ids, tmp)
     # ---- part 3: finetune beside the probe and sklearn, on the same splits (fewer
     # test photos: every finetune prediction runs the backbone)
     seeds = args.finetune_seeds or args.seeds
-    for shots in shot_list if modes else []:
+    for shots in shot_list if modes and "finetune" in parts else []:
         for seed in range(seeds):
             train, test = split(shots, seed, args.finetune_test)
             Xtr, ytr = X[[row[i] for i in train]], [gold[i] for i in train]
@@ -241,7 +255,12 @@ def main() -> None:
             for mode in modes:
                 tic = time.perf_counter()
                 method = FineTune(
-                    model=MODEL, mode=mode, seed=seed, precision="fp32", min_steps=args.min_steps
+                    model=MODEL,
+                    mode=mode,
+                    seed=seed,
+                    precision="fp32",
+                    min_steps=args.min_steps,
+                    batch_size=args.batch_size,
                 )
                 run = run_method(ws, method, test, train, extra_params=extra)
                 add(f"finetune {mode}", shots, run_scores(ws, run, test, gold))
@@ -250,7 +269,7 @@ def main() -> None:
                     f"{time.perf_counter() - tic:.0f} s, {ws.run(run)['summary'].get('schedule')}",
                     flush=True,
                 )
-    if modes:
+    if modes and "finetune" in parts:
         table(
             ["sklearn (ft)", "probe (ft)", *[f"finetune {m}" for m in modes]],
             f"finetune on the same splits: {args.finetune_test} scored per split, {seeds} seeds",
