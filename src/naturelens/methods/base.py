@@ -187,13 +187,16 @@ def run_method(
     write_every: int = 64,
     progress: Callable[[int], None] | None = None,
     resume: bool = True,
+    write_seconds: float = 0.5,
 ) -> str:
     """Fit ``method`` on ``train_ids`` (with their gold labels) and store predictions.
 
     The run is recorded with its parameters and the training photos. If an identical
     run was interrupted, it is resumed: photos it already predicted are not sent to the
-    model again. Predictions are written every ``write_every`` photos, so a killed run
-    loses at most that many.
+    model again. Predictions are written once ``write_every`` photos are waiting and
+    ``write_seconds`` have passed since the last write, so a killed run loses at most that
+    many photos or about that much time; a fast method (a probe predicts thousands of
+    photos a second) then writes a few large batches instead of many small ones.
 
     Returns
     -------
@@ -240,17 +243,21 @@ def run_method(
             buffer: list[Prediction] = []
             wanted = set(todo)
 
+            last_write = time.perf_counter()
+
             def store(preds: list[Prediction]) -> None:
-                nonlocal store_seconds
+                nonlocal store_seconds, last_write
                 tic = time.perf_counter()
                 ws.write_predictions(run_id, preds)
-                store_seconds += time.perf_counter() - tic
+                last_write = time.perf_counter()
+                store_seconds += last_write - tic
 
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)
-                if len(buffer) >= write_every:
+                waited = time.perf_counter() - last_write
+                if len(buffer) >= write_every and waited >= write_seconds:
                     store(buffer)
                     if progress:
                         progress(len(buffer))

@@ -566,14 +566,17 @@ class Workspace:
             "prediction_set": pa.array([as_json(p.prediction_set) for p in preds], pa.string()),
         }
         names = ", ".join(columns)
-        self.db.register("_prediction_batch", pa.table(columns))
+        # A cursor of its own: a method may still be reading a result of the main connection
+        # (a streamed query) while its predictions are written.
+        cursor = self.db.cursor()
         try:
-            self.db.execute(
+            cursor.register("_prediction_batch", pa.table(columns))
+            cursor.execute(
                 f"INSERT OR REPLACE INTO predictions ({names}) "
                 f"SELECT {names} FROM _prediction_batch"
             )
         finally:
-            self.db.unregister("_prediction_batch")
+            cursor.close()
         return len(preds)
 
     def set_calibrated(
