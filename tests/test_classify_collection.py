@@ -81,6 +81,14 @@ def test_kshot_classify_predicts_every_photo_and_stores_an_estimate(mixed_worksp
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(everything)
     assert len({r["photo_id"] for r in rows}) == len(everything)
+    assert sum(r["status"] == "labelled" for r in rows) == len(train)
+    html = mixed_workspace / "report.html"
+    result = runner.invoke(app, ["report", str(mixed_workspace), "-o", str(html)])
+    assert result.exit_code == 0, result.output
+    page = html.read_text(encoding="utf-8")
+    assert "Accuracy estimate" in page and "2-shot" in page
+    if est.get("calibration"):
+        assert "Reliability diagram" in page
 
 
 def test_runs_can_be_listed_shown_tagged_and_removed(mixed_workspace, tiny_root):
@@ -224,3 +232,16 @@ def test_calibration_lowers_ece_and_sets_reach_coverage_on_real_features(tmp_pat
     with pytest.raises(CalibrationError):
         PredictionSets(0.99).fit(proba[:30], [gold[i] for i in rest[:30]], probe.classes_)
     ws.close()
+
+
+def test_a_model_that_fails_to_load_leaves_no_run(mixed_workspace, tmp_path):
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = runner.invoke(
+        app,
+        ["classify", str(mixed_workspace), "--method", "zeroshot", "--model", str(broken)],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    with Workspace.open(mixed_workspace) as ws:
+        assert ws.runs() == []

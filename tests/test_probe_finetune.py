@@ -34,6 +34,7 @@ def classify(ws_root, *args):
 
 def kshot_runs(ws_root, method):
     with Workspace.open(ws_root) as ws:
+        # The k-shot draws' evaluation runs (classify also makes one collection run).
         runs = [
             r
             for r in ws.runs(method)

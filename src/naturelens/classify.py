@@ -105,7 +105,7 @@ def classify_collection(
     notes: list[str] = []
     if learns and not gold:
         raise MethodError(
-            f"method {method_name!r} learns from labelled photos and this workspace has none",
+            f"method {method_name!r} needs labelled photos and this workspace has none",
             "label some (folder names, a manifest 'label' column, or `naturelens serve`), "
             "or choose a zero-shot method",
         )
@@ -149,7 +149,12 @@ def classify_collection(
             found["evaluation_runs"] = []
 
     # 3. Calibration and prediction sets from the held-out predictions.
-    if found is not None and (calibrate or coverage is not None):
+    if found is not None and not method.calibrated and coverage is not None:
+        raise CalibrationError(
+            f"{method_name} gives no class probabilities, so it has no prediction sets",
+            "leave out --coverage for this method",
+        )
+    if found is not None and method.calibrated and (calibrate or coverage is not None):
         extra_estimate = _calibrate(
             ws, run_id, predictions, held_out, gold, calibrate, coverage, notes
         )

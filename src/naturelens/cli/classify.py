@@ -8,8 +8,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    err,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS
 from naturelens.methods.params import ParamError, parse_params
@@ -57,13 +67,19 @@ def classify(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
     Methods that learn train on the gold-labelled photos (or --shots per class) and predict
     every other photo; the accuracy estimate comes from the labelled photos (k-shot draws
     over --seeds, otherwise cross-validation) and is stored with the run. Methods that do not
-    learn predict every photo and are scored on the labelled ones.
+    learn predict every photo and are scored on the labelled ones. With --ray, the per-photo
+    model work of probe, zeroshot and hybrid (embeddings, descriptions) runs on Ray first.
 
     Examples:
 
@@ -77,7 +93,11 @@ def classify(
 
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
+    json_mode(as_json)
+    cluster = ray_options(ray, ray_workers, ray_gpus)
     with open_workspace(workspace) as ws:
+        if cluster is not None:
+            _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
             ws,
             method,
@@ -92,7 +112,7 @@ def classify(
             on_split=lambda r: print_split(ws, r),
         )
         summary = ws.run(result.run_id)["summary"]
-        print_class_counts(ws, result.run_id)
+        counts = print_class_counts(ws, result.run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
@@ -101,6 +121,35 @@ def classify(
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
             err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "method": method,
+                "classes": counts,
+                "estimate": result.estimate,
+                "notes": result.notes,
+                **summary,
+            }
+        )
+    photos = int(summary.get("photos") or 0)
+    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+
+
+def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
+    """The embeddings or descriptions every run of the method reads, made on Ray once."""
+    from naturelens.methods import make_method
+    from naturelens.scale.methods import STORES, prepare_on_ray
+
+    if name not in STORES:
+        fail(
+            f"method {name!r} does not run on Ray from classify",
+            hint=f"--ray runs {', '.join(STORES)} here; run {name} without --ray",
+        )
+    method = make_method(name, **params)
+    photos = ws.photo_ids()
+    with photo_progress(f"{name} on Ray", len(photos)) as advance:
+        prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
 
 
 def print_split(ws, result) -> None:
@@ -160,8 +209,9 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
         )
 
 
-def print_class_counts(ws, run_id: str) -> None:
-    """Print a table of a run's photos per class (failed and rejected photos by status)."""
+def print_class_counts(ws, run_id: str) -> dict[str, int]:
+    """Print a table of a run's photos per class (failed and rejected photos by status);
+    returns the counts."""
     counts: dict[str, int] = {}
     for p in ws.predictions(run_id):
         key = p.class_id if p.status == "ok" else f"({p.status})"
@@ -170,3 +220,4 @@ def print_class_counts(ws, run_id: str) -> None:
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
     console.print(table)
+    return counts

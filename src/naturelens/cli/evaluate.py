@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import (
+    DID_NOT_DO_ITS_JOB,
+    app,
+    console,
+    err,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.workspace.core import WorkspaceError
@@ -236,8 +244,10 @@ def compare(
         except CompareError as exc:
             fail(exc)
         path = save_comparison(ws, result)
+    failed = [row["method"] for row in result.table() if not row.get("seeds")]
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
+        _stop_if_all_failed(failed, len(result.table()))
         return
     p = result.protocol
     if p["shots"] is not None:
@@ -287,6 +297,15 @@ def compare(
     if reused:
         console.print(f"{reused} run(s) reused from earlier identical runs.")
     console.print(f"Saved to {path}")
+    _stop_if_all_failed(failed, len(result.table()))
+
+
+def _stop_if_all_failed(failed: list[str], methods: int) -> None:
+    if methods and len(failed) == methods:
+        fail(
+            f"every method failed ({', '.join(failed)}): nothing was compared",
+            code=DID_NOT_DO_ITS_JOB,
+        )
 
 
 @app.command()
@@ -331,13 +350,34 @@ def export(
     output: Path = typer.Option(
         ..., "--output", "-o", help="File to write: .csv, .parquet or .geojson."
     ),
+    pud: bool = typer.Option(
+        False, "--pud", help="Write photo-user-days per grid cell and class (GeoJSON) instead."
+    ),
+    cell_km: float = typer.Option(1.0, help="With --pud: grid cell size in km."),
+    by: str = typer.Option(None, help="With --pud: split by month (of the year) or season."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Export a run's predictions with the photos' metadata (CSV, Parquet or GeoJSON)."""
-    from naturelens.report.export import ExportError, export_run
+    """Export a run's predictions, one row per photo with your ids (CSV, Parquet, GeoJSON).
 
+    Rows carry your manifest id and path, the class, the confidence, one score column per
+    class and the photo's metadata. With --pud, photo-user-days on a grid, ready for QGIS
+    or R (sf).
+    """
+    from naturelens.report.export import ExportError, export_photo_user_days, export_run
+
+    json_mode(as_json)
     with open_workspace(workspace, read_only=True) as ws:
         try:
-            n = export_run(ws, run, output)
+            if pud:
+                n = export_photo_user_days(ws, run, output, cell_km=cell_km, by=by)
+            else:
+                if by is not None:
+                    fail("--by goes with --pud")
+                n = export_run(ws, run, output)
+            run_id = ws.run(run)["run_id"]
         except (ExportError, WorkspaceError) as exc:
             fail(exc)
-    console.print(f"{n} predictions written to {output}")
+    what = "grid cells" if pud else "predictions"
+    if as_json:
+        print_json({"run_id": run_id, "output": str(output), what.replace(" ", "_"): n})
+    console.print(f"{n} {what} written to {output}")

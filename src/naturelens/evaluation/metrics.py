@@ -217,8 +217,11 @@ _CLUSTER = re.compile(r"\bcluster\s*[=:]\s*(-?\d+)")
 
 
 def cluster_of(pred: Prediction) -> int | None:
-    """The cluster a cluster run put the photo in (its ``cluster``, ``detail`` "cluster=N" or a
-    ``cluster`` entry in ``scores``), or None."""
+    """The cluster a cluster run put the photo in, or None.
+
+    Runs stored before predictions had a ``cluster`` field carried it in ``scores`` or as
+    "cluster=N" in ``detail``; those are still read.
+    """
     if pred.cluster is not None:
         return pred.cluster
     if pred.scores and "cluster" in pred.scores:

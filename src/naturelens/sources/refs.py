@@ -1,4 +1,5 @@
-"""Photo sources: folders, manifests (CSV or Parquet) and URL lists.
+"""Photo sources: folders, single photo files, shell globs, manifests (CSV or Parquet) and
+URL lists.
 
 A source yields :class:`PhotoRef` records: where a photo's bytes are and what the
 collection says about it. Rows that cannot be used keep their reason in ``problem``
@@ -7,6 +8,7 @@ so the workspace records them instead of skipping them.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Iterator
@@ -55,7 +57,7 @@ class PhotoRef:
     """One reference to a photo, before its bytes are read."""
 
     ref: str  # unique key of this reference: a path, a URL, or manifest#row-id
-    source: str  # "folder", "manifest" or "url"
+    source: str  # "folder", "file", "manifest" or "url"
     path: str | None = None
     url: str | None = None
     manifest_id: str | None = None
@@ -69,8 +71,18 @@ class PhotoRef:
     problem: str | None = None  # why this row cannot be used, if it cannot
 
 
+MANIFEST_SUFFIXES = {".csv", ".parquet", ".tsv"}
+_GLOB_CHARS = set("*?[")
+
+
 def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterator[PhotoRef]:
-    """Yield the photo references of a folder, a manifest file or a URL."""
+    """Yield the photo references of a folder, a photo file, a glob, a manifest or a URL.
+
+    A glob (``photos/*.jpg``, ``photos/**/*.png``) is expanded here when the shell did not
+    (it was quoted, or the shell does not expand globs); each match is read as a source.
+    Any other file is a single photo: one that is not an image is recorded as a failure
+    with its reason, like any photo that cannot be decoded.
+    """
     text = str(source)
     if text.startswith(("http://", "https://")):
         yield PhotoRef(ref=text, source="url", url=text)
@@ -78,15 +90,19 @@ def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterato
     path = Path(source)
     if path.is_dir():
         yield from iter_folder(path, labels_from_folders=labels_from_folders)
-    elif path.is_file() and path.suffix.lower() in {".csv", ".parquet", ".txt", ".tsv"}:
-        if path.suffix.lower() == ".txt":
-            yield from iter_url_list(path)
-        else:
-            yield from iter_manifest(path)
-    elif path.exists():
-        raise SourceError(
-            f"{source}: not a folder, a manifest (.csv, .tsv, .parquet) or a URL list (.txt)"
-        )
+    elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        yield from iter_manifest(path)
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        yield from iter_url_list(path)
+    elif path.is_file():
+        full = path.resolve()
+        yield PhotoRef(ref=str(full), source="file", path=str(full))
+    elif _GLOB_CHARS & set(text):
+        matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+        if not matches:
+            raise SourceError(f"{source}: no file matches this pattern")
+        for match in matches:
+            yield from iter_source(match, labels_from_folders=labels_from_folders)
     else:
         raise SourceError(f"{source}: no such file or folder")
 

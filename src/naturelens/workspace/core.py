@@ -18,33 +18,43 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import yaml
-from PIL import Image
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader
-from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.sources.ingest import read_ref
-from naturelens.sources.refs import PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
+from naturelens.workspace import labels as label_store
 from naturelens.workspace import schema
+from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
+
+if TYPE_CHECKING:
+    # Photo decoding (numpy, Pillow), downloads (httpx), manifests and the embedding
+    # store (pyarrow) are imported where they are used, so commands that only read the
+    # catalog start fast.
+    from PIL import Image
+
+    from naturelens.sources.download import Downloader
+    from naturelens.sources.refs import PhotoRef
+    from naturelens.workspace.embeddings import EmbeddingSet
 
 # ``noise`` and ``unnamed``: a cluster run's photos in HDBSCAN noise or in a cluster that
 # got no class; ``training``: an ensemble's photo that a member trained on (not scored).
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed", "training")
+
+# Runs this process has started and not finished. The catalog admits one writing process,
+# so any other run still marked 'running' when a writer opens it was killed: it is marked
+# interrupted (and resumes like any interrupted run).
+_LIVE_RUNS: set[str] = set()
 
 
 class WorkspaceError(NaturelensError, ValueError):
@@ -162,6 +172,12 @@ class Workspace:
                 self._db = None
                 self._upgrade(path, version)
                 self._db = self._connect(path, self.read_only)
+            if not self.read_only:
+                self._db.execute(
+                    "UPDATE runs SET status = 'interrupted' "
+                    "WHERE status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)",
+                    [sorted(_LIVE_RUNS)],
+                )
         return self._db
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -208,6 +224,22 @@ class Workspace:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def storage_location(self, kind: str) -> str | None:
+        """Where the workspace keeps ``kind`` (``photos``, ``embeddings``) when not in its
+        own folder: a URI from ``workspace.yaml``'s ``storage`` section, or None."""
+        meta = yaml.safe_load((self.root / "workspace.yaml").read_text(encoding="utf-8")) or {}
+        return (meta.get("storage") or {}).get(kind)
+
+    def set_storage_location(self, kind: str, location: str | None) -> None:
+        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder)."""
+        path = self.root / "workspace.yaml"
+        meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        storage = {**(meta.get("storage") or {}), kind: location}
+        meta["storage"] = {k: v for k, v in storage.items() if v}
+        if not meta["storage"]:
+            del meta["storage"]
+        path.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+
     def path(self, *parts: str) -> Path:
         """A path inside the workspace folder, with its parent folders made."""
         p = self.root.joinpath(*parts)
@@ -217,7 +249,7 @@ class Workspace:
     def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
         """The stored embeddings made with ``spec`` (see
         :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
-        return open_set(self.root, spec)
+        return open_set(self.root, spec, self.storage_location(EMBEDDINGS_KIND))
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -236,26 +268,34 @@ class Workspace:
 
         Parameters
         ----------
+        workers
+            Processes that read, hash and inspect the files (default: every core).
         progress
             Called with the number of references handled after each batch.
         """
+        from naturelens.sources.download import Downloader
+        from naturelens.sources.ingest import PhotoReader
+        from naturelens.sources.refs import iter_source
+
         report = IngestReport()
         downloader = downloader or Downloader(self.root / "cache" / "downloads")
-        workers = workers or min(8, (os.cpu_count() or 2) * 2)
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
                 yield from iter_source(source, labels_from_folders=labels_from_folders)
 
         stream = refs()
-        with ThreadPoolExecutor(workers) as pool:
+        # Files are read, hashed and decoded on every core; the catalog is written here.
+        with PhotoReader(workers) as reader:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, pool, downloader, report)
+                self._ingest_batch(batch, reader, downloader, report)
                 if progress:
                     progress(len(batch))
         return report
 
-    def _ingest_batch(self, batch, pool, downloader, report: IngestReport) -> None:
+    def _ingest_batch(self, batch, reader, downloader, report: IngestReport) -> None:
+        from naturelens.sources.ingest import ref_result
+
         report.seen += len(batch)
         keys = [r.ref for r in batch]
         done = {
@@ -270,7 +310,10 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: read_ref(r, fetched), todo))
+        results = [ref_result(r, fetched) for r in todo]
+        reading = [res for res in results if res.path and not res.failure]
+        for res, found in zip(reading, reader.read([res.path for res in reading]), strict=True):
+            res.add(found)
         known = {
             row[0]
             for row in self.db.execute(
@@ -330,13 +373,27 @@ class Workspace:
             if ref.label and res.photo_id and not failure:
                 class_id = self.taxonomy.match(ref.label)
                 if class_id:
-                    label_rows.append((res.photo_id, class_id, ref.source))
+                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, None))
                 else:
                     problem = f"unknown class {ref.label!r}"
                     problem_rows.append((ref.ref, res.photo_id, ref.label, problem))
                     report.label_problems.append(f"{ref.ref}: {problem}")
-        report.labelled += len(label_rows)
         db = self.db
+        if label_rows:
+            # The first label given for a photo wins; a conflicting later one is reported.
+            labelled = {
+                row[0]
+                for row in db.execute(
+                    "SELECT photo_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                    [[r[0] for r in label_rows]],
+                ).fetchall()
+            }
+            first = {}
+            for row in label_rows:
+                if row[0] not in labelled:
+                    first.setdefault(row[0], row)
+            label_rows = list(first.values())
+        report.labelled += len(label_rows)
         db.execute("BEGIN TRANSACTION")
         try:
             if photo_rows:
@@ -347,11 +404,7 @@ class Workspace:
             db.executemany(
                 "INSERT OR REPLACE INTO refs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ref_rows
             )
-            if label_rows:
-                # The first label given for a photo wins; a conflicting later one is reported.
-                db.executemany(
-                    "INSERT INTO labels VALUES (?,?,?) ON CONFLICT DO NOTHING", label_rows
-                )
+            label_store.add_label_events(db, label_rows, stamp)
             if problem_rows:
                 db.executemany(
                     "INSERT OR REPLACE INTO label_problems VALUES (?,?,?,?)", problem_rows
@@ -369,18 +422,54 @@ class Workspace:
         return [r[0] for r in rows.fetchall()]
 
     def labels(self) -> dict[str, str]:
-        """Gold labels: photo id -> class id."""
+        """Current gold labels: photo id -> class id."""
         return dict(self.db.execute("SELECT photo_id, class_id FROM labels").fetchall())
 
-    def set_labels(self, labels: dict[str, str], origin: str = "user") -> None:
-        """Set or replace gold labels (class ids must be in the taxonomy)."""
-        bad = sorted({c for c in labels.values() if c not in self.taxonomy.all_ids})
+    def set_labels(
+        self,
+        labels: dict[str, str | None],
+        origin: str = "user",
+        user: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Set, replace or (with None) withdraw gold labels, keeping every earlier label.
+
+        Parameters
+        ----------
+        labels
+            Photo id -> class id (must be in the taxonomy), or None to withdraw the label.
+        origin
+            Where the labels come from: ``folder``, ``manifest``, ``review`` or ``user``.
+        user, source
+            Who gave them and from where (a page, a file); both optional.
+        """
+        bad = sorted({c for c in labels.values() if c is not None} - set(self.taxonomy.all_ids))
         if bad:
             raise WorkspaceError(f"unknown class id(s) {bad}; known: {self.taxonomy.all_ids}")
-        self.db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?,?,?)",
-            [(p, c, origin) for p, c in labels.items()],
-        )
+        if origin not in label_store.ORIGINS:
+            raise WorkspaceError(f"label origin must be one of {label_store.ORIGINS}")
+        known = set(self.photo_paths(list(labels)))
+        missing = sorted(set(labels) - known)
+        if missing:
+            raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            label_store.add_label_events(
+                db, [(p, c, origin, source, user) for p, c in labels.items()], now()
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def label_history(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every label event (of ``photo_ids`` when given), oldest first.
+
+        Each event has ``photo_id``, ``class_id`` (None: label withdrawn), ``origin``
+        (folder, manifest, review, user), ``source``, ``user_name`` and ``created_at``.
+        """
+        return label_store.history(self.db, photo_ids)
 
     def photo_table(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Readable photos with their metadata (path, size, lat, lon, owner, title, tags...)."""
@@ -421,6 +510,8 @@ class Workspace:
         PhotoDecodeError
             If the file has changed or vanished since ingest.
         """
+        from naturelens.sources.images import PhotoDecodeError, decode_photo
+
         path = self.photo_path(photo_id)
         try:
             data = path.read_bytes()
@@ -450,6 +541,7 @@ class Workspace:
             ).fetchone()
             if row:
                 self.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [row[0]])
+                _LIVE_RUNS.add(row[0])
                 return row[0], True
         stamp = now()
         run_id = f"{method}-{stamp:%Y%m%d-%H%M%S}-{key[:6]}"
@@ -462,9 +554,11 @@ class Workspace:
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL,'running',NULL)",
             [run_id, method, key, params_json, self.taxonomy.label, code_version(), stamp],
         )
+        _LIVE_RUNS.add(run_id)
         return run_id, False
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
+        _LIVE_RUNS.discard(run_id)
         self.db.execute(
             "UPDATE runs SET status = ?, ended_at = ?, summary = ? WHERE run_id = ?",
             [status, now(), json.dumps(summary or {}, default=str), run_id],
@@ -737,6 +831,7 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """A summary of photos, failures, labels, embeddings and runs (JSON-ready)."""
         db = self.db
+
         one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
         failures = db.execute(
             """
@@ -763,7 +858,7 @@ class Workspace:
             "labelled": sum(per_class.values()),
             "labelled_per_class": {c: per_class.get(c, 0) for c in self.taxonomy.all_ids},
             "label_problems": one("SELECT count(*) FROM label_problems"),
-            "embeddings": stored_sets(self.root),
+            "embeddings": stored_sets(self.root, self.storage_location(EMBEDDINGS_KIND)),
             "runs": [
                 {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
                 for r in self.runs()

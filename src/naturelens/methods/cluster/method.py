@@ -96,11 +96,16 @@ class Cluster(Method):
         For ``llm``: where the medoids' descriptions come from (``tags`` or a VLM's name).
     medoids
         Photos (or descriptions) shown per cluster.
+    prompt, max_tokens
+        For ``vlm`` / ``llm``: the naming prompt and the longest answer allowed.
+    batch_size
+        Photos per forward pass when computing embeddings.
     seed
         Seeds sampling, k-means and UMAP.
     """
 
     name = "cluster"
+    calibrated = False
     needs_labels = False
 
     def __init__(
