@@ -111,6 +111,7 @@ def classify(
             estimate=estimate,
             fresh=fresh,
             progress=photo_progress,
+            on_split=lambda r: print_split(ws, r),
         )
         summary = ws.run(result.run_id)["summary"]
         counts = print_class_counts(ws, result.run_id)
@@ -152,6 +153,23 @@ def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
     photos = ws.photo_ids()
     with photo_progress(f"{name} on Ray", len(photos)) as advance:
         prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
+
+
+def print_split(ws, result) -> None:
+    """One evaluation split's scores, printed as soon as it is done."""
+    facts = ws.run(result.run_id)["summary"]
+    val = facts.get("validation_photos")
+    trained = f"{facts.get('train_photos', result.labels_used)} train" + (
+        f" + {val} validation" if val else ""
+    )
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    console.print(
+        f"split {result.seed}: accuracy {pct(result.accuracy)}, macro-F1 "
+        f"{pct(result.macro_f1)}, balanced accuracy {pct(result.balanced_accuracy)} "
+        f"(majority baseline {pct(result.majority_baseline)}) on {result.photos} test photos; "
+        f"{trained} photos" + (" [yellow]collapsed to one class[/]" if result.collapsed else ""),
+        soft_wrap=True,
+    )
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:
