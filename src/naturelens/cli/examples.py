@@ -61,6 +61,15 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("naturelens describe parks --list", "the descriptions the workspace holds"),
     ],
     "tag": [("naturelens tag parks --show 5", "ImageNet tags, offline")],
+    "serve": [
+        ("naturelens serve parks", "the review app on http://127.0.0.1:8765"),
+        ("naturelens serve parks --model dinov2-small --user ana", "label with a model's help"),
+    ],
+    "storage": [
+        ("naturelens storage parks", "where photos and embeddings are kept"),
+        ("naturelens storage parks --photos s3://bucket/parks", "copy photos for cluster workers"),
+        ("naturelens storage parks --local", "keep both in the workspace folder again"),
+    ],
     "models": [
         ("naturelens models", "every model card, and whether it runs here"),
         ("naturelens models --kind vlm --json", "vision-language models, for scripts"),
