@@ -21,7 +21,7 @@ from naturelens.cli.app import (
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS
+from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
 
 
@@ -96,6 +96,8 @@ def classify(
     json_mode(as_json)
     cluster = ray_options(ray, ray_workers, ray_gpus)
     with open_workspace(workspace) as ws:
+        # Refused before anything starts (a hosted API without a key...), in one line.
+        make_method(method, **params).check_ready(ws)
         if cluster is not None:
             _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
@@ -109,6 +111,7 @@ def classify(
             estimate=estimate,
             fresh=fresh,
             progress=photo_progress,
+            on_split=lambda r: print_split(ws, r),
         )
         summary = ws.run(result.run_id)["summary"]
         counts = print_class_counts(ws, result.run_id)
@@ -132,7 +135,8 @@ def classify(
             }
         )
     photos = int(summary.get("photos") or 0)
-    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)
 
 
 def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
@@ -149,6 +153,23 @@ def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
     photos = ws.photo_ids()
     with photo_progress(f"{name} on Ray", len(photos)) as advance:
         prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
+
+
+def print_split(ws, result) -> None:
+    """One evaluation split's scores, printed as soon as it is done."""
+    facts = ws.run(result.run_id)["summary"]
+    val = facts.get("validation_photos")
+    trained = f"{facts.get('train_photos', result.labels_used)} train" + (
+        f" + {val} validation" if val else ""
+    )
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    console.print(
+        f"split {result.seed}: accuracy {pct(result.accuracy)}, macro-F1 "
+        f"{pct(result.macro_f1)}, balanced accuracy {pct(result.balanced_accuracy)} "
+        f"(majority baseline {pct(result.majority_baseline)}) on {result.photos} test photos; "
+        f"{trained} photos" + (" [yellow]collapsed to one class[/]" if result.collapsed else ""),
+        soft_wrap=True,
+    )
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:

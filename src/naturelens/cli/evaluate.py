@@ -135,6 +135,7 @@ def evaluate(
     table = Table("score", "value", "95 % interval", title="Scores")
     for key, label in [
         ("accuracy", "accuracy"),
+        ("majority_baseline", "majority-class baseline"),
         ("balanced_accuracy", "balanced accuracy"),
         ("macro_f1", "macro F1"),
         ("weighted_f1", "weighted F1"),
@@ -177,11 +178,20 @@ def evaluate(
             f"{o['gold_open']} gold)"
         )
     s = result["statuses"]
+    counts = ", ".join(f"{n} {k}" for k, n in s.items() if n or k in ("ok", "failed"))
+    if result["accuracy"] is None and result["clusters"]:
+        console.print(f"Statuses: {counts}. {result['note']}.")
+        return
     console.print(
-        f"Statuses: {s['ok']} ok, {s['rejected']} rejected, {s['unparsed']} unparsed, "
-        f"{s['failed']} failed. {result['counted_wrong']} photo(s) named no class and count "
+        f"Statuses: {counts}. {result['counted_wrong']} photo(s) named no class and count "
         f"as wrong (column 'none', {NO_CLASS!r} in JSON)."
     )
+    if result.get("collapsed"):
+        console.print(
+            f"[yellow]warning:[/] {result['top_class_share']:.0%} of the photos got the same "
+            f"class (majority-class baseline {result['majority_baseline']:.1%}): the "
+            "accuracy says little; read macro-F1 and balanced accuracy"
+        )
 
 
 @app.command()
@@ -249,8 +259,9 @@ def compare(
     title += f", {p['test_photos'][0]} test photos"
     table = Table(title=title)
     table.add_column("method", overflow="fold")
-    for head in ("labels used", "accuracy", "macro-F1", "photos/s", "wall time (s)", "tokens",
-                 "cost / 1,000 photos", "energy"):  # fmt: skip
+    for head in ("labels used", "accuracy", "macro-F1", "balanced acc.", "majority baseline",
+                 "photos/s", "wall time (s)", "tokens", "cost / 1,000 photos",
+                 "energy"):  # fmt: skip
         table.add_column(head, justify="right")
     for row in result.table():
         if not row.get("seeds"):
@@ -258,8 +269,11 @@ def compare(
             continue
         num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
         table.add_row(
-            row["method"], str(row["labels_used"]), format_accuracy(row),
-            format_accuracy(row, "macro_f1"), num(row["photos_per_second"]),
+            row["method"], str(row["labels_used"]),
+            format_accuracy(row) if row["accuracy"] is not None or not row["cluster_accuracy"]
+            else f"{format_accuracy(row, 'cluster_accuracy')} (clusters)",
+            format_accuracy(row, "macro_f1"), format_accuracy(row, "balanced_accuracy"),
+            format_accuracy(row, "majority_baseline"), num(row["photos_per_second"]),
             num(row["wall_seconds"]), num(row["tokens"], 0),
             "-" if row["cost_per_1000"] is None else f"${row['cost_per_1000']:.4f}",
             format_energy(row),
@@ -268,6 +282,13 @@ def compare(
     for row in result.table():
         if row.get("note"):
             console.print(f"{row['method']}: {row['note']}", highlight=False)
+        if row.get("collapsed"):
+            console.print(
+                f"[yellow]warning:[/] {escape(row['method'])} answered (nearly) one class for "
+                f"every test photo in {row['collapsed']} of {row['seeds']} seed(s): its "
+                "accuracy says little; compare macro-F1 and balanced accuracy",
+                soft_wrap=True,
+            )
     sources = sorted({r["energy_source"] for r in result.table() if r.get("energy_source")})
     for source in sources:
         console.print(f"energy: {source}", highlight=False)

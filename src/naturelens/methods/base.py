@@ -214,13 +214,16 @@ def run_method(
     write_every: int = 64,
     progress: Callable[[int], None] | None = None,
     resume: bool = True,
+    write_seconds: float = 0.5,
 ) -> str:
     """Fit ``method`` on ``train_ids`` (with their gold labels) and store predictions.
 
     The run is recorded with its parameters and the training photos. If an identical
     run was interrupted, it is resumed: photos it already predicted are not sent to the
-    model again. Predictions are written every ``write_every`` photos, so a killed run
-    loses at most that many.
+    model again. Predictions are written once ``write_every`` photos are waiting and
+    ``write_seconds`` have passed since the last write, so a killed run loses at most that
+    many photos or about that much time; a fast method (a probe predicts thousands of
+    photos a second) then writes a few large batches instead of many small ones.
 
     Returns
     -------
@@ -245,6 +248,7 @@ def run_method(
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
     started = time.perf_counter()
+    store_seconds = 0.0
     try:
         if todo:
             from naturelens.methods.saving import fit_or_load
@@ -263,19 +267,33 @@ def run_method(
             fit = {"fit_seconds": round(time.perf_counter() - started, 3)}
             if getattr(method, "model_dir_", None):
                 fit["model_dir"] = str(method.model_dir_)
+            # Facts a method learnt while fitting that its parameters do not pin down
+            # (e.g. which run named a cluster run's clusters).
+            fit.update(getattr(method, "run_facts_", {}))
             ws.update_run_summary(run_id, fit)
             buffer: list[Prediction] = []
             wanted = set(todo)
+
+            last_write = time.perf_counter()
+
+            def store(preds: list[Prediction]) -> None:
+                nonlocal store_seconds, last_write
+                tic = time.perf_counter()
+                ws.write_predictions(run_id, preds)
+                last_write = time.perf_counter()
+                store_seconds += last_write - tic
+
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)
-                if len(buffer) >= write_every:
-                    ws.write_predictions(run_id, buffer)
+                waited = time.perf_counter() - last_write
+                if len(buffer) >= write_every and waited >= write_seconds:
+                    store(buffer)
                     if progress:
                         progress(len(buffer))
                     buffer = []
-            ws.write_predictions(run_id, buffer)
+            store(buffer)
             if progress and buffer:
                 progress(len(buffer))
             assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
@@ -302,7 +320,10 @@ def run_method(
         "tokens_in": totals["tokens_in"],
         "tokens_out": totals["tokens_out"],
         "cost": totals["cost"],
-        "labels_used": len(train_ids),
+        # Methods that learn from another run's labels (ensemble, cluster naming) say how
+        # many they used through ``labels_used_``.
+        "labels_used": int(getattr(method, "labels_used_", None) or len(train_ids)),
+        "store_seconds": round(previous.get("store_seconds", 0) + store_seconds, 3),
         "resumed_photos": len(done),
     }
     ws.finish_run(run_id, status="done", summary=summary)

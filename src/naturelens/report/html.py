@@ -336,6 +336,8 @@ def _comparison_rows(ws: Workspace) -> tuple[dict | None, list[dict]]:
             "labels_used": s.get("labels_used"),
             "accuracy": None,
             "macro_f1": None,
+            "balanced_accuracy": None,
+            "majority_baseline": None,
             "photos_per_second": None,
             "wall_seconds": s.get("wall_seconds"),
             "tokens": (s.get("tokens_in") or 0) + (s.get("tokens_out") or 0),
@@ -349,7 +351,9 @@ def _comparison_rows(ws: Workspace) -> tuple[dict | None, list[dict]]:
             row["photos_per_second"] = s["photos"] / (wall - fit if wall > fit else wall)
         try:
             ev = evaluate_run(ws, r["run_id"], n_resamples=0)
-            row["accuracy"], row["macro_f1"] = ev["accuracy"], ev["macro_f1"]
+            for key in ("accuracy", "macro_f1", "balanced_accuracy", "majority_baseline"):
+                row[key] = ev[key]
+            row["collapsed"] = int(ev["collapsed"])
         except EvaluationError:
             pass
         rows.append(row)

@@ -115,10 +115,28 @@ def iter_folder(root: Path, labels_from_folders: bool = True) -> Iterator[PhotoR
     Files with other suffixes are listed too when they are not hidden: a ``.txt`` among
     photos is reported, not silently skipped, unless it is obviously not a photo (no
     suffix of a known photo type and not named like one).
+
+    Symlinked folders are followed (a class folder may live elsewhere); a link that leads
+    back to a folder already listed (a loop) is reported as a problem, not followed.
     """
     root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                where = Path(dirpath) / d
+                yield PhotoRef(
+                    ref=str(where),
+                    source="folder",
+                    path=str(where),
+                    problem=f"symlink loop: folder {where} leads back to {real}, already listed",
+                )
+                continue
+            seen.add(real)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in PHOTO_SUFFIXES:
                 continue
