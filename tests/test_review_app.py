@@ -396,6 +396,8 @@ def _browser_or_skip():
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"{CHROMIUM} missing and could not be installed (make chromium needs apt)")
+    # A busy shared machine can take seconds per step; wait long rather than flake.
+    sync_api.expect.set_options(timeout=60_000)
     return sync_api, sync_api.expect
 
 
@@ -421,6 +423,7 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.goto(base + "/")
             page.wait_for_selector("#grid .card img")
@@ -525,6 +528,7 @@ def test_browser_lasso_on_the_embedding_map_labels_the_photos_inside(built, tmp_
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
             page.goto(base + "/")
             page.click("#tabs button[data-tab=map]")
             expect(page.locator("#map-info")).to_contain_text("36 photos")
