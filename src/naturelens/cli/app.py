@@ -9,12 +9,13 @@ from __future__ import annotations
 import typer
 import typer.core
 from rich.console import Console
-from rich.markup import escape
 
 from naturelens.errors import NaturelensError
 
-console = Console()
-err = Console(stderr=True)
+# markup=False: paths, ids, titles and answers come from the user's data; a "[/]" in a
+# file name must print as written, never be read as styling.
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 
 def fail(message: str | Exception, code: int = 2, hint: str = "") -> None:
@@ -26,7 +27,7 @@ def fail(message: str | Exception, code: int = 2, hint: str = "") -> None:
         text = message.one_line()
     else:
         text = NaturelensError(str(message), hint).one_line()
-    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    err.print(f"error: {text}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

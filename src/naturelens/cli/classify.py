@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail
@@ -99,7 +98,7 @@ def classify(
         if result.estimate:
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
-            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+            err.print(f"note: {note}", highlight=False)
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:
@@ -113,7 +112,7 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
 
     label = f"{shots}-shot accuracy" if shots else "accuracy"
     console.print(
-        f"[bold]{escape(method)}[/] {label}: {pct('accuracy')} over {est['splits']} "
+        f"{method} {label}: {pct('accuracy')} over {est['splits']} "
         f"{'seed(s)' if shots else 'split(s)'} ({est['protocol']}, {est['test_photos']} "
         f"held-out predictions); macro-F1 {pct('macro_f1')}, balanced accuracy "
         f"{pct('balanced_accuracy')}, majority-class baseline {pct('majority_baseline')}",
@@ -121,7 +120,7 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
     )
     if est.get("collapsed"):
         console.print(
-            "[yellow]warning:[/] the method answers (nearly) one class for every photo of "
+            "warning: the method answers (nearly) one class for every photo of "
             "a split: its accuracy says little"
         )
     cal = est.get("calibration")

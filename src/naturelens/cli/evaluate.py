@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail
@@ -41,7 +40,7 @@ def _agreement(workspace: Path, as_json: bool) -> None:
     for run_id, row in result["runs"].items():
         measured = row.get("measured_accuracy")
         table.add_row(
-            escape(run_id),
+            run_id,
             methods[run_id],
             str(row["photos"]),
             f"{row['estimated_accuracy']:.1%}",
@@ -107,7 +106,7 @@ def evaluate(
         print(json.dumps(result, indent=2, default=str))
         return
     if estimate:
-        console.print(f"[bold]{escape(record['run_id'])}[/] ({record['method']})")
+        console.print(f"{record['run_id']} ({record['method']})")
         print_estimate(record["method"], record["params"].get("shots"), estimate)
         if reliability := (estimate.get("calibration") or {}).get("reliability_calibrated"):
             bins = ", ".join(
@@ -121,7 +120,7 @@ def evaluate(
         )
         return
     console.print(
-        f"[bold]{result['run_id']}[/] ({result['method']}): {result['photos']} labelled photos "
+        f"{result['run_id']} ({result['method']}): {result['photos']} labelled photos "
         f"scored, {result['unlabelled_photos']} predicted photos without a gold label"
     )
     table = Table("score", "value", "95 % interval", title="Scores")
@@ -216,7 +215,7 @@ def compare(
     with open_workspace(workspace) as ws:
 
         def report_error(spec, seed, exc):
-            err.print(f"[yellow]{spec.label}[/] (seed {seed}) failed: {exc}", highlight=False)
+            err.print(f"{spec.label} (seed {seed}) failed: {exc}", highlight=False)
 
         try:
             result = run_compare(
@@ -244,7 +243,7 @@ def compare(
         table.add_column(head, justify="right")
     for row in result.table():
         if not row.get("seeds"):
-            table.add_row(row["method"], f"[red]{row['error']}[/]")
+            table.add_row(row["method"], f"{row['error']}")
             continue
         num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
         table.add_row(

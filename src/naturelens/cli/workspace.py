@@ -33,7 +33,7 @@ def init(
         ws = Workspace.create(workspace, taxonomy)
     except (WorkspaceError, TaxonomyError) as exc:
         fail(exc)
-    console.print(f"Workspace [bold]{workspace}[/] ready, taxonomy {ws.taxonomy.label}.")
+    console.print(f"Workspace {workspace} ready, taxonomy {ws.taxonomy.label}.")
     ws.close()
 
 
@@ -46,13 +46,27 @@ def ingest(
     labels_from_folders: bool = typer.Option(
         True, help="Use a photo's sub-folder name as its gold label."
     ),
+    duplicates: str = typer.Option(
+        "first",
+        help="When a manifest id repeats or a photo gets two labels: keep the first, "
+        "the last, or stop with an error. The others are reported.",
+    ),
+    allow_private_urls: bool = typer.Option(
+        False,
+        "--allow-private-urls",
+        help="Fetch URLs on private, loopback and link-local addresses (your own network).",
+    ),
 ) -> None:
     """Add photos to a workspace; running it again adds only what is new."""
     with open_workspace(workspace) as ws:
         try:
             with photo_progress("ingest", None) as advance:
                 report = ws.ingest(
-                    sources, labels_from_folders=labels_from_folders, progress=advance
+                    sources,
+                    labels_from_folders=labels_from_folders,
+                    progress=advance,
+                    duplicates=duplicates,
+                    allow_private_urls=allow_private_urls,
                 )
         except SourceError as exc:
             fail(exc)
@@ -60,9 +74,10 @@ def ingest(
             f"{report.added} new photos, {report.duplicates} duplicates, "
             f"{report.skipped} already ingested, {report.failed} failures, "
             f"{report.labelled} labels."
+            + (f" {report.duplicate_ids} rows repeat an id." if report.duplicate_ids else "")
         )
         for problem in report.label_problems[:20]:
-            err.print(f"[yellow]label:[/] {problem}", highlight=False)
+            err.print(f"label: {problem}", highlight=False)
         if len(report.label_problems) > 20:
             err.print(f"... and {len(report.label_problems) - 20} more label problems")
         if report.failed:
@@ -83,7 +98,7 @@ def status(
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
-    console.print(f"[bold]{summary['workspace']}[/] — taxonomy {summary['taxonomy']}")
+    console.print(f"{summary['workspace']} — taxonomy {summary['taxonomy']}")
     console.print(
         f"{summary['photos']} photos from {summary['references']} references, "
         f"{summary['failures']} failures, {summary['labelled']} labelled"
@@ -115,7 +130,7 @@ def taxonomy_list() -> None:
         tax = load_taxonomy(name)
         extra = f" + {tax.open_set.id}" if tax.open_set else ""
         console.print(
-            f"[bold]{name}[/] {tax.version}: {len(tax.classes)} classes{extra} — {tax.description}"
+            f"{name} {tax.version}: {len(tax.classes)} classes{extra} — {tax.description}"
         )
 
 

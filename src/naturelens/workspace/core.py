@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import yaml
 from PIL import Image
 
@@ -35,8 +36,8 @@ from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.sources.download import Downloader
 from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.sources.ingest import read_ref
-from naturelens.sources.refs import PhotoRef, iter_source
+from naturelens.sources.ingest import MEMORY_BUDGET, MemoryBudget, SeenFiles, read_ref
+from naturelens.sources.refs import DUPLICATE_RULES, PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import schema
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
@@ -105,13 +106,33 @@ class IngestReport:
     failed: int = 0
     labelled: int = 0
     label_problems: list[str] = field(default_factory=list)
+    duplicate_ids: int = 0
+
+
+def _insert(db: duckdb.DuckDBPyConnection, verb: str, rows: list[tuple], tail: str = "") -> None:
+    """Insert ``rows`` (tuples in the table's column order) in one statement.
+
+    Through an Arrow table: ``executemany`` runs one statement per row, which made a
+    100,000-row manifest take minutes.
+    """
+    if not rows:
+        return
+    columns = list(zip(*rows, strict=True))
+    table = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(columns)})
+    db.register("_ingest_rows", table)
+    try:
+        db.execute(f"{verb} SELECT * FROM _ingest_rows {tail}")
+    finally:
+        db.unregister("_ingest_rows")
 
 
 class Workspace:
     """A naturelens workspace folder. Use :meth:`create` or :meth:`open`."""
 
     def __init__(self, root: Path, taxonomy: Taxonomy, read_only: bool = False):
-        self.root = Path(root)
+        # Absolute: paths stored in the catalog (downloads, models) must not depend on
+        # the folder a command was started from.
+        self.root = Path(root).absolute()
         self.taxonomy = taxonomy
         self.read_only = read_only
         self._db: duckdb.DuckDBPyConnection | None = None
@@ -226,6 +247,9 @@ class Workspace:
         workers: int | None = None,
         progress: Callable[[int], None] | None = None,
         downloader: Downloader | None = None,
+        duplicates: str = "first",
+        memory_budget: int = MEMORY_BUDGET,
+        allow_private_urls: bool = False,
     ) -> IngestReport:
         """Add the photos of ``sources`` (folders, manifests, URL lists, URLs).
 
@@ -236,24 +260,46 @@ class Workspace:
         ----------
         progress
             Called with the number of references handled after each batch.
+        duplicates
+            Which one wins when a manifest id repeats or a photo is given two different
+            labels: ``first``, ``last``, or ``error`` (stop with a message). The rows
+            that lose are reported, never dropped silently.
+        memory_budget
+            Bytes that photos being read and decoded at once may take, however many
+            workers run.
+        allow_private_urls
+            Fetch URLs on private, loopback and link-local addresses too (refused by
+            default: a manifest must not make naturelens reach into your network).
         """
+        if duplicates not in DUPLICATE_RULES:
+            raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
         report = IngestReport()
-        downloader = downloader or Downloader(self.root / "cache" / "downloads")
+        downloader = downloader or Downloader(
+            self.root / "cache" / "downloads", allow_private=allow_private_urls
+        )
         workers = workers or min(8, (os.cpu_count() or 2) * 2)
+        budget, seen = MemoryBudget(memory_budget), SeenFiles()
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
-                yield from iter_source(source, labels_from_folders=labels_from_folders)
+                yield from iter_source(
+                    source, labels_from_folders=labels_from_folders, duplicates=duplicates
+                )
+
+        def read(ref: PhotoRef, fetched) -> Any:
+            return read_ref(ref, fetched, budget=budget, seen=seen)
 
         stream = refs()
         with ThreadPoolExecutor(workers) as pool:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, pool, downloader, report)
+                self._ingest_batch(batch, pool, downloader, report, read, duplicates)
                 if progress:
                     progress(len(batch))
         return report
 
-    def _ingest_batch(self, batch, pool, downloader, report: IngestReport) -> None:
+    def _ingest_batch(
+        self, batch, pool, downloader, report: IngestReport, read, duplicates: str
+    ) -> None:
         report.seen += len(batch)
         keys = [r.ref for r in batch]
         done = {
@@ -268,7 +314,7 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: read_ref(r, fetched), todo))
+        results = list(pool.map(lambda r: read(r, fetched), todo))
         known = {
             row[0]
             for row in self.db.execute(
@@ -325,39 +371,68 @@ class Workspace:
                     stamp,
                 )
             )
+            if res.failure and res.failure.startswith("duplicate id"):
+                report.duplicate_ids += 1
             if ref.label and res.photo_id and not failure:
                 class_id = self.taxonomy.match(ref.label)
                 if class_id:
-                    label_rows.append((res.photo_id, class_id, ref.source))
+                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, ref.label))
                 else:
                     problem = f"unknown class {ref.label!r}"
                     problem_rows.append((ref.ref, res.photo_id, ref.label, problem))
                     report.label_problems.append(f"{ref.ref}: {problem}")
+        label_rows = self._settle_labels(label_rows, duplicates, problem_rows, report)
         report.labelled += len(label_rows)
         db = self.db
         db.execute("BEGIN TRANSACTION")
         try:
-            if photo_rows:
-                db.executemany(
-                    "INSERT INTO photos VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                    photo_rows,
-                )
-            db.executemany(
-                "INSERT OR REPLACE INTO refs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ref_rows
-            )
-            if label_rows:
-                # The first label given for a photo wins; a conflicting later one is reported.
-                db.executemany(
-                    "INSERT INTO labels VALUES (?,?,?) ON CONFLICT DO NOTHING", label_rows
-                )
-            if problem_rows:
-                db.executemany(
-                    "INSERT OR REPLACE INTO label_problems VALUES (?,?,?,?)", problem_rows
-                )
+            _insert(db, "INSERT INTO photos", photo_rows, "ON CONFLICT DO NOTHING")
+            _insert(db, "INSERT OR REPLACE INTO refs", ref_rows)
+            # Conflicts were settled above: these rows are the labels to keep.
+            _insert(db, "INSERT OR REPLACE INTO labels", label_rows)
+            _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
             raise
+
+    def _settle_labels(self, rows, duplicates: str, problem_rows, report: IngestReport):
+        """The label rows to write, one per photo, after applying the ``duplicates`` rule
+        to labels that disagree with each other or with a label already stored.
+
+        Rows that lose are added to ``problem_rows`` and the report; with ``error`` a
+        disagreement raises :class:`WorkspaceError` before anything of the batch is written.
+        """
+        if not rows:
+            return []
+        stored = dict(
+            self.db.execute(
+                "SELECT photo_id, class_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                [sorted({r[0] for r in rows})],
+            ).fetchall()
+        )
+        chosen: dict[str, tuple] = {}
+        for photo_id, class_id, origin, ref, raw in rows:
+            before = chosen[photo_id][1] if photo_id in chosen else stored.get(photo_id)
+            if before is None or before == class_id:
+                if photo_id not in chosen and before == class_id:
+                    continue  # the same label again: nothing new to store
+                chosen[photo_id] = (photo_id, class_id, origin)
+                continue
+            if duplicates == "error":
+                raise WorkspaceError(
+                    f"{ref}: label {raw!r} conflicts with label {before!r} already given to "
+                    "the same photo",
+                    "fix the labels, or pass --duplicates first or --duplicates last",
+                )
+            if duplicates == "first":
+                problem = f"conflicting label: {class_id!r} ignored, the photo keeps {before!r}"
+            else:
+                problem = f"conflicting label: {class_id!r} replaces {before!r}"
+                chosen[photo_id] = (photo_id, class_id, origin)
+            problem_rows.append((ref, photo_id, raw, problem))
+            report.label_problems.append(f"{ref}: {problem}")
+        return list(chosen.values())
 
     # ------------------------------------------------------------------ photos
     def photo_ids(self, labelled: bool | None = None) -> list[str]:
