@@ -728,3 +728,58 @@ def test_cli_classifies_through_a_remote_server(fake, api_key, labelled_workspac
     assert len(fake.requests) == n and fake.violations == []
     result = CliRunner().invoke(app, [*args[:9], "simple", "--mode", "score"])
     assert result.exit_code == 2 and "needs a local model" in result.output
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+
+def test_a_key_echoed_in_a_good_answer_is_not_kept(fake, api_key, labelled_workspace):
+    fake.answer = lambda body: json.dumps(
+        {"label": "nature", "confidence": 0.9, "reason": f"your key is {KEY}"}
+    )
+    vlm = load_vlm("fake-vlm", base_url=fake.base_url)
+    [reply] = vlm.chat([ChatRequest([photo()], "which class?")])
+    assert KEY not in reply.text and "***" in reply.text
+    ledger = Ledger(labelled_workspace)
+    ledger.record(
+        model="m",
+        backend="b",
+        tokens_in=1,
+        tokens_out=1,
+        seconds=0,
+        cost=0,
+        reply="leaked sk-abcdefghijklmnopqrstuvwxyz0123",
+        error="Bearer abcdefghijklmnopqrstu",
+    )
+    stored = labelled_workspace.db.execute("SELECT reply, error FROM calls").fetchall()
+    assert stored == [("leaked ***", "Bearer ***")]
+
+
+def test_a_runaway_answer_is_capped_before_it_is_kept(fake, api_key):
+    from naturelens.vlm.answers import MAX_REPLY_CHARS
+
+    fake.answer = lambda body: '{"label": "nature", "reason": "' + "x" * 2_000_000 + '"}'
+    vlm = load_vlm("fake-vlm", base_url=fake.base_url)
+    [reply] = vlm.chat([ChatRequest([photo()], "which class?")])
+    assert len(reply.text) < MAX_REPLY_CHARS + 100
+
+
+def test_parsing_reads_a_bounded_part_of_any_answer(monkeypatch):
+    """A 2 MB answer of nested, never-closed objects: each JSON attempt may read to the end,
+    so attempts and the text they see are bounded (linear time, not quadratic)."""
+    import naturelens.vlm.answers as answers
+    from naturelens.taxonomy import load_taxonomy
+
+    seen = []
+    real = answers.json.JSONDecoder.raw_decode
+
+    def counting(self, text, idx=0):
+        seen.append(len(text) - idx)
+        return real(self, text, idx)
+
+    monkeypatch.setattr(answers.json.JSONDecoder, "raw_decode", counting)
+    hostile = '{"a": ' * 400_000  # deep nesting: also a RecursionError for json
+    answer = answers.parse_answer(hostile + "Nature", load_taxonomy("flips"))
+    assert answer.class_id is None
+    assert len(seen) <= answers._MAX_JSON_TRIES
+    assert max(seen) <= answers.MAX_REPLY_CHARS + 100

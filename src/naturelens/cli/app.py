@@ -6,6 +6,7 @@ on stderr and an exit code here, in one place, whichever command raised them.
 
 from __future__ import annotations
 
+import duckdb
 import typer
 import typer.core
 from rich.console import Console
@@ -39,6 +40,13 @@ class ReportingGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except NaturelensError as exc:
             fail(exc.one_line(), code=exc.exit_code)
+        except duckdb.Error as exc:
+            # Found mid-command (opening checks what it can): the catalog file is damaged.
+            fail(
+                f"the workspace catalog cannot be read ({' '.join(str(exc).split())[:200]})",
+                hint="restore the newest catalog.backup-*.duckdb of the workspace folder "
+                "as catalog.duckdb",
+            )
 
 
 app = typer.Typer(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -146,6 +147,24 @@ class Workspace:
             raise WorkspaceError(f"{root}: a workspace already exists here")
         tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
         root.mkdir(parents=True, exist_ok=True)
+        # Claimed atomically: of two `init`s at once, exactly one makes the workspace.
+        try:
+            claim = os.open(root / ".creating", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise WorkspaceError(
+                f"{root}: another `naturelens init` is making a workspace here",
+                f"if none is running, delete {root / '.creating'}",
+            ) from None
+        os.close(claim)
+        try:
+            if (root / "workspace.yaml").exists():
+                raise WorkspaceError(f"{root}: a workspace already exists here")
+            return cls._make(root, tax)
+        finally:
+            (root / ".creating").unlink(missing_ok=True)
+
+    @classmethod
+    def _make(cls, root: Path, tax: Taxonomy) -> Workspace:
         (root / "taxonomy.yaml").write_text(taxonomy_to_yaml(tax), encoding="utf-8")
         meta = {
             "naturelens": __version__,
@@ -185,11 +204,34 @@ class Workspace:
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise WorkspaceError(
-                f"{self.root}: the catalog is in use by another naturelens process ({exc})"
-            ) from exc
+            db = duckdb.connect(str(path), read_only=read_only)
+            if path.exists():
+                # Reads the catalog's tables: a damaged file fails here, not mid-command.
+                schema.catalog_version(db)
+            return db
+        except duckdb.Error as exc:
+            raise self._catalog_error(path, exc) from None
+
+    def _catalog_error(self, path: Path, exc: duckdb.Error) -> WorkspaceError:
+        """A one-line explanation of why the catalog cannot be opened, and what to do."""
+        text = str(exc)
+        if "lock" in text.lower():
+            pid = re.search(r"PID (\d+)", text)
+            who = f" (process {pid.group(1)})" if pid else ""
+            return WorkspaceError(
+                f"{self.root}: the catalog is in use by another naturelens command{who}",
+                "wait for it to finish, then run this again",
+            )
+        backups = sorted(path.parent.glob("catalog.backup-*.duckdb"))
+        if backups:
+            hint = (
+                f"restore the newest automatic copy: cp {backups[-1]} {path} "
+                "(work done since that copy is lost; photos and embeddings on disk are kept)"
+            )
+        else:
+            hint = "no automatic copy exists yet; make a new workspace and ingest again"
+        first = " ".join(text.split())[:200]
+        return WorkspaceError(f"{self.root}: the catalog file is damaged ({first})", hint)
 
     def _upgrade(self, path: Path, version: int) -> None:
         """Make the tables of a new catalog, or migrate an older one after backing it up."""
@@ -215,6 +257,16 @@ class Workspace:
             ) from exc
         finally:
             db.close()
+
+    def backup_catalog(self) -> Path | None:
+        """Copy the catalog beside itself before a bulk write (the newest copies are kept).
+
+        Returns the copy, or None for a catalog with no photos yet.
+        """
+        if not self.db.execute("SELECT count(*) FROM refs").fetchone()[0]:
+            return None
+        self.db.execute("CHECKPOINT")  # everything in the file, so the copy is whole
+        return schema.backup(self.root / "catalog.duckdb")
 
     def close(self) -> None:
         if self._db is not None:
@@ -273,6 +325,7 @@ class Workspace:
         """
         if duplicates not in DUPLICATE_RULES:
             raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
+        self.backup_catalog()
         report = IngestReport()
         downloader = downloader or Downloader(
             self.root / "cache" / "downloads", allow_private=allow_private_urls

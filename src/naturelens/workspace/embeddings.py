@@ -28,9 +28,21 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from naturelens._version import __version__
+from naturelens.errors import NaturelensError
 from naturelens.workspace.stamps import now
 
 EMBEDDINGS = "embeddings"
+
+
+# Every part is written with page checksums and read with them verified, so a damaged
+# part is an error that names it, never silently wrong vectors.
+_SCAN = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
+)
+
+
+class EmbeddingStoreError(NaturelensError):
+    """A stored embedding part is damaged."""
 
 
 # --------------------------------------------------------------------------- cache keys
@@ -76,7 +88,13 @@ class EmbeddingSet:
 
     def _dataset(self) -> pads.Dataset | None:
         parts = self.parts()
-        return pads.dataset([str(p) for p in parts], format="parquet") if parts else None
+        return (
+            _Checked(pads.dataset([str(p) for p in parts], format=_SCAN), parts) if parts else None
+        )
+
+    def verify(self) -> list[Path]:
+        """The parts whose pages fail their checksums or hold non-finite vectors."""
+        return [part for part in self.parts() if not _part_ok(part)]
 
     def recorded_ids(self) -> set[str]:
         """Photos with a stored vector or a stored failure."""
@@ -210,6 +228,58 @@ class EmbeddingSet:
         return PartWriter(self.folder, self.dim, part_size)
 
 
+def _part_ok(part: Path) -> bool:
+    try:
+        table = pq.read_table(part, page_checksum_verification=True)
+    except (OSError, pa.ArrowException):
+        return False
+    vectors = table.column("vector").combine_chunks()
+    values = vectors.flatten().to_numpy(zero_copy_only=False)
+    return bool(np.isfinite(values).all())
+
+
+class _Checked:
+    """A dataset whose reads turn a damaged part into :class:`EmbeddingStoreError`."""
+
+    def __init__(self, dataset: pads.Dataset, parts: list[Path]):
+        self.dataset, self.parts = dataset, parts
+
+    def _damaged(self, exc: Exception) -> EmbeddingStoreError:
+        bad = [p for p in self.parts if not _part_ok(p)] or self.parts
+        names = ", ".join(str(p) for p in bad[:3])
+        return EmbeddingStoreError(
+            f"stored embeddings are damaged: {names} ({type(exc).__name__}: {exc})"[:600],
+            "delete the damaged part(s) and run `naturelens embed` again; "
+            "only their photos are embedded again",
+        )
+
+    def to_table(self, **kwargs) -> pa.Table:
+        try:
+            table = self.dataset.to_table(**kwargs)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._damaged(exc) from None
+        if "vector" in table.column_names:
+            _check_finite(self, table.column("vector"))
+        return table
+
+    def to_batches(self, **kwargs) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in self.dataset.to_batches(**kwargs):
+                if "vector" in batch.schema.names:
+                    _check_finite(self, batch.column("vector"))
+                yield batch
+        except (OSError, pa.ArrowException) as exc:
+            raise self._damaged(exc) from None
+
+
+def _check_finite(data: _Checked, column) -> None:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if values.size and not np.isfinite(values).all():
+        raise data._damaged(ValueError("a stored vector is not finite"))
+
+
 def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A column of equal-length float lists (no nulls) as a float32 matrix."""
     if isinstance(column, pa.ChunkedArray):
@@ -245,6 +315,10 @@ class PartWriter:
         if not self.ids:
             return
         vectors = np.concatenate(self.vectors).astype(np.float32, copy=False)
+        for i in np.flatnonzero(~np.isfinite(vectors).all(axis=1)):
+            # A vector with NaN or inf is a failure of that photo, never a stored vector.
+            if self.failure[i] is None:
+                self.failure[i], self.detail[i] = "non-finite embedding", "NaN or inf values"
         failed = np.array([f is not None for f in self.failure])
         vectors[failed] = 0.0
         column = pa.FixedSizeListArray.from_arrays(
@@ -260,7 +334,7 @@ class PartWriter:
         )
         name = f"part-{now():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
         os.replace(tmp, self.folder / name)
         self.written += len(self.ids)
         self.ids, self.vectors, self.failure, self.detail = [], [], [], []
