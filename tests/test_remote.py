@@ -783,3 +783,48 @@ def test_parsing_reads_a_bounded_part_of_any_answer(monkeypatch):
     assert answer.class_id is None
     assert len(seen) <= answers._MAX_JSON_TRIES
     assert max(seen) <= answers.MAX_REPLY_CHARS + 100
+
+
+# --------------------------------------------------------------------------- paid work once
+
+
+def test_a_finished_identical_run_is_reused_not_paid_again(fake, api_key, labelled_workspace):
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:4]
+    first = run_method(ws, _prompt(fake), ids)
+    asked = len(fake.requests)
+    assert run_method(ws, _prompt(fake), ids) == first
+    assert len(fake.requests) == asked
+    fresh = run_method(ws, _prompt(fake), ids, resume=False)
+    assert fresh != first and len(fake.requests) == 2 * asked
+
+
+def test_retry_failed_sends_only_the_failed_photos(fake, api_key, labelled_workspace, no_waiting):
+    from naturelens.classify import retry_failed
+
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:4]
+    fake.faults = [("status", 500, {})] * 3  # the outage: the first photo fails for good
+    run_id = run_method(ws, _prompt(fake, concurrency=1, batch_size=1, max_retries=2), ids)
+    assert sum(ws.prediction_failures(run_id).values()) == 1
+    asked = dict(fake.per_image)
+    # The same command again reuses the finished run: nothing is sent.
+    assert run_method(ws, _prompt(fake, concurrency=1, batch_size=1, max_retries=2), ids) == run_id
+    assert fake.per_image == asked
+    assert retry_failed(ws, run_id) == run_id
+    assert ws.prediction_failures(run_id) == {}
+    assert len(ws.predictions(run_id)) == 4
+    again = {k: fake.per_image[k] - asked.get(k, 0) for k in fake.per_image}
+    assert sorted(v for v in again.values() if v) == [1]  # one photo, sent once more
+
+
+def test_a_run_where_every_photo_failed_is_an_error(fake, api_key, labelled_workspace, no_waiting):
+    from naturelens.methods.base import MethodError
+
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:2]
+    fake.faults = [("status", 500, {})] * 100
+    with pytest.raises(MethodError, match="every photo failed") as info:
+        run_method(ws, _prompt(fake, concurrency=1, max_retries=1), ids)
+    assert "--retry-failed" in info.value.hint
+    assert [r["status"] for r in ws.runs("prompt")] == ["failed"]

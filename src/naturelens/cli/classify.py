@@ -26,7 +26,7 @@ def method_params(pairs: list[str]) -> dict:
 @app.command()
 def classify(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    method: str = typer.Option(..., "--method", "-m", help=f"One of: {', '.join(METHODS)}."),
+    method: str = typer.Option(None, "--method", "-m", help=f"One of: {', '.join(METHODS)}."),
     model: str = typer.Option(None, help="Model card name, hub id or local folder."),
     prompt: str = typer.Option(None, help="Prompt style for VLMs: simple, extended or icl."),
     mode: str = typer.Option(
@@ -54,7 +54,13 @@ def classify(
     ),
     param: list[str] = typer.Option([], "--param", "-p", help="Extra method parameter KEY=VALUE."),
     fresh: bool = typer.Option(
-        False, help="Start a new run even if an identical one was interrupted."
+        False, help="Start a new run even if an identical one was interrupted or finished."
+    ),
+    retry_failed: str = typer.Option(
+        None,
+        "--retry-failed",
+        metavar="RUN",
+        help="Send again only the photos that failed in run RUN (after an outage).",
     ),
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
@@ -73,7 +79,17 @@ def classify(
         naturelens classify parks --method zeroshot --model clip-vit-b16
     """
     from naturelens.classify import classify_collection
+    from naturelens.classify import retry_failed as retry
 
+    if retry_failed:
+        with open_workspace(workspace) as ws:
+            before = sum(ws.prediction_failures(retry_failed).values())
+            run_id = retry(ws, retry_failed, progress=photo_progress)
+            after = sum(ws.prediction_failures(run_id).values())
+            console.print(f"{run_id}: {before} failed photos sent again, {after} still failed")
+        return
+    if not method:
+        fail("--method is required (or --retry-failed RUN)")
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     with open_workspace(workspace) as ws:

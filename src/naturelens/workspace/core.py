@@ -565,9 +565,7 @@ class Workspace:
         processed twice.
         """
         params_json = json.dumps(params, sort_keys=True, default=str)
-        key = hashlib.sha256(
-            f"{method}|{params_json}|{self.taxonomy.label}|{self.taxonomy.digest}".encode()
-        ).hexdigest()[:12]
+        key = self._config_key(method, params_json)
         if resume:
             row = self.db.execute(
                 "SELECT run_id FROM runs WHERE config_key = ? AND status != 'done' "
@@ -589,6 +587,34 @@ class Workspace:
             [run_id, method, key, params_json, self.taxonomy.label, code_version(), stamp],
         )
         return run_id, False
+
+    def _config_key(self, method: str, params_json: str) -> str:
+        return hashlib.sha256(
+            f"{method}|{params_json}|{self.taxonomy.label}|{self.taxonomy.digest}".encode()
+        ).hexdigest()[:12]
+
+    def finished_run(self, method: str, params: dict[str, Any]) -> str | None:
+        """The latest finished run of ``method`` with exactly ``params``, or None."""
+        key = self._config_key(method, json.dumps(params, sort_keys=True, default=str))
+        row = self.db.execute(
+            "SELECT run_id FROM runs WHERE config_key = ? AND status = 'done' "
+            "ORDER BY started_at DESC LIMIT 1",
+            [key],
+        ).fetchone()
+        return row[0] if row else None
+
+    def forget_failed_predictions(self, run_id: str) -> int:
+        """Delete the failed predictions of ``run_id`` and mark it unfinished, so that
+        resuming it sends only those photos again. Returns how many were deleted."""
+        self.run(run_id)  # raises for an unknown run
+        n = self.db.execute(
+            "SELECT count(*) FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id]
+        ).fetchone()[0]
+        self.db.execute(
+            "DELETE FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id]
+        )
+        self.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
+        return int(n)
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
         self.db.execute(
