@@ -96,7 +96,10 @@ sys.stdin.read()
 """
 
 
-def test_a_busy_catalog_is_one_line_naming_the_other_process(tmp_path):
+def test_a_busy_catalog_is_one_line_naming_the_other_process(tmp_path, monkeypatch):
+    import naturelens.workspace.core as core
+
+    monkeypatch.setattr(core, "LOCK_WAIT_SECONDS", 0.2)
     root = _workspace_with_photo(tmp_path)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     holder = subprocess.Popen(
@@ -142,3 +145,24 @@ def test_two_inits_at_once_make_one_consistent_workspace(tmp_path):
     ws = Workspace.open(root)
     assert ws.taxonomy.label == meta["taxonomy"]
     assert not (root / ".creating").exists()
+
+
+STATUS = """
+import sys
+from naturelens.workspace.core import Workspace
+print(Workspace.open(sys.argv[1], read_only=True).status()["photos"])
+"""
+
+
+def test_status_reads_while_embedding_holds_the_workspace(tmp_path):
+    from naturelens.models.embedding import _paths
+
+    root = _workspace_with_photo(tmp_path)
+    ws = Workspace.open(root)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "NATURELENS_LOCK_WAIT": "0"}
+    for _ in _paths(ws, ws.photo_ids()):  # the embedding engine between two blocks
+        out = subprocess.run(
+            [sys.executable, "-c", STATUS, str(root)], capture_output=True, text=True, env=env
+        )
+        assert out.stdout.strip() == "1", out.stderr
+    assert ws.status()["photos"] == 1  # and the job's workspace opens the catalog again

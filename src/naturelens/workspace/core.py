@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
 
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
+# How long opening a busy catalog waits for the other command to let go of it.
+LOCK_WAIT_SECONDS = float(os.environ.get("NATURELENS_LOCK_WAIT", "10"))
 
 
 class WorkspaceError(NaturelensError, ValueError):
@@ -203,14 +206,30 @@ class Workspace:
         return self._db
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-        try:
-            db = duckdb.connect(str(path), read_only=read_only)
-            if path.exists():
-                # Reads the catalog's tables: a damaged file fails here, not mid-command.
-                schema.catalog_version(db)
-            return db
-        except duckdb.Error as exc:
-            raise self._catalog_error(path, exc) from None
+        # Long jobs release the catalog between their writes, so a command that finds it
+        # busy waits a little before giving up.
+        give_up = time.monotonic() + LOCK_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                db = duckdb.connect(str(path), read_only=read_only)
+                if path.exists():
+                    # Reads the catalog's tables: a damaged file fails here, not mid-command.
+                    schema.catalog_version(db)
+                return db
+            except duckdb.Error as exc:
+                busy = "lock" in str(exc).lower()
+                if not busy or time.monotonic() > give_up:
+                    raise self._catalog_error(path, exc) from None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def release(self) -> None:
+        """Close the catalog until it is next used, so other commands can open it.
+
+        Long jobs call this between batches; the next use reopens the catalog.
+        """
+        self.close()
 
     def _catalog_error(self, path: Path, exc: duckdb.Error) -> WorkspaceError:
         """A one-line explanation of why the catalog cannot be opened, and what to do."""
