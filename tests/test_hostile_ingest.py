@@ -267,3 +267,12 @@ def test_bodies_that_are_not_images_are_not_kept(tmp_path, server):
         dl.fetch(f"{server}/page.jpg")
     assert info.value.reason == "not an image" and "text/html" in info.value.detail
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_readers_take_their_decoded_size_from_the_budget(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1500, 1000), "white").save(path)  # small file, large decode
+    budget = MemoryBudget(limit=10**12)
+    res = read_ref(PhotoRef(ref=str(path), source="folder", path=str(path)), {}, budget=budget)
+    assert res.failure is None and res.info.width == 1500
+    assert budget.peak >= 8 * 1500 * 1000 and budget.used == 0

@@ -163,31 +163,27 @@ def read_ref(
             res.path = str(path)
             res.photo_id, res.size, res.info, res.photo_failure, res.photo_failure_detail = found
             return res
-        cost = info.st_size
+        # One share for the whole read: the bytes and the decoded pixels (the size comes
+        # from the header, so a huge image waits for room before it is read at all).
+        cost = info.st_size + decoded_bytes(os.pread(fh.fileno(), 1 << 20, 0))
         if budget is not None:
             budget.acquire(cost)
         try:
             data = _read_exactly(fh, max_bytes)
+            res.photo_id = hashlib.sha256(data).hexdigest()
+            res.path = str(path)
+            res.size = len(data)
+            try:
+                res.info = inspect_photo(data)
+            except PhotoDecodeError as exc:
+                res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
+            del data
         except OSError as exc:
             res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
             return res
         finally:
             if budget is not None:
                 budget.release(cost)
-    res.photo_id = hashlib.sha256(data).hexdigest()
-    res.path = str(path)
-    res.size = len(data)
-    cost = len(data) + decoded_bytes(data)
-    if budget is not None:
-        budget.acquire(cost)
-    try:
-        res.info = inspect_photo(data)
-    except PhotoDecodeError as exc:
-        res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
-    finally:
-        del data
-        if budget is not None:
-            budget.release(cost)
     if seen is not None:
         seen.put(
             key, (res.photo_id, res.size, res.info, res.photo_failure, res.photo_failure_detail)
