@@ -8,6 +8,10 @@ offline: big enough that the timings mean something on a CPU, and loaded through
 ``load_vlm`` path as a hub checkpoint. A random model never stops early, so generation
 always writes ``--answer-tokens`` tokens: the length of a short JSON answer.
 
+Today's path (the photo first, the whole prompt run for every batch) and ours (the prompt
+first, its KV cache computed once and reused; generation constrained to a valid label) run
+side by side on the same model object, photos and prompt.
+
     python benchmarks/score_vs_generate.py [--photos 16] [--batch-size 4] [--device cpu]
 """
 
@@ -28,7 +32,8 @@ from naturelens.prompts import load_prompt  # noqa: E402
 from naturelens.taxonomy import load_taxonomy  # noqa: E402
 from naturelens.testing.synthetic import synthetic_photo  # noqa: E402
 from naturelens.testing.tiny_models import tiny_model  # noqa: E402
-from naturelens.vlm import ChatRequest, answer_schema, load_vlm  # noqa: E402
+from naturelens.vlm import ChatRequest, answer_schema, load_vlm, parse_answer  # noqa: E402
+from naturelens.vlm.local import LocalVLM  # noqa: E402
 
 
 def build_llava(folder: Path, layers: int, hidden: int) -> Path:
@@ -97,59 +102,96 @@ def build_llava(folder: Path, layers: int, hidden: int) -> Path:
     return out
 
 
+def _timed(fn, repeats: int) -> tuple[float, list]:
+    best, out = float("inf"), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - started)
+        assert all(r.error is None for r in out), [r.error for r in out if r.error]
+    return best, out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--answer-tokens", type=int, default=24)
-    parser.add_argument("--prompt", default="simple")
+    parser.add_argument("--prompt", default="extended")
+    parser.add_argument("--taxonomy", default="ces11")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    taxonomy = load_taxonomy("flips")
+    taxonomy = load_taxonomy(args.taxonomy)
     template = load_prompt(args.prompt)
     photos = [synthetic_photo(i % 6, i, 320) for i in range(args.photos)]
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_llava(Path(tmp), args.layers, args.hidden)
-        vlm = load_vlm(str(folder), batch_size=args.batch_size, device=args.device)
-        params = sum(p.numel() for p in vlm.model.parameters()) / 1e6
-        generate_requests = [
-            ChatRequest(
-                [p],
-                template.render(taxonomy, mode="generate"),
-                json_schema=answer_schema(taxonomy.all_ids),
-                max_tokens=args.answer_tokens,
-            )
-            for p in photos
-        ]
-        score_requests = [ChatRequest([p], template.render(taxonomy, mode="score")) for p in photos]
-        choices = taxonomy.all_ids
-        # Warm up both paths (kernel selection, allocator) before timing.
-        vlm.chat(generate_requests[: args.batch_size])
-        vlm.score(score_requests[: args.batch_size], choices)
-        best = {"generate": float("inf"), "score": float("inf")}
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            replies = vlm.chat(generate_requests)
-            best["generate"] = min(best["generate"], time.perf_counter() - started)
-            assert all(r.error is None for r in replies)
-            started = time.perf_counter()
-            scores = vlm.score(score_requests, choices)
-            best["score"] = min(best["score"], time.perf_counter() - started)
-            assert all(r.error is None for r in scores)
-        tokens_in = sum(r.tokens_in for r in replies) / len(replies)
-        per_photo = {k: v / args.photos for k, v in best.items()}
-        print(
-            f"model: random LLaVA, {params:.0f} M parameters, {vlm.device}, "
-            f"{tokens_in:.0f} prompt tokens per photo, batch {args.batch_size}, "
-            f"{args.photos} photos, best of {args.repeats}"
+        ours = load_vlm(str(folder), batch_size=args.batch_size, device=args.device)
+        # Today's layout and path: the photo first, every request run whole, no constraint.
+        today = LocalVLM(
+            card=ours.card,
+            model=ours.model,
+            processor=ours.processor,
+            batch_size=args.batch_size,
+            device=ours.device,
+            share_prefix=False,
         )
-        print(f"generate ({args.answer_tokens}-token answer): {per_photo['generate']:.3f} s/photo")
-        print(f"score ({len(choices)} classes, KV cache shared): {per_photo['score']:.3f} s/photo")
-        print(f"score mode is {per_photo['generate'] / per_photo['score']:.1f}x faster")
+        params = sum(p.numel() for p in ours.model.parameters()) / 1e6
+        gen_text = template.render(taxonomy, mode="generate")
+        score_text = template.render(taxonomy, mode="score")
+        text_tokens = len(ours.tokenizer(score_text, add_special_tokens=False)["input_ids"])
+        schema = answer_schema(taxonomy.all_ids)
+
+        def generate(vlm, constrained):
+            requests = [
+                ChatRequest(
+                    [p],
+                    gen_text,
+                    json_schema=schema if constrained else None,
+                    max_tokens=args.answer_tokens,
+                )
+                for p in photos
+            ]
+            return lambda: vlm.chat(requests)
+
+        def score(vlm):
+            requests = [ChatRequest([p], score_text) for p in photos]
+            return lambda: vlm.score(requests, taxonomy.all_ids)
+
+        cases = {
+            "generate, today (photo first, whole prompt per batch)": generate(today, False),
+            "generate, cached prefix + label constraint": generate(ours, True),
+            "score, today (photo first, whole prompt per batch)": score(today),
+            "score, cached prefix": score(ours),
+        }
+        # Warm up every path (kernel selection, allocator, the prefix caches) before timing.
+        for fn in cases.values():
+            fn()
+        results = {name: _timed(fn, args.repeats) for name, fn in cases.items()}
+        tokens_in = {
+            name: sum(r.tokens_in for r in out) / len(out) for name, (_, out) in results.items()
+        }
+        constrained = results["generate, cached prefix + label constraint"][1]
+        valid = sum(parse_answer(r.text, taxonomy).class_id is not None for r in constrained)
+        print(
+            f"model: random LLaVA, {params:.0f} M parameters, {ours.device}, "
+            f"{text_tokens} prompt text tokens ({args.prompt} prompt, {args.taxonomy}, "
+            f"{len(taxonomy.all_ids)} classes) + 256 image tokens, batch {args.batch_size}, "
+            f"{args.photos} photos, best of {args.repeats}; prefix computed "
+            f"{ours.prefixes.fills} times"
+        )
+        per_photo = {name: best / args.photos for name, (best, _) in results.items()}
+        for name, value in per_photo.items():
+            print(f"{name}: {value:.3f} s/photo ({tokens_in[name]:.0f} tokens in)")
+        gen_today, gen_ours, score_today, score_ours = per_photo.values()
+        print(f"generate: cached prefix {gen_today / gen_ours:.2f}x faster than today")
+        print(f"score: cached prefix {score_today / score_ours:.2f}x faster than today")
+        print(f"score (cached) vs generate (today): {gen_today / score_ours:.2f}x faster")
+        print(f"constrained answers naming a class: {valid}/{len(constrained)}")
     return 0
 
 

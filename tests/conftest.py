@@ -7,11 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Per-machine decisions (precision=auto) go to a scratch folder, not the user's cache.
+os.environ.setdefault("NATURELENS_CACHE", tempfile.mkdtemp(prefix="naturelens-cache-"))
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402

@@ -222,7 +222,7 @@ def test_cli_clusters_real_embeddings_and_names_clusters_by_majority(ws):
     assert all(p.status == "ok" for p in preds)
     # Real ImageNet features separate the six generated scenes; the majority names them.
     assert sum(p.class_id == gold[p.photo_id] for p in preds) / 48 > 0.9
-    clusters = [int(p.scores["cluster"]) for p in preds]
+    clusters = [p.cluster for p in preds]
     assert all(p.detail.startswith(f"cluster={c} ") for p, c in zip(preds, clusters, strict=True))
     summary = run["summary"]["clustering"]
     assert summary["naming_run"] == naming and summary["algorithm"] == "kmeans"
@@ -243,10 +243,10 @@ def test_a_cluster_without_a_clear_majority_stays_unnamed(ws):
         "homogeneity=0.9",
     )
     _, preds, _ = _latest(ws)
-    assert {p.status for p in preds} == {"unparsed"}
+    assert {p.status for p in preds} == {"unnamed"}
     assert all(p.class_id is None for p in preds)
     assert all("unnamed: top class" in p.detail and "cluster=" in p.detail for p in preds)
-    assert all(p.scores["cluster"] >= 0 for p in preds)
+    assert all(p.cluster >= 0 for p in preds)
 
 
 def test_hdbscan_and_agglomerative_from_the_cli(ws):
@@ -257,11 +257,12 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
         "min_cluster_size=5",
     )
     _, preds, gold = _latest(ws)
-    assert {p.status for p in preds} <= {"unparsed", "rejected"}
-    clusters = [int(p.scores["cluster"]) for p in preds]
-    noise = [p for p in preds if p.status == "rejected"]
+    # flips has no open-set class: noise is noise, not a rejection
+    assert {p.status for p in preds} <= {"unnamed", "noise"}
+    clusters = [p.cluster for p in preds]
+    noise = [p for p in preds if p.status == "noise"]
     assert all(p.detail == "cluster=-1 noise" for p in noise)
-    kept = [(gold[p.photo_id], int(p.scores["cluster"])) for p in preds if p.status != "rejected"]
+    kept = [(gold[p.photo_id], p.cluster) for p in preds if p.status != "noise"]
     assert len(set(clusters) - {-1}) >= 3 and len(kept) >= 24
     assert cluster_scores([g for g, _ in kept], [c for _, c in kept])["purity"] > 0.8
     _classify(
@@ -271,7 +272,7 @@ def test_hdbscan_and_agglomerative_from_the_cli(ws):
         "naming=none",
     )
     _, preds, gold = _latest(ws)
-    clusters = [int(p.scores["cluster"]) for p in preds]
+    clusters = [p.cluster for p in preds]
     assert len(set(clusters)) == 6
     assert cluster_scores([gold[p.photo_id] for p in preds], clusters)["ari"] > 0.8
 
@@ -287,7 +288,7 @@ def test_umap_then_hdbscan_the_classic_label_free_route(ws):
     )
     run, preds, gold = _latest(ws)
     assert run["params"]["method"]["reduce"] == "umap"
-    kept = [(gold[p.photo_id], int(p.scores["cluster"])) for p in preds if p.status != "rejected"]
+    kept = [(gold[p.photo_id], p.cluster) for p in preds if p.status != "noise"]
     assert len(kept) >= 36 and len({c for _, c in kept}) >= 3
     assert cluster_scores([g for g, _ in kept], [c for _, c in kept])["purity"] > 0.8
 
@@ -323,7 +324,7 @@ def test_cli_names_clusters_with_a_vision_language_model(ws, tiny_root):
                 "urban_rural",
             )
         else:
-            assert p.status == "unparsed" and "answered" in p.detail
+            assert p.status == "unnamed" and "answered" in p.detail
     assert all(p.prompt_version == "name_cluster@1.0" for p in preds)
     with Workspace.open(ws) as w:
         calls = w.db.execute(
@@ -349,8 +350,8 @@ def test_an_interrupted_cluster_run_reuses_its_clustering(ws):
     _classify(ws, f"naming_run={naming}")
     again, after, _ = _latest(ws)
     assert again["run_id"] == run["run_id"] and again["summary"]["resumed_photos"] == 32
-    assert [(p.photo_id, p.scores["cluster"], p.class_id) for p in after] == [
-        (p.photo_id, p.scores["cluster"], p.class_id) for p in before
+    assert [(p.photo_id, p.cluster, p.class_id) for p in after] == [
+        (p.photo_id, p.cluster, p.class_id) for p in before
     ]
 
 
@@ -392,7 +393,7 @@ def test_llm_naming_reads_the_medoids_descriptions(ws, tiny_root):
     )
     run, preds, _ = _latest(ws)
     assert len(preds) == 48
-    assert all(p.status in ("ok", "unparsed") for p in preds)
+    assert all(p.status in ("ok", "unnamed") for p in preds)
     with Workspace.open(ws) as w:
         tagged = w.db.execute("SELECT count(*) FROM descriptions WHERE status = 'ok'").fetchone()[0]
         calls = w.db.execute(

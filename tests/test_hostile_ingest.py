@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from naturelens.cli import app
 from naturelens.sources.download import Downloader, DownloadError
 from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.sources.ingest import MemoryBudget, read_ref
-from naturelens.sources.refs import PhotoRef, SourceError
+from naturelens.sources.ingest import read_photo_file
+from naturelens.sources.refs import SourceError
 from naturelens.workspace.core import Workspace, WorkspaceError
 
 runner = CliRunner()
@@ -120,25 +120,8 @@ def test_files_over_the_size_limit_are_not_read(tmp_path):
     big = tmp_path / "big.jpg"
     with open(big, "wb") as fh:
         fh.truncate(2048)  # sparse: costs no disk
-    res = read_ref(PhotoRef(ref=str(big), source="folder", path=str(big)), {}, max_bytes=1024)
-    assert res.failure == "file too large" and res.photo_id is None
-
-
-def test_memory_budget_lets_one_reader_through_and_blocks_the_rest():
-    budget = MemoryBudget(limit=100)
-    budget.acquire(500)  # alone: allowed although over the budget
-    entered = threading.Event()
-
-    def second():
-        budget.acquire(10)
-        entered.set()
-
-    thread = threading.Thread(target=second, daemon=True)
-    thread.start()
-    assert not entered.wait(0.2)
-    budget.release(500)
-    thread.join(5)
-    assert entered.is_set() and budget.peak == 500
+    found = read_photo_file(str(big), max_bytes=1024)
+    assert found.failure == "file too large" and found.photo_id is None
 
 
 def test_workspace_given_by_a_relative_path_stores_absolute_paths(tmp_path, monkeypatch):
@@ -267,12 +250,3 @@ def test_bodies_that_are_not_images_are_not_kept(tmp_path, server):
         dl.fetch(f"{server}/page.jpg")
     assert info.value.reason == "not an image" and "text/html" in info.value.detail
     assert not any((tmp_path / "cache").iterdir())
-
-
-def test_readers_take_their_decoded_size_from_the_budget(tmp_path):
-    path = tmp_path / "big.png"
-    Image.new("RGB", (1500, 1000), "white").save(path)  # small file, large decode
-    budget = MemoryBudget(limit=10**12)
-    res = read_ref(PhotoRef(ref=str(path), source="folder", path=str(path)), {}, budget=budget)
-    assert res.failure is None and res.info.width == 1500
-    assert budget.peak >= 8 * 1500 * 1000 and budget.used == 0

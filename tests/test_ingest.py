@@ -250,3 +250,20 @@ def test_latest_run_is_the_latest_finished_one(labelled_workspace):
     ws.db.execute("UPDATE runs SET status = 'interrupted'")
     with pytest.raises(WorkspaceError, match="no finished run yet"):
         ws.run()
+
+
+def test_symlinked_class_folders_are_followed_and_loops_reported(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    make_photo_set(elsewhere, "flips", per_class=2, size=32)
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    (collection / "Nature").symlink_to(elsewhere / "Nature", target_is_directory=True)
+    (collection / "Sport").symlink_to(elsewhere / "Sport", target_is_directory=True)
+    # a link inside a class folder back to the collection: a loop
+    (elsewhere / "Nature" / "again").symlink_to(collection, target_is_directory=True)
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    ws.ingest([collection])
+    labels = ws.labels()
+    assert sorted(labels.values()) == ["nature", "nature", "sport", "sport"]
+    reasons = {f["reason"] for f in ws.failures()}
+    assert reasons == {"symlink loop"}

@@ -71,7 +71,7 @@ def test_convnext_embed_command_then_probe(labelled_workspace, convnext):
     assert result.exit_code == 0, result.output
     assert "probe 2-shot accuracy" in result.output
     with Workspace.open(root) as ws:
-        (run,) = [r for r in ws.runs("probe") if r["status"] == "done"]
+        (run,) = [r for r in ws.runs("probe") if r["params"].get("purpose") == "collection"]
         preds = ws.predictions(run["run_id"])
         assert len(preds) == len(ids) - 12  # 2 photos x 6 classes trained on
         assert all(p.status == "ok" and p.class_id in ws.taxonomy.class_ids for p in preds)
@@ -87,7 +87,7 @@ def test_convnext_lora_finetune(labelled_workspace, convnext):
     )
     assert result.exit_code == 0, result.output
     with Workspace.open(root) as ws:
-        (run,) = [r for r in ws.runs("finetune") if r["status"] == "done"]
+        (run,) = [r for r in ws.runs("finetune") if r["params"].get("purpose") == "collection"]
         assert all(p.status == "ok" for p in ws.predictions(run["run_id"]))
 
 

@@ -34,7 +34,12 @@ def classify(ws_root, *args):
 
 def kshot_runs(ws_root, method):
     with Workspace.open(ws_root) as ws:
-        runs = [r for r in ws.runs(method) if r["status"] == "done"]
+        # The k-shot draws' evaluation runs (classify also makes one collection run).
+        runs = [
+            r
+            for r in ws.runs(method)
+            if r["status"] == "done" and r["params"].get("purpose") == "evaluation"
+        ]
         return runs, {r["run_id"]: ws.predictions(r["run_id"]) for r in runs}
 
 

@@ -545,7 +545,7 @@ def test_an_interrupted_run_sends_no_request_twice_and_the_ledger_adds_up(
 
     method = _prompt(fake, batch_size=2, concurrency=2)
     with pytest.raises(KeyboardInterrupt):
-        run_method(ws, method, ids, write_every=3, progress=interrupt)
+        run_method(ws, method, ids, write_every=3, write_seconds=0, progress=interrupt)
     assert ws.runs()[-1]["status"] == "interrupted"
     # Three predictions were written; a fourth photo was answered but not yet written.
     assert len(ws.done_photo_ids(ws.runs()[-1]["run_id"])) == 3

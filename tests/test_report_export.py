@@ -63,22 +63,33 @@ def headless(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.
     )  # fmt: skip
 
 
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def workspace_from(manifest: Path, rows: list[dict[str, str]], root: Path) -> Workspace:
+    """Rewrite ``manifest`` with ``rows`` and ingest it into a new FLIPS workspace."""
+    with open(manifest, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    ws = Workspace.create(root, "flips")
+    ws.ingest([manifest])
+    return ws
+
+
 @pytest.fixture
 def geo_workspace(tmp_path):
     """Photos with titles, owners, dates and coordinates; one title and owner are hostile."""
     folder = tmp_path / "photos"
     make_photo_set(folder, "flips", per_class=5, size=64, manifest=True, with_metadata=True)
     manifest = folder / "manifest.csv"
-    rows = list(csv.DictReader(open(manifest, encoding="utf-8")))
+    rows = read_manifest(manifest)
     rows[0]["title"] = EVIL_TITLE
     rows[0]["owner"] = EVIL_OWNER
     rows[-1]["lat"] = rows[-1]["lon"] = ""  # one photo without coordinates
-    with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    ws = Workspace.create(tmp_path / "ws", "flips")
-    ws.ingest([manifest])
+    ws = workspace_from(manifest, rows, tmp_path / "ws")
     yield ws
     ws.close()
 
@@ -149,12 +160,17 @@ def test_report_renders_offline_with_galleries_map_and_escaped_text(
     assert html.count("cultural_religious") >= 1 and "least confident first" in html
     # Disagreements between the two runs are listed for review.
     assert 'id="review-app"' in html and html.count("<tr data-photo=") >= 1
-    # The map: a Leaflet map inside the frame, with the photo-user-days layers.
-    frame = re.search(r'<iframe class="map-frame" id="map-frame"[^>]*srcdoc="([^"]*)"', html)
-    assert frame, "no map frame"
-    assert "leaflet" in frame.group(1) and "L.map(" in frame.group(1).replace("&quot;", '"')
-    assert "photo-user-days (5 km)" in frame.group(1)
-    assert "&lt;script&gt;document.title" not in frame.group(1)  # escaped twice inside srcdoc
+    # The map: drawn offline from the Leaflet inside the package, one SVG circle per
+    # geotagged photo (tiles cannot load here), with the photo-user-days layers.
+    assert "unpkg.com" not in raw and "cdn.jsdelivr" not in raw and "<iframe" not in raw
+    drawn = int(re.search(r'id="nl-map"[^>]*data-points="(\d+)"', html).group(1))
+    located = {r["photo_id"] for r in ws.photo_table() if r["lat"] is not None}
+    shown_on_map = [p for p in ws.predictions(good) if p.status == "ok" and p.photo_id in located]
+    assert drawn == len(shown_on_map) > 20  # every classified photo with coordinates
+    assert len(re.findall(r'<path class="nl-point leaflet-interactive"', html)) == drawn
+    assert "photo-user-days (5 km)" in html  # layer names in the control
+    map_block = html[html.index('id="nl-map"') :]
+    assert "<script>document.title" not in map_block and "<img src=x" not in map_block
     assert "Photo-user-days per class" in html and "Confusion matrix" in html
 
     shot = tmp_path / "report.png"
@@ -287,3 +303,158 @@ def test_export_cli(geo_workspace, tmp_path):
     assert other in (tmp_path / "e.csv").read_text()
     out = runner.invoke(app, ["export", str(root), "--run", "nope", "-o", str(tmp_path / "e.csv")])
     assert out.exit_code != 0 and "no run 'nope'" in out.output
+
+
+def test_map_points_show_offline_on_a_plain_background(tmp_path, chromium):
+    """No tile server reachable: the points still draw, in their class colours, with a
+    graticule, from the Leaflet inside the package."""
+    from naturelens.report.map import build_map
+
+    meta = {"nature": {"name": "Nature", "colour": "#d62728"}}
+    points = [
+        {"k": "nature", "lat": 40.4 + 0.01 * i, "lon": -3.7 + 0.013 * (i % 5), "title": EVIL_TITLE,
+         "confidence": 0.9, "owner": EVIL_OWNER, "taken_at": None}
+        for i in range(25)
+    ]  # fmt: skip
+    fragment = build_map(meta, points, [], 1.0)
+    page = tmp_path / "map.html"
+    page.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'></head><body>{fragment}</body></html>",
+        encoding="utf-8",
+    )
+    dom = headless(chromium, tmp_path, page.as_uri(), "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert len(re.findall(r'<path class="nl-point leaflet-interactive"', dom.stdout)) == 25
+    assert not re.search(r"<body[^>]*data-pwned", dom.stdout)  # no hostile script ran
+    shot = tmp_path / "map.png"
+    result = headless(chromium, tmp_path, page.as_uri(), f"--screenshot={shot}",
+                      "--window-size=900,700")  # fmt: skip
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int32)
+    red = (np.abs(rgb - [214, 39, 40]).sum(axis=2) < 60).sum()
+    grey_lines = (np.abs(rgb - [138, 148, 166]).sum(axis=2) < 40).sum()
+    assert red > 25 * 10  # 25 filled circles of radius 4 in the class colour
+    assert grey_lines > 100  # the graticule on the plain background
+
+
+# ---------------------------------------------------------------------------- joinable exports
+def test_exports_carry_user_ids_paths_and_one_score_column_per_class(tmp_path):
+    """One row per photo, keyed by the user's own ids; scores as plain columns; a photo the
+    manifest lists twice stays one row with both ids; formulas are neutralised in CSV."""
+    folder = tmp_path / "photos"
+    make_photo_set(folder, "flips", per_class=2, size=48, manifest=True, with_metadata=True)
+    manifest = folder / "manifest.csv"
+    rows = read_manifest(manifest)
+    for i, row in enumerate(rows):
+        row["id"] = f"flickr-{1000 + i}"
+    rows[0]["title"] = '=HYPERLINK("http://evil","click")'
+    rows[1]["owner"] = "@SUM(1+1)"
+    rows[2]["tags"] = "-2+3"
+    twin = dict(rows[3], id="flickr-twin")  # the same file again under another id
+    rows.append(twin)
+    ws = workspace_from(manifest, rows, tmp_path / "ws")
+    classes = ws.taxonomy.all_ids
+    preds = []
+    for i, pid in enumerate(ws.photo_ids()):
+        scores = {c: (0.5 if j == i % len(classes) else 0.1) for j, c in enumerate(classes)}
+        top = max(scores, key=scores.get)
+        # A conformal set on every other photo, as a calibrated run stores it.
+        kept = [top, classes[(i + 1) % len(classes)]] if i % 2 else None
+        preds.append(Prediction(pid, top, scores[top], scores, prediction_set=kept))
+    run_id, _ = ws.start_run("probe", {})
+    ws.write_predictions(run_id, preds)
+    ws.finish_run(run_id)
+    by_id = {p.photo_id: p for p in preds}
+
+    export_run(ws, run_id, tmp_path / "p.csv")
+    out = list(csv.DictReader(open(tmp_path / "p.csv", encoding="utf-8")))
+    assert len(out) == len(ws.photo_ids()) == len(rows) - 1  # the twin is the same photo
+    assert {f"score_{c}" for c in classes} <= set(out[0]) and "scores" not in out[0]
+    for row in out:
+        p = by_id[row["photo_id"]]
+        for c in classes:
+            assert float(row[f"score_{c}"]) == pytest.approx(p.scores[c])
+        assert Path(row["source_path"]).name == Path(row["path"]).name
+        assert row["prediction_set"] == ";".join(p.prediction_set or [])
+    ids = {row["id"] for row in out}
+    assert {f"flickr-{1000 + i}" for i in range(len(rows) - 1)} == ids
+    twin_row = next(r for r in out if r["id"] == rows[3]["id"])
+    assert twin_row["ids"] == f"{rows[3]['id']};flickr-twin"
+    titles = {r["id"]: r for r in out}
+    assert titles["flickr-1000"]["title"] == '\'=HYPERLINK("http://evil","click")'
+    assert titles["flickr-1001"]["owner"] == "'@SUM(1+1)"
+    assert titles["flickr-1002"]["tags"] == "'-2+3"
+
+    # Parquet keeps the text as it is (no spreadsheet runs it) and the scores as numbers.
+    export_run(ws, run_id, tmp_path / "p.parquet")
+    table = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert len(table) == len(out)
+    first = next(r for r in table if r["id"] == "flickr-1000")
+    assert first["title"].startswith("=HYPERLINK")
+    assert isinstance(first[f"score_{classes[0]}"], float)
+
+    export_run(ws, run_id, tmp_path / "p.geojson")
+    geo = json.loads((tmp_path / "p.geojson").read_text(encoding="utf-8"))
+    props = geo["features"][0]["properties"]
+    assert props["id"].startswith("flickr-") and f"score_{classes[0]}" in props
+
+
+def test_photo_user_days_export_by_month_and_season(labelled_workspace, tmp_path):
+    ws = labelled_workspace
+    ids = ws.photo_ids()
+    spots = [  # (photo, lat, lon, owner, taken)
+        (ids[0], 40.4000, -3.7000, "ana", "2024-01-05 10:00:00"),
+        (ids[1], 40.4001, -3.7001, "ana", "2024-01-05 18:00:00"),  # same user-day
+        (ids[2], 40.4002, -3.7002, "ana", "2024-07-02 09:00:00"),  # summer
+        (ids[3], 40.4003, -3.7003, "bea", None),  # undated
+        (ids[4], -33.9000, 151.2000, "cal", "2024-01-10 12:00:00"),  # Sydney: summer in January
+    ]
+    for pid, lat, lon, owner, taken in spots:
+        ws.db.execute(
+            "UPDATE refs SET lat = ?, lon = ?, owner = ?, taken_at = ? WHERE photo_id = ?",
+            [lat, lon, owner, taken, pid],
+        )
+    run_id, _ = ws.start_run("probe", {})
+    ws.write_predictions(
+        run_id, [Prediction(pid, "nature", 0.9, {"nature": 0.9}) for pid, *_ in spots]
+    )
+    ws.finish_run(run_id)
+    from naturelens.report.export import export_photo_user_days
+
+    assert export_photo_user_days(ws, run_id, tmp_path / "pud.geojson") == 2
+    cells = json.loads((tmp_path / "pud.geojson").read_text())["features"]
+    madrid = next(f for f in cells if f["geometry"]["coordinates"][0][0][1] > 0)
+    expected = {"class_id": "nature", "class_name": "Nature", "pud": 3, "photos": 4}
+    assert {k: madrid["properties"][k] for k in expected} == expected
+    ring = madrid["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5  # a closed polygon, lon/lat order
+    assert ring[0][0] <= -3.7 < ring[1][0]
+
+    export_photo_user_days(ws, run_id, tmp_path / "season.geojson", by="season")
+    seasons = json.loads((tmp_path / "season.geojson").read_text())["features"]
+    got = sorted((f["properties"]["season"], f["properties"]["pud"]) for f in seasons)
+    assert got == [("summer", 1), ("summer", 1), ("undated", 1), ("winter", 1)]
+    export_photo_user_days(ws, run_id, tmp_path / "month.geojson", by="month", cell_km=50)
+    months = json.loads((tmp_path / "month.geojson").read_text())["features"]
+    got = sorted((f["properties"]["month"], f["properties"]["photos"]) for f in months)
+    assert got == [("01", 1), ("01", 2), ("07", 1), ("undated", 1)]
+
+    root = ws.root
+    ws.close()
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(root),
+            "--pud",
+            "--by",
+            "season",
+            "-o",
+            str(tmp_path / "c.geojson"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["grid_cells"] == 4
+    result = CliRunner().invoke(app, ["export", str(root), "--pud", "-o", str(tmp_path / "c.csv")])
+    assert result.exit_code == 2 and "GeoJSON" in result.output

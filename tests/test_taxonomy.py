@@ -74,3 +74,59 @@ def test_validation_errors_name_file_and_field(text, message):
 def test_missing_file_says_what_exists(tmp_path):
     with pytest.raises(TaxonomyError, match="built-in: ces11, flips"):
         load_taxonomy(tmp_path / "nope.yaml")
+
+
+BROKEN = """name: mine
+version: 1
+colour: red
+classes:
+  - id: beach
+    name: Beach
+    definition: sand and sea
+  - id: beach
+    name: Seaside
+    definiton: a typo of definition
+  - id: hiking
+    name: Hiking
+    definition: ""
+"""
+
+
+def test_every_problem_is_reported_at_once_with_its_line():
+    with pytest.raises(TaxonomyError) as info:
+        parse_taxonomy(BROKEN, source="mine.yaml")
+    problems = info.value.problems
+    assert problems == [
+        "mine.yaml:3: taxonomy.colour: unknown field 'colour' "
+        "(known: name, version, description, classes, open_set)",
+        "mine.yaml:8: classes[1].definition: required, a non-empty string",
+        "mine.yaml:8: classes[1].id: duplicate class id 'beach' (also classes[0])",
+        "mine.yaml:10: classes[1].definiton: unknown key 'definiton' "
+        "(known: id, name, definition, prompts, synonyms)",
+        "mine.yaml:13: classes[2].definition: required, a non-empty string",
+    ]
+    assert str(info.value).startswith("mine.yaml: 5 problems: ")
+
+
+def test_a_key_given_twice_and_a_yaml_error_name_their_line():
+    twice = "name: x\nversion: 1\nclasses:\n - {id: a, name: A, definition: d}\n - id: b\n   name: B\n   definition: one\n   definition: two\n"
+    with pytest.raises(TaxonomyError, match=r"mine.yaml:8: classes\[1\].definition: given twice"):
+        parse_taxonomy(twice, source="mine.yaml")
+    with pytest.raises(TaxonomyError) as info:
+        parse_taxonomy("name: x\nversion: 1\nclasses: [\n  {id: a\n", source="mine.yaml")
+    assert str(info.value).startswith("mine.yaml:5: not valid YAML")
+    assert "<unicode string>" not in str(info.value)
+
+
+def test_taxonomy_show_lists_every_problem_one_per_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from naturelens.cli import app
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(BROKEN, encoding="utf-8")
+    result = CliRunner().invoke(app, ["taxonomy", "show", str(path)])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 5 and all(str(path) + ":" in line for line in errors)
+    assert "Traceback" not in result.output

@@ -74,7 +74,10 @@ def test_probabilities_match_the_models_own_logits(kind, tiny_root, labelled_wor
     got = method.probabilities(method.image_embeddings(images))
     # The image tower runs under bf16 autocast here, the reference in fp32.
     np.testing.assert_allclose(got, expected.numpy(), atol=0.02)
-    assert np.array_equal(got.argmax(1), expected.numpy().argmax(1))
+    # Tiny random models give near-ties: compare the top class only where it is clear.
+    ref = np.sort(expected.numpy(), axis=1)
+    clear = ref[:, -1] - ref[:, -2] > 0.05
+    assert np.array_equal(got.argmax(1)[clear], expected.numpy().argmax(1)[clear])
 
 
 def test_class_embeddings_are_averaged_normalised_text_features(clip, labelled_workspace):
@@ -89,7 +92,9 @@ def test_class_embeddings_are_averaged_normalised_text_features(clip, labelled_w
     mean = torch.nn.functional.normalize(feats, dim=-1).mean(0)
     expected = torch.nn.functional.normalize(mean, dim=0).numpy()
     row = method.classifier_[ws.taxonomy.all_ids.index("sport")]
-    np.testing.assert_allclose(row, expected, atol=1e-5)
+    # The text tower runs in the image tower's precision (bf16 on CPUs that have it).
+    np.testing.assert_allclose(row, expected, atol=2e-2)
+    assert float(row @ expected) > 0.999
     assert np.allclose(np.linalg.norm(method.classifier_, axis=1), 1.0, atol=1e-5)
 
 

@@ -64,6 +64,7 @@ def classify_collection(
     estimate: bool = True,
     fresh: bool = False,
     progress: Callable | None = None,
+    on_split: Callable | None = None,
 ) -> Classification:
     """Classify every photo of ``ws`` with a method and estimate its accuracy.
 
@@ -89,6 +90,9 @@ def classify_collection(
         Start new runs even when identical interrupted ones exist.
     progress
         ``progress(description, total)`` -> context manager yielding ``advance(n)``.
+    on_split
+        Called with each evaluation split's result (a
+        :class:`naturelens.evaluation.compare.RunResult`) as soon as it is scored.
     """
     params = dict(params or {})
     if coverage is not None:
@@ -101,7 +105,7 @@ def classify_collection(
     notes: list[str] = []
     if learns and not gold:
         raise MethodError(
-            f"method {method_name!r} learns from labelled photos and this workspace has none",
+            f"method {method_name!r} needs labelled photos and this workspace has none",
             "label some (folder names, a manifest 'label' column, or `naturelens serve`), "
             "or choose a zero-shot method",
         )
@@ -120,7 +124,7 @@ def classify_collection(
     evaluation_runs: list[str] = []
     if learns and want_estimate:
         found, held_out, evaluation_runs = _estimate_by_protocol(
-            ws, method_name, params, gold, shots, seeds, fresh, progress, notes
+            ws, method_name, params, gold, shots, seeds, fresh, progress, notes, on_split
         )
 
     # 2. The collection run.
@@ -145,7 +149,12 @@ def classify_collection(
             found["evaluation_runs"] = []
 
     # 3. Calibration and prediction sets from the held-out predictions.
-    if found is not None and (calibrate or coverage is not None):
+    if found is not None and not method.calibrated and coverage is not None:
+        raise CalibrationError(
+            f"{method_name} gives no class probabilities, so it has no prediction sets",
+            "leave out --coverage for this method",
+        )
+    if found is not None and method.calibrated and (calibrate or coverage is not None):
         extra_estimate = _calibrate(
             ws, run_id, predictions, held_out, gold, calibrate, coverage, notes
         )
@@ -164,7 +173,9 @@ def _classes_without_labels(ws: Workspace, gold: dict[str, str]) -> list[str]:
     return [c for c in ws.taxonomy.class_ids if c not in labelled]
 
 
-def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, progress, notes):
+def _estimate_by_protocol(
+    ws, method_name, params, gold, shots, seeds, fresh, progress, notes, on_split=None
+):
     from naturelens.evaluation.compare import MethodSpec, compare
 
     def stop(spec, seed, exc: Exception) -> None:
@@ -180,6 +191,7 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
             progress=progress,
             on_error=stop,
             fresh=fresh,
+            on_result=(lambda spec, result: on_split(result)) if on_split else None,
         )
         protocol = f"{shots}-shot, {seeds or DEFAULT_SEEDS} seed(s)"
     else:
@@ -189,7 +201,15 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
                 "no accuracy estimate: it needs at least 4 labelled photos of 2 classes or more"
             )
             return None, [], []
-        comparison = compare(ws, [spec], folds=folds, progress=progress, on_error=stop, fresh=fresh)
+        comparison = compare(
+            ws,
+            [spec],
+            folds=folds,
+            progress=progress,
+            on_error=stop,
+            fresh=fresh,
+            on_result=(lambda spec, result: on_split(result)) if on_split else None,
+        )
         protocol = f"{folds}-fold cross-validation"
     (row,) = comparison.rows
     runs = [r.run_id for r in row.runs]
@@ -208,18 +228,14 @@ def _estimate_by_protocol(ws, method_name, params, gold, shots, seeds, fresh, pr
 
 def _score(ws: Workspace, preds: list[Prediction], gold: dict[str, str], protocol: str):
     result = evaluate_predictions(preds, gold, ws.taxonomy, n_resamples=0)
-    truth = [gold[p.photo_id] for p in preds]
-    majority = max(truth.count(c) for c in set(truth)) / len(truth) if truth else 0.0
-    predicted = [p.class_id for p in preds if p.status == "ok"]
-    top_share = max(predicted.count(c) for c in set(predicted)) / len(preds) if predicted else 0.0
     out = {
         "protocol": protocol,
         "test_photos": len(preds),
-        "accuracy": result["accuracy"],
-        "balanced_accuracy": result["balanced_accuracy"],
-        "macro_f1": result["macro_f1"],
-        "majority_baseline": majority,
-        "top_class_share": top_share,
+        **{
+            k: result[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "majority_baseline")
+        },
+        "top_class_share": result["top_class_share"],
+        "collapsed": result["collapsed"],
     }
     if protocol:
         return _summarise([out], protocol)
@@ -239,7 +255,7 @@ def _summarise(per_split: list[dict], protocol: str) -> dict[str, Any]:
     out["test_photos"] = sum(s["test_photos"] for s in per_split)
     # A run that answers (nearly) one class for everything scores the majority baseline
     # on imbalanced photos: flag it rather than let accuracy flatter it.
-    out["collapsed"] = any(s["top_class_share"] >= 0.9 for s in per_split if s["test_photos"])
+    out["collapsed"] = any(s["collapsed"] for s in per_split if s["test_photos"])
     return out
 
 

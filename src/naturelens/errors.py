@@ -43,3 +43,10 @@ class PhotoError(NaturelensError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+class RunStopped(NaturelensError):
+    """A run stopped part way (a server became unreachable...). What it finished is kept and
+    the same command resumes it."""
+
+    exit_code = 3

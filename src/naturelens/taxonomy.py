@@ -22,7 +22,12 @@ _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class TaxonomyError(NaturelensError, ValueError):
-    """A taxonomy file is missing, malformed or inconsistent."""
+    """A taxonomy file is missing, malformed or inconsistent; ``problems`` lists every
+    problem found, each with its file and line."""
+
+    def __init__(self, message: str = "", hint: str = "", problems: list[str] | None = None):
+        super().__init__(message, hint)
+        self.problems = list(problems or [message])
 
 
 @dataclass(frozen=True)
@@ -113,68 +118,157 @@ def load_taxonomy(name_or_path: str | Path) -> Taxonomy:
     return parse_taxonomy(*found)
 
 
-def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
-    """Parse and validate taxonomy YAML text."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise TaxonomyError(f"{source}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise TaxonomyError(f"{source}: expected a mapping with 'name', 'version', 'classes'")
+_TOP_KEYS = ("name", "version", "description", "classes", "open_set")
+_CLASS_KEYS = ("id", "name", "definition", "prompts", "synonyms")
 
-    def need_str(obj: dict, key: str, where: str) -> str:
+Path_ = tuple  # a place in the file: ("classes", 1, "id")
+
+
+def _where(path: Path_) -> str:
+    """``("classes", 1, "id")`` -> ``classes[1].id``; top-level keys read ``taxonomy.KEY``."""
+    if not path:
+        return "taxonomy"
+    out = "" if path[0] in ("classes", "open_set") and len(path) > 1 else "taxonomy"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _index_lines(node, path: Path_, lines: dict, duplicates: list) -> None:
+    """Record the 1-based line of every mapping key and list item below ``node``, and
+    every key given twice in one mapping (YAML would keep only the last silently)."""
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
+            line = key.start_mark.line + 1
+            if name in seen:
+                duplicates.append((path + (name,), line, seen[name]))
+            seen[name] = line
+            lines[path + (name,)] = line
+            _index_lines(value, path + (name,), lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _index_lines(item, path + (i,), lines, duplicates)
+
+
+def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
+    """Parse and validate taxonomy YAML text.
+
+    Every problem is found in one pass and reported together, each as
+    ``FILE:LINE: PLACE: what is wrong`` (``mine.yaml:12: classes[3].id: ...``): missing or
+    empty fields, malformed ids, duplicate class ids and names, keys given twice, unknown
+    keys.
+
+    Raises
+    ------
+    TaxonomyError
+        With ``problems``, the list of every problem found.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = f"{mark.line + 1}:" if mark is not None else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise TaxonomyError(f"{source}:{line} not valid YAML: {what}") from None
+    data = yaml.safe_load(text)
+    lines: dict[Path_, int] = {}
+    duplicates: list = []
+    found: list[tuple[int, str]] = []
+    if root is not None:
+        _index_lines(root, (), lines, duplicates)
+
+    def problem(path: Path_, message: str) -> None:
+        at = path
+        while at and at not in lines:
+            at = at[:-1]
+        line = lines.get(at, 1)
+        found.append((line, f"{source}:{line}: {_where(path)}: {message}"))
+
+    for path, _line, first in duplicates:
+        problem(path, f"given twice (also on line {first}); only one is kept")
+    if not isinstance(data, dict):
+        raise TaxonomyError(
+            f"{source}:1: expected a mapping with 'name', 'version', 'classes'",
+            problems=[f"{source}:1: expected a mapping with 'name', 'version', 'classes'"],
+        )
+
+    def need_str(obj: dict, key: str, path: Path_) -> str:
         value = obj.get(key)
         if not isinstance(value, str | int | float) or not str(value).strip():
-            raise TaxonomyError(f"{source}: {where}.{key}: required, a non-empty string")
+            problem(path + (key,), "required, a non-empty string")
+            return ""
         return str(value).strip()
 
-    def str_list(obj: dict, key: str, where: str) -> tuple[str, ...]:
+    def str_list(obj: dict, key: str, path: Path_) -> tuple[str, ...]:
         value = obj.get(key, [])
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise TaxonomyError(f"{source}: {where}.{key}: must be a list of non-empty strings")
+            problem(path + (key,), "must be a list of non-empty strings")
+            return ()
         return tuple(v.strip() for v in value)
 
-    def parse_class(obj: object, where: str) -> PhotoClass:
+    def parse_class(obj: object, path: Path_) -> PhotoClass | None:
         if not isinstance(obj, dict):
-            raise TaxonomyError(f"{source}: {where}: expected a mapping with id, name, definition")
-        cid = need_str(obj, "id", where)
-        if not _ID.match(cid):
-            raise TaxonomyError(
-                f"{source}: {where}.id: {cid!r} must be lower-case letters, digits and "
-                "underscores, starting with a letter"
+            problem(path, "expected a mapping with id, name, definition")
+            return None
+        cid = need_str(obj, "id", path)
+        if cid and not _ID.match(cid):
+            problem(
+                path + ("id",),
+                f"{cid!r} must be lower-case letters, digits and underscores, "
+                "starting with a letter",
             )
+        for key in sorted(set(obj) - set(_CLASS_KEYS), key=str):
+            problem(path + (key,), f"unknown key {key!r} (known: {', '.join(_CLASS_KEYS)})")
         return PhotoClass(
             id=cid,
-            name=need_str(obj, "name", where),
-            definition=need_str(obj, "definition", where),
-            prompts=str_list(obj, "prompts", where),
-            synonyms=str_list(obj, "synonyms", where),
+            name=need_str(obj, "name", path),
+            definition=need_str(obj, "definition", path),
+            prompts=str_list(obj, "prompts", path),
+            synonyms=str_list(obj, "synonyms", path),
         )
 
-    name = need_str(data, "name", "taxonomy")
-    version = need_str(data, "version", "taxonomy")
+    name = need_str(data, "name", ())
+    version = need_str(data, "version", ())
+    for key in sorted(set(data) - set(_TOP_KEYS), key=str):
+        problem((key,), f"unknown field {key!r} (known: {', '.join(_TOP_KEYS)})")
     raw_classes = data.get("classes")
     if not isinstance(raw_classes, list) or len(raw_classes) < 2:
-        raise TaxonomyError(f"{source}: taxonomy.classes: required, a list of at least 2 classes")
-    classes = tuple(parse_class(c, f"classes[{i}]") for i, c in enumerate(raw_classes))
-    open_set = parse_class(data["open_set"], "open_set") if data.get("open_set") else None
-    seen: dict[str, str] = {}
-    for i, c in enumerate([*classes, *([open_set] if open_set else [])]):
-        where = f"classes[{i}]" if i < len(classes) else "open_set"
+        problem(("classes",), "required, a list of at least 2 classes")
+        raw_classes = raw_classes if isinstance(raw_classes, list) else []
+    parsed = [(parse_class(c, ("classes", i)), ("classes", i)) for i, c in enumerate(raw_classes)]
+    if data.get("open_set"):
+        parsed.append((parse_class(data["open_set"], ("open_set",)), ("open_set",)))
+    seen: dict[str, tuple[str, Path_]] = {}  # normalised id, name or synonym -> class
+    ids: dict[str, Path_] = {}
+    for c, path in parsed:
+        if c is None or not c.id:
+            continue
+        if c.id in ids:
+            problem(path + ("id",), f"duplicate class id {c.id!r} (also {_where(ids[c.id])})")
+            continue
+        ids[c.id] = path
         for key in {_normalise(c.id), _normalise(c.name), *map(_normalise, c.synonyms)}:
-            if key in seen and seen[key] != c.id:
-                raise TaxonomyError(f"{source}: {where}: {key!r} already names class {seen[key]!r}")
-            seen[key] = c.id
-    unknown = set(data) - {"name", "version", "description", "classes", "open_set"}
-    if unknown:
-        raise TaxonomyError(f"{source}: unknown field(s) {sorted(unknown)}")
+            if key and key in seen and seen[key][0] != c.id:
+                problem(path, f"{key!r} already names class {seen[key][0]!r}")
+            elif key:
+                seen[key] = (c.id, path)
+    problems = [text for _, text in sorted(found, key=lambda f: f[0])]
+    if problems:
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise TaxonomyError(f"{source}: {count}" + "; ".join(problems), problems=problems)
+    classes = tuple(c for c, path in parsed if path[0] == "classes")
+    open_set = next((c for c, path in parsed if path[0] == "open_set"), None)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return Taxonomy(
         name=name,
         version=version,
-        classes=classes,
+        classes=classes,  # type: ignore[arg-type]
         open_set=open_set,
         description=str(data.get("description") or "").strip(),
         source=source,

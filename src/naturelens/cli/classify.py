@@ -7,10 +7,20 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    err,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS
+from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
 
 
@@ -62,13 +72,19 @@ def classify(
         metavar="RUN",
         help="Send again only the photos that failed in run RUN (after an outage).",
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
     Methods that learn train on the gold-labelled photos (or --shots per class) and predict
     every other photo; the accuracy estimate comes from the labelled photos (k-shot draws
     over --seeds, otherwise cross-validation) and is stored with the run. Methods that do not
-    learn predict every photo and are scored on the labelled ones.
+    learn predict every photo and are scored on the labelled ones. With --ray, the per-photo
+    model work of probe, zeroshot and hybrid (embeddings, descriptions) runs on Ray first.
 
     Examples:
 
@@ -92,7 +108,13 @@ def classify(
         fail("--method is required (or --retry-failed RUN)")
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
+    json_mode(as_json)
+    cluster = ray_options(ray, ray_workers, ray_gpus)
     with open_workspace(workspace) as ws:
+        # Refused before anything starts (a hosted API without a key...), in one line.
+        make_method(method, **params).check_ready(ws)
+        if cluster is not None:
+            _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
             ws,
             method,
@@ -104,9 +126,10 @@ def classify(
             estimate=estimate,
             fresh=fresh,
             progress=photo_progress,
+            on_split=lambda r: print_split(ws, r),
         )
         summary = ws.run(result.run_id)["summary"]
-        print_class_counts(ws, result.run_id)
+        counts = print_class_counts(ws, result.run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
             + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
@@ -115,6 +138,53 @@ def classify(
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
             err.print(f"note: {note}", highlight=False)
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "method": method,
+                "classes": counts,
+                "estimate": result.estimate,
+                "notes": result.notes,
+                **summary,
+            }
+        )
+    photos = int(summary.get("photos") or 0)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)
+
+
+def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
+    """The embeddings or descriptions every run of the method reads, made on Ray once."""
+    from naturelens.methods import make_method
+    from naturelens.scale.methods import STORES, prepare_on_ray
+
+    if name not in STORES:
+        fail(
+            f"method {name!r} does not run on Ray from classify",
+            hint=f"--ray runs {', '.join(STORES)} here; run {name} without --ray",
+        )
+    method = make_method(name, **params)
+    photos = ws.photo_ids()
+    with photo_progress(f"{name} on Ray", len(photos)) as advance:
+        prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
+
+
+def print_split(ws, result) -> None:
+    """One evaluation split's scores, printed as soon as it is done."""
+    facts = ws.run(result.run_id)["summary"]
+    val = facts.get("validation_photos")
+    trained = f"{facts.get('train_photos', result.labels_used)} train" + (
+        f" + {val} validation" if val else ""
+    )
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    console.print(
+        f"split {result.seed}: accuracy {pct(result.accuracy)}, macro-F1 "
+        f"{pct(result.macro_f1)}, balanced accuracy {pct(result.balanced_accuracy)} "
+        f"(majority baseline {pct(result.majority_baseline)}) on {result.photos} test photos; "
+        f"{trained} photos" + (" collapsed to one class" if result.collapsed else ""),
+        soft_wrap=True,
+    )
 
 
 def print_estimate(method: str, shots: int | None, est: dict) -> None:
@@ -157,8 +227,9 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
         )
 
 
-def print_class_counts(ws, run_id: str) -> None:
-    """Print a table of a run's photos per class (failed and rejected photos by status)."""
+def print_class_counts(ws, run_id: str) -> dict[str, int]:
+    """Print a table of a run's photos per class (failed and rejected photos by status);
+    returns the counts."""
     counts: dict[str, int] = {}
     for p in ws.predictions(run_id):
         key = p.class_id if p.status == "ok" else f"({p.status})"
@@ -167,3 +238,4 @@ def print_class_counts(ws, run_id: str) -> None:
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
     console.print(table)
+    return counts

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, fail
+from naturelens.cli.app import app, console, fail, json_mode, print_json
 from naturelens.cli.workspace import open_workspace
 from naturelens.evaluation.cost import estimate_cost, spend_summary
 
@@ -26,10 +26,14 @@ def cost(
     detail: str = typer.Option("low", help="Image detail for the estimate: low or high."),
     shots: int = typer.Option(1, help="For icl: example photos per class in every request."),
     max_tokens: int = typer.Option(96, help="The longest answer allowed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Summarise what model calls cost so far; with --model, estimate a run over all photos."""
+    json_mode(as_json)
+    report: dict = {}
     with open_workspace(workspace) as ws:
         rows = spend_summary(ws)
+        report["spent"] = rows
         if rows:
             table = Table(
                 "run",
@@ -60,6 +64,8 @@ def cost(
         else:
             console.print("No model calls recorded yet.")
         if model is None and method is None:
+            if as_json:
+                print_json(report)
             return
         if model is None:
             fail("--model is needed for an estimate (e.g. --model gpt-4o-mini)")
@@ -82,6 +88,19 @@ def cost(
             )
         except ValueError as exc:
             fail(exc)
+        report["estimate"] = {
+            "model": est.model,
+            "prompt_version": est.prompt_version,
+            "detail": detail,
+            "photos": est.photos,
+            "tokens_in": est.tokens_in,
+            "tokens_out": est.tokens_out,
+            "cost": est.cost,
+            "batch_cost": est.batch_cost,
+            "basis": est.basis,
+        }
+        if as_json:
+            print_json(report)
         table = Table(
             "photos",
             "tokens in",

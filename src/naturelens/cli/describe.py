@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
-from naturelens.text.describe import (
-    DescribeReport,
-    description_sets,
-    done_ids,
-    load_descriptions,
-    source_name,
-)
+
+if TYPE_CHECKING:
+    from naturelens.text.describe import DescribeReport
 
 
 def _print_report(ws, report: DescribeReport, show: int) -> None:
+    from naturelens.text.describe import load_descriptions
+
     console.print(
         f"{report.source} ({report.prompt_version}): {report.described} described, "
         f"{report.skipped} already done, {report.failed} failed"
@@ -56,8 +56,15 @@ def describe(
     list_sets: bool = typer.Option(
         False, "--list", help="List the descriptions the workspace holds."
     ),
+    rpm: int = typer.Option(None, help="Remote models: requests per minute, for all workers."),
+    tpm: int = typer.Option(None, help="Remote models: tokens per minute, for all workers."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Have a vision-language model describe every photo (resumable)."""
+    from naturelens.text.describe import DescribeReport, description_sets, done_ids, source_name
+
     with open_workspace(workspace) as ws:
         if list_sets:
             table = Table("source", "prompt", "ok", "failed", "cost", title="Descriptions")
@@ -87,7 +94,26 @@ def describe(
                     ws, DescribeReport(source_name(model), version, skipped=len(ids)), show
                 )
                 return
-            vlm = load_vlm(model, base_url=base_url)
+            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
+            limits = {k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}
+            if cluster is not None:
+                from naturelens.scale.describe import describe_on_ray
+
+                with photo_progress("describe on Ray", len(ids) - len(done)) as advance:
+                    report = describe_on_ray(
+                        ws,
+                        model,
+                        cluster,
+                        base_url=base_url,
+                        prompt=prompt,
+                        photo_ids=ids,
+                        max_tokens=max_tokens,
+                        progress=advance,
+                        **limits,
+                    )
+                _print_report(ws, report, show)
+                return
+            vlm = load_vlm(model, base_url=base_url, **limits)
         except (CardError, PromptError, VLMError, OSError, ValueError) as exc:
             fail(exc)
         with photo_progress("describe", len(ids)) as advance:
@@ -110,6 +136,9 @@ def tag(
     top_k: int = typer.Option(5, help="ImageNet classes kept per photo."),
     batch_size: int = typer.Option(32, help="Photos per forward pass."),
     show: int = typer.Option(0, help="Print this many photos' tags afterwards."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Tag every photo with its top ImageNet classes (offline EfficientNet-Lite0; resumable)."""
     from naturelens.text.describe import tag_photos
@@ -117,6 +146,17 @@ def tag(
 
     with open_workspace(workspace) as ws:
         ids = ws.photo_ids()
+        cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
+        if cluster is not None:
+            from naturelens.scale.describe import tag_on_ray
+
+            try:
+                with photo_progress("tag on Ray", len(ids)) as advance:
+                    report = tag_on_ray(ws, cluster, ids, top_k=top_k, progress=advance)
+            except ValueError as exc:
+                fail(str(exc))
+            _print_report(ws, report, show)
+            return
         try:
             tagger = Tagger(top_k=top_k, batch_size=batch_size)
         except (ImportError, ValueError) as exc:

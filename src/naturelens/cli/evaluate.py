@@ -8,7 +8,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail
+from naturelens.cli.app import (
+    DID_NOT_DO_ITS_JOB,
+    app,
+    console,
+    err,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
 from naturelens.workspace.core import WorkspaceError
@@ -126,6 +134,7 @@ def evaluate(
     table = Table("score", "value", "95 % interval", title="Scores")
     for key, label in [
         ("accuracy", "accuracy"),
+        ("majority_baseline", "majority-class baseline"),
         ("balanced_accuracy", "balanced accuracy"),
         ("macro_f1", "macro F1"),
         ("weighted_f1", "weighted F1"),
@@ -168,11 +177,20 @@ def evaluate(
             f"{o['gold_open']} gold)"
         )
     s = result["statuses"]
+    counts = ", ".join(f"{n} {k}" for k, n in s.items() if n or k in ("ok", "failed"))
+    if result["accuracy"] is None and result["clusters"]:
+        console.print(f"Statuses: {counts}. {result['note']}.")
+        return
     console.print(
-        f"Statuses: {s['ok']} ok, {s['rejected']} rejected, {s['unparsed']} unparsed, "
-        f"{s['failed']} failed. {result['counted_wrong']} photo(s) named no class and count "
+        f"Statuses: {counts}. {result['counted_wrong']} photo(s) named no class and count "
         f"as wrong (column 'none', {NO_CLASS!r} in JSON)."
     )
+    if result.get("collapsed"):
+        console.print(
+            f"warning: {result['top_class_share']:.0%} of the photos got the same "
+            f"class (majority-class baseline {result['majority_baseline']:.1%}): the "
+            "accuracy says little; read macro-F1 and balanced accuracy"
+        )
 
 
 @app.command()
@@ -225,8 +243,10 @@ def compare(
         except CompareError as exc:
             fail(exc)
         path = save_comparison(ws, result)
+    failed = [row["method"] for row in result.table() if not row.get("seeds")]
     if as_json:
         print(json.dumps(result.to_json(), indent=2, default=str))
+        _stop_if_all_failed(failed, len(result.table()))
         return
     p = result.protocol
     if p["shots"] is not None:
@@ -238,8 +258,9 @@ def compare(
     title += f", {p['test_photos'][0]} test photos"
     table = Table(title=title)
     table.add_column("method", overflow="fold")
-    for head in ("labels used", "accuracy", "macro-F1", "photos/s", "wall time (s)", "tokens",
-                 "cost / 1,000 photos", "energy"):  # fmt: skip
+    for head in ("labels used", "accuracy", "macro-F1", "balanced acc.", "majority baseline",
+                 "photos/s", "wall time (s)", "tokens", "cost / 1,000 photos",
+                 "energy"):  # fmt: skip
         table.add_column(head, justify="right")
     for row in result.table():
         if not row.get("seeds"):
@@ -247,8 +268,11 @@ def compare(
             continue
         num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
         table.add_row(
-            row["method"], str(row["labels_used"]), format_accuracy(row),
-            format_accuracy(row, "macro_f1"), num(row["photos_per_second"]),
+            row["method"], str(row["labels_used"]),
+            format_accuracy(row) if row["accuracy"] is not None or not row["cluster_accuracy"]
+            else f"{format_accuracy(row, 'cluster_accuracy')} (clusters)",
+            format_accuracy(row, "macro_f1"), format_accuracy(row, "balanced_accuracy"),
+            format_accuracy(row, "majority_baseline"), num(row["photos_per_second"]),
             num(row["wall_seconds"]), num(row["tokens"], 0),
             "-" if row["cost_per_1000"] is None else f"${row['cost_per_1000']:.4f}",
             format_energy(row),
@@ -257,6 +281,13 @@ def compare(
     for row in result.table():
         if row.get("note"):
             console.print(f"{row['method']}: {row['note']}", highlight=False)
+        if row.get("collapsed"):
+            console.print(
+                f"warning: {row['method']} answered (nearly) one class for "
+                f"every test photo in {row['collapsed']} of {row['seeds']} seed(s): its "
+                "accuracy says little; compare macro-F1 and balanced accuracy",
+                soft_wrap=True,
+            )
     sources = sorted({r["energy_source"] for r in result.table() if r.get("energy_source")})
     for source in sources:
         console.print(f"energy: {source}", highlight=False)
@@ -265,6 +296,15 @@ def compare(
     if reused:
         console.print(f"{reused} run(s) reused from earlier identical runs.")
     console.print(f"Saved to {path}")
+    _stop_if_all_failed(failed, len(result.table()))
+
+
+def _stop_if_all_failed(failed: list[str], methods: int) -> None:
+    if methods and len(failed) == methods:
+        fail(
+            f"every method failed ({', '.join(failed)}): nothing was compared",
+            code=DID_NOT_DO_ITS_JOB,
+        )
 
 
 @app.command()
@@ -309,13 +349,34 @@ def export(
     output: Path = typer.Option(
         ..., "--output", "-o", help="File to write: .csv, .parquet or .geojson."
     ),
+    pud: bool = typer.Option(
+        False, "--pud", help="Write photo-user-days per grid cell and class (GeoJSON) instead."
+    ),
+    cell_km: float = typer.Option(1.0, help="With --pud: grid cell size in km."),
+    by: str = typer.Option(None, help="With --pud: split by month (of the year) or season."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Export a run's predictions with the photos' metadata (CSV, Parquet or GeoJSON)."""
-    from naturelens.report.export import ExportError, export_run
+    """Export a run's predictions, one row per photo with your ids (CSV, Parquet, GeoJSON).
 
+    Rows carry your manifest id and path, the class, the confidence, one score column per
+    class and the photo's metadata. With --pud, photo-user-days on a grid, ready for QGIS
+    or R (sf).
+    """
+    from naturelens.report.export import ExportError, export_photo_user_days, export_run
+
+    json_mode(as_json)
     with open_workspace(workspace, read_only=True) as ws:
         try:
-            n = export_run(ws, run, output)
+            if pud:
+                n = export_photo_user_days(ws, run, output, cell_km=cell_km, by=by)
+            else:
+                if by is not None:
+                    fail("--by goes with --pud")
+                n = export_run(ws, run, output)
+            run_id = ws.run(run)["run_id"]
         except (ExportError, WorkspaceError) as exc:
             fail(exc)
-    console.print(f"{n} predictions written to {output}")
+    what = "grid cells" if pud else "predictions"
+    if as_json:
+        print_json({"run_id": run_id, "output": str(output), what.replace(" ", "_"): n})
+    console.print(f"{n} {what} written to {output}")

@@ -7,9 +7,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, fail
+from naturelens.cli.app import (
+    MAX_FAILED_HELP,
+    app,
+    check_failed,
+    console,
+    fail,
+    json_mode,
+    print_json,
+)
 from naturelens.cli.classify import print_class_counts
 from naturelens.cli.progress import photo_progress
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 
 
@@ -24,9 +33,16 @@ def embed(
     device: str = typer.Option(
         None, help="cpu, cuda, cuda:1 or mps (default: the best available)."
     ),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option(
+        "auto",
+        help="auto (the fastest that agrees with fp32, measured once per model and machine), "
+        "fp32, bf16 or fp16.",
+    ),
     workers: int = typer.Option(None, help="Photo-decoding threads (default: by device)."),
     retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
+    ray: str = RAY,
+    ray_workers: int = RAY_WORKERS,
+    ray_gpus: float = RAY_GPUS,
 ) -> None:
     """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
     from naturelens.models.backbones import BackboneError
@@ -38,20 +54,36 @@ def embed(
             total = len(missing_photo_ids(ws, model))
             if retry_failed:
                 total += len(embedding_set(ws, model).failures(ws.photo_ids()))
+            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
             with photo_progress(f"embed {model}", total) as advance:
-                emb = embed_photos(
-                    ws,
-                    model,
-                    batch_size=batch_size,
-                    device=device,
-                    precision=precision,
-                    progress=advance,
-                    workers=workers,
-                    retry_failed=retry_failed,
-                )
+                if cluster is not None:
+                    from naturelens.scale.embed import embed_on_ray
+
+                    emb = embed_on_ray(
+                        ws,
+                        model,
+                        cluster,
+                        device=device,
+                        precision=precision,
+                        progress=advance,
+                        retry_failed=retry_failed,
+                    )
+                else:
+                    emb = embed_photos(
+                        ws,
+                        model,
+                        batch_size=batch_size,
+                        device=device,
+                        precision=precision,
+                        progress=advance,
+                        workers=workers,
+                        retry_failed=retry_failed,
+                    )
         except (CardError, BackboneError, ImportError, ValueError) as exc:
             fail(exc)
         failures = emb.failures()
+        if emb.precision:
+            console.print(f"precision: {emb.precision}", highlight=False)
         console.print(
             f"{emb.computed} photos embedded, {emb.failed} failed now, "
             f"{len(emb)} stored in total ({len(failures)} failures recorded) -> {emb.folder}"
@@ -77,8 +109,11 @@ def predict(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
+    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Apply a saved probe, fine-tuned or contrastive model to the workspace's photos."""
+    json_mode(as_json)
     from naturelens.methods import run_method
     from naturelens.methods.saving import SavedModel, read_model_info
 
@@ -99,4 +134,10 @@ def predict(
                 run_id = run_method(ws, method, targets, progress=advance, resume=not fresh)
         except (ValueError, ImportError) as exc:
             fail(exc)
-        print_class_counts(ws, run_id)
+        counts = print_class_counts(ws, run_id)
+        summary = ws.run(run_id)["summary"]
+    if as_json:
+        print_json({"run_id": run_id, "method": info["method"], "classes": counts, **summary})
+    photos = int(summary.get("photos") or 0)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)

@@ -8,9 +8,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from naturelens.cli.app import app, console, err, fail, taxonomy_app
+from naturelens.cli.app import app, console, err, fail, json_mode, print_json, taxonomy_app
 from naturelens.cli.progress import photo_progress
-from naturelens.sources.refs import SourceError
 from naturelens.taxonomy import TaxonomyError, builtin_taxonomies, load_taxonomy
 from naturelens.workspace.core import Workspace, WorkspaceError
 
@@ -41,7 +40,9 @@ def init(
 def ingest(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
     sources: list[str] = typer.Argument(
-        ..., help="Folders, manifests (.csv, .tsv, .parquet), URL lists (.txt) or URLs."
+        ...,
+        help="Folders, photo files, globs (photos/*.jpg), manifests (.csv, .tsv, .parquet), "
+        "URL lists (.txt) or URLs.",
     ),
     labels_from_folders: bool = typer.Option(
         True, help="Use a photo's sub-folder name as its gold label."
@@ -56,8 +57,12 @@ def ingest(
         "--allow-private-urls",
         help="Fetch URLs on private, loopback and link-local addresses (your own network).",
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Add photos to a workspace; running it again adds only what is new."""
+    json_mode(as_json)
+    from naturelens.sources.refs import SourceError
+
     with open_workspace(workspace) as ws:
         try:
             with photo_progress("ingest", None) as advance:
@@ -70,6 +75,17 @@ def ingest(
                 )
         except SourceError as exc:
             fail(exc)
+        if as_json:
+            print_json(
+                {
+                    "added": report.added,
+                    "duplicates": report.duplicates,
+                    "skipped": report.skipped,
+                    "failed": report.failed,
+                    "labelled": report.labelled,
+                    "label_problems": report.label_problems,
+                }
+            )
         console.print(
             f"{report.added} new photos, {report.duplicates} duplicates, "
             f"{report.skipped} already ingested, {report.failed} failures, "
@@ -124,23 +140,56 @@ def status(
 
 
 @taxonomy_app.command("list")
-def taxonomy_list() -> None:
+def taxonomy_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the built-in taxonomies."""
+    rows = []
     for name in builtin_taxonomies():
         tax = load_taxonomy(name)
-        extra = f" + {tax.open_set.id}" if tax.open_set else ""
+        rows.append(
+            {
+                "name": name,
+                "version": tax.version,
+                "classes": len(tax.classes),
+                "open_set": tax.open_set.id if tax.open_set else None,
+                "description": tax.description,
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    for r in rows:
+        extra = f" + {r['open_set']}" if r["open_set"] else ""
         console.print(
-            f"{name} {tax.version}: {len(tax.classes)} classes{extra} — {tax.description}"
+            f"{r['name']} {r['version']}: {r['classes']} classes{extra} — {r['description']}"
         )
 
 
 @taxonomy_app.command("show")
-def taxonomy_show(name: str = typer.Argument(..., help="Built-in name or YAML file.")) -> None:
-    """Show a taxonomy's classes and definitions."""
+def taxonomy_show(
+    name: str = typer.Argument(..., help="Built-in name or YAML file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a taxonomy's classes and definitions; for a file, list every problem in it."""
     try:
         tax = load_taxonomy(name)
     except TaxonomyError as exc:
-        fail(exc)
+        # Every problem on its own line, each with file and line, so all get fixed at once.
+        for problem in exc.problems:
+            err.print(f"error: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        print_json(
+            {
+                "name": tax.name,
+                "version": tax.version,
+                "source": tax.source,
+                "classes": [
+                    {"id": c.id, "name": c.name, "definition": c.definition}
+                    for c in tax.all_classes
+                ],
+            }
+        )
+        return
     table = Table("id", "name", "definition", title=f"{tax.label} ({tax.source})")
     for c in tax.all_classes:
         table.add_row(c.id, c.name, c.definition)

@@ -204,7 +204,7 @@ class RunResult:
     seed: int
     run_id: str
     reused: bool
-    accuracy: float
+    accuracy: float | None
     macro_f1: float | None
     labels_used: int
     photos: int
@@ -217,6 +217,9 @@ class RunResult:
     energy_measured: bool
     counted_wrong: int
     cluster_accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    majority_baseline: float | None = None
+    collapsed: bool = False
 
 
 @dataclass
@@ -254,6 +257,11 @@ class MethodRow:
             "accuracy_sd": sd(r.accuracy for r in runs),
             "macro_f1": mean(r.macro_f1 for r in runs),
             "macro_f1_sd": sd(r.macro_f1 for r in runs),
+            "balanced_accuracy": mean(r.balanced_accuracy for r in runs),
+            "balanced_accuracy_sd": sd(r.balanced_accuracy for r in runs),
+            "majority_baseline": mean(r.majority_baseline for r in runs),
+            # seeds whose run answered (nearly) one class for every test photo
+            "collapsed": sum(r.collapsed for r in runs),
             "photos_per_second": pps,
             "wall_seconds": mean(r.wall_seconds for r in runs),
             "tokens": mean(r.tokens for r in runs),
@@ -304,6 +312,7 @@ def compare(
     on_error: Callable[[MethodSpec, int, Exception], None] | None = None,
     fresh: bool = False,
     folds: int | None = None,
+    on_result: Callable[[MethodSpec, RunResult], None] | None = None,
 ) -> Comparison:
     """Run (or reuse) every method on every split and collect the comparison table.
 
@@ -326,6 +335,9 @@ def compare(
         comparison goes on with the next method.
     fresh
         Recompute runs even when a finished identical run exists.
+    on_result
+        Called with each method's result on each split as soon as it is scored (the CLI
+        prints it, so a long comparison shows its seeds as they finish).
     """
     gold = ws.labels()
     try:
@@ -367,6 +379,15 @@ def compare(
                     row.error = "no other method's runs to vote over"
                     continue
                 params["runs"] = list(split_runs)
+            if (
+                spec.name == "cluster"
+                and params.get("naming", "majority") == "majority"
+                and params.get("naming_run") is None
+                and split_runs
+            ):
+                # Name clusters by this split's first learning run, explicitly, so the
+                # score does not depend on what ran last and the run records its source.
+                params["naming_run"] = split_runs[0]
             row.note = row.note or make_method(spec.name, **params).comparison_note()
             try:
                 result = _run_one(ws, spec, params, split, progress, fresh)
@@ -376,6 +397,8 @@ def compare(
                     on_error(spec, split.seed, exc)
                 continue
             row.runs.append(result)
+            if on_result:
+                on_result(spec, result)
             if not combines:
                 split_runs.append(result.run_id)
     return Comparison(protocol, rows)
@@ -410,7 +433,14 @@ def _run_one(ws, spec, params, split, progress, fresh) -> RunResult:
     result = evaluate_run(ws, run_id, photo_ids=test, n_resamples=0)
     ws.update_run_summary(
         run_id,
-        {"accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "test_photos": len(test)},
+        {
+            "accuracy": result["accuracy"],
+            "macro_f1": result["macro_f1"],
+            "balanced_accuracy": result["balanced_accuracy"],
+            "majority_baseline": result["majority_baseline"],
+            "collapsed": result["collapsed"],
+            "test_photos": len(test),
+        },
     )
     wall = summary.get("wall_seconds")
     fit = summary.get("fit_seconds") or 0.0
@@ -424,7 +454,7 @@ def _run_one(ws, spec, params, split, progress, fresh) -> RunResult:
         reused=reused is not None,
         accuracy=result["accuracy"],
         macro_f1=result["macro_f1"],
-        labels_used=len(train),
+        labels_used=int(summary.get("labels_used") or len(train)),
         photos=len(test),
         wall_seconds=wall,
         predict_seconds=(wall - fit) if wall and wall > fit else wall,
@@ -435,6 +465,9 @@ def _run_one(ws, spec, params, split, progress, fresh) -> RunResult:
         energy_measured=energy.measured,
         counted_wrong=result["counted_wrong"],
         cluster_accuracy=(result["clusters"] or {}).get("accuracy"),
+        balanced_accuracy=result["balanced_accuracy"],
+        majority_baseline=result["majority_baseline"],
+        collapsed=result["collapsed"],
     )
 
 
@@ -481,6 +514,7 @@ def save_comparison(ws: Workspace, comparison: Comparison) -> Path:
     table = comparison.table()
     columns = [
         "method", "seeds", "labels_used", "accuracy", "accuracy_sd", "macro_f1", "macro_f1_sd",
+        "balanced_accuracy", "balanced_accuracy_sd", "majority_baseline", "collapsed",
         "photos_per_second", "wall_seconds", "tokens", "cost_per_1000", "energy_wh",
         "energy_source", "counted_wrong", "cluster_accuracy", "reused", "runs", "error", "note",
     ]  # fmt: skip

@@ -24,14 +24,24 @@ import numpy as np
 
 from naturelens.evaluation.clusters import cluster_scores
 from naturelens.taxonomy import Taxonomy
-from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
+from naturelens.workspace.core import (
+    PREDICTION_STATUSES,
+    Prediction,
+    Workspace,
+    WorkspaceError,
+)
 
 NO_CLASS = "(no class)"
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "kappa")
 COUNTING_NOTE = (
-    "{n} photo(s) failed or unparsed: they count as wrong (column '(no class)'); "
+    "{n} photo(s) failed, unparsed, unnamed or noise: they count as wrong (column "
+    "'(no class)'); "
     "rejected photos count as the open-set class"
 )
+
+# A run whose most frequent answer covers this share of the test photos is flagged as
+# collapsed: on imbalanced photos it scores the majority baseline while naming no class.
+COLLAPSE_SHARE = 0.9
 
 # Resample in chunks so that (resamples x photos) indices stay below this many numbers.
 _CHUNK_CELLS = 4_000_000
@@ -207,8 +217,11 @@ _CLUSTER = re.compile(r"\bcluster\s*[=:]\s*(-?\d+)")
 
 
 def cluster_of(pred: Prediction) -> int | None:
-    """The cluster a cluster run put the photo in (its ``cluster``, ``detail`` "cluster=N" or a
-    ``cluster`` entry in ``scores``), or None."""
+    """The cluster a cluster run put the photo in, or None.
+
+    Runs stored before predictions had a ``cluster`` field carried it in ``scores`` or as
+    "cluster=N" in ``detail``; those are still read.
+    """
     if pred.cluster is not None:
         return pred.cluster
     if pred.scores and "cluster" in pred.scores:
@@ -218,6 +231,31 @@ def cluster_of(pred: Prediction) -> int | None:
             pass
     match = _CLUSTER.search(pred.detail or "")
     return int(match.group(1)) if match else None
+
+
+def baseline_scores(y_true: Sequence[str], y_pred: Sequence[str | None]) -> dict[str, Any]:
+    """What always answering one class would score, and whether the run did just that.
+
+    Returns
+    -------
+    dict
+        ``majority_baseline`` (accuracy of always answering the most frequent gold class
+        of these photos), ``top_class_share`` (share of photos given the run's most
+        frequent answer; photos without a class count in the denominator) and
+        ``collapsed`` (that share is at least :data:`COLLAPSE_SHARE` with two or more
+        gold classes present).
+    """
+    n = len(y_true)
+    if not n:
+        return {"majority_baseline": None, "top_class_share": None, "collapsed": False}
+    truth = Counter(y_true)
+    named = Counter(c for c in y_pred if c not in (None, NO_CLASS))
+    top = max(named.values()) / n if named else 0.0
+    return {
+        "majority_baseline": max(truth.values()) / n,
+        "top_class_share": top,
+        "collapsed": bool(len(truth) > 1 and top >= COLLAPSE_SHARE),
+    }
 
 
 # ---------------------------------------------------------------------------- reports
@@ -259,8 +297,13 @@ def evaluate_predictions(
         When no predicted photo has a gold label.
     """
     wanted = set(photo_ids) if photo_ids is not None else None
+    # A photo some ensemble member trained on has no honest prediction: not scored.
     scored = [
-        p for p in predictions if p.photo_id in gold and (wanted is None or p.photo_id in wanted)
+        p
+        for p in predictions
+        if p.photo_id in gold
+        and (wanted is None or p.photo_id in wanted)
+        and p.status != "training"
     ]
     if not scored:
         raise EvaluationError(
@@ -274,10 +317,15 @@ def evaluate_predictions(
     cm = confusion_matrix(y_true, y_pred, labels)
     s = scores_from_confusion(cm)
     statuses = Counter(p.status for p in scored)
-    no_class = int(statuses.get("failed", 0) + statuses.get("unparsed", 0))
+    no_class = int(sum(n for k, n in statuses.items() if k not in ("ok", "rejected")))
     result: dict[str, Any] = {
         "photos": len(scored),
-        "statuses": {k: int(statuses.get(k, 0)) for k in ("ok", "rejected", "unparsed", "failed")},
+        # The four classic statuses always; cluster and ensemble statuses when present.
+        "statuses": {
+            k: int(statuses.get(k, 0))
+            for k in PREDICTION_STATUSES
+            if k in ("ok", "rejected", "unparsed", "failed") or statuses.get(k)
+        },
         "counted_wrong": no_class,
         "note": COUNTING_NOTE.format(n=no_class),
         **{name: _num(s[name]) for name in HEADLINE},
@@ -308,6 +356,7 @@ def evaluate_predictions(
         },
         "clusters": None,
         "open_set": None,
+        **baseline_scores(y_true, y_pred),
     }
     clusters = [cluster_of(p) for p in scored]
     if any(c is not None for c in clusters):
@@ -316,6 +365,13 @@ def evaluate_predictions(
             **cluster_scores([g for g, _ in pairs], [c for _, c in pairs]),
             "photos": len(pairs),
         }
+        if not statuses.get("ok") and not statuses.get("rejected"):
+            # A cluster run that named no cluster: its clusters are the result, and a
+            # class accuracy of 0 would only say that naming was off.
+            for name in HEADLINE:
+                result[name] = None
+            result["intervals"] = {}
+            result["note"] = "no cluster was named: scores are those of the clusters"
     if taxonomy.open_set is not None:
         open_id = taxonomy.open_set.id
         rejected = [c == open_id for c in y_pred]

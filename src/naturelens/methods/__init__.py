@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext, clone, run_method
+if TYPE_CHECKING:
+    from naturelens.methods.base import (
+        Method,
+        MethodError,
+        PhotoSet,
+        RunContext,
+        clone,
+        run_method,
+    )
+
+# The method contract and runner import numpy and the workspace: loaded on first use, so a
+# command that only needs the names of the methods (its --help) starts fast.
+_BASE_NAMES = ("Method", "MethodError", "PhotoSet", "RunContext", "clone", "run_method")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_NAMES:
+        return getattr(import_module("naturelens.methods.base"), name)
+    raise AttributeError(f"module 'naturelens.methods' has no attribute {name!r}")
+
 
 # Method name -> "module:Class". Modules import heavy libraries only when used.
 METHODS: dict[str, str] = {
@@ -22,6 +41,8 @@ METHODS: dict[str, str] = {
 
 def method_class(name: str) -> type[Method]:
     """The class of method ``name``."""
+    from naturelens.methods.base import MethodError
+
     if name not in METHODS:
         raise MethodError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     module, _, cls = METHODS[name].partition(":")
@@ -30,14 +51,10 @@ def method_class(name: str) -> type[Method]:
 
 def make_method(name: str, **params: Any) -> Method:
     """Build method ``name`` with ``params``; unknown parameters get a clear error."""
+    from naturelens.methods.base import MethodError
+
     cls = method_class(name)
-    known = cls._param_names()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise MethodError(
-            f"method {name!r} has no parameter(s) {', '.join(unknown)}",
-            f"its parameters are: {', '.join(known)}",
-        )
+    cls.check_params(params)
     try:
         return cls(**params)
     except TypeError as exc:

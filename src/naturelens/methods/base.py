@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from naturelens.errors import NaturelensError
+from naturelens.errors import NaturelensError, RunStopped
 from naturelens.workspace.core import Prediction, Workspace
 
 
@@ -78,6 +78,9 @@ class Method:
     # Votes over other runs' predictions (ensembles): a comparison hands it the runs of the
     # other methods on the same split unless its ``runs`` parameter names them.
     combines_runs: ClassVar[bool] = False
+    # Its scores are class probabilities that calibration may rescale (not, say, a
+    # cluster run's naming votes).
+    calibrated: ClassVar[bool] = True
     context_: RunContext | None = None
 
     @classmethod
@@ -92,15 +95,20 @@ class Method:
         """The constructor's arguments (scikit-learn's ``get_params``)."""
         return {n: getattr(self, n) for n in self._param_names()}
 
-    def set_params(self, **params: Any) -> Method:
-        """Change constructor arguments; unknown names are refused with the known ones."""
-        known = self._param_names()
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Refuse parameter names the method does not have, listing the ones it has."""
+        known = cls._param_names()
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise MethodError(
-                f"method {self.name!r} has no parameter(s) {unknown}",
+                f"method {cls.name!r} has no parameter(s) {', '.join(unknown)}",
                 f"its parameters are: {', '.join(known)}",
             )
+
+    def set_params(self, **params: Any) -> Method:
+        """Change constructor arguments; unknown names are refused with the known ones."""
+        self.check_params(params)
         for key, value in params.items():
             setattr(self, key, value)
         return self
@@ -112,6 +120,10 @@ class Method:
     def comparison_note(self) -> str:
         """A caveat a comparison table should print beside this method's row."""
         return ""
+
+    def check_ready(self, workspace: Workspace) -> None:
+        """Raise a :class:`~naturelens.errors.NaturelensError` if the run cannot work (a
+        missing API key...); called before a run is recorded, so nothing starts in vain."""
 
     def bind(self, context: RunContext | None, photos: PhotoSet) -> RunContext:
         """The context this method works in (one without a run when none is given)."""
@@ -178,6 +190,21 @@ def _check_labels(ws: Workspace, photo_ids: Sequence[str], labels: Sequence[str]
         raise MethodError(f"labels {unknown} are not classes of {ws.taxonomy.label}")
 
 
+def run_params(
+    method: Method,
+    predict_ids: Sequence[str],
+    train_ids: Sequence[str] = (),
+    extra_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What identifies a run of ``method`` (two runs with the same are one run, resumed)."""
+    return {
+        "method": method.stored_params(),
+        "train": sorted(train_ids),
+        "predict": len(predict_ids),
+        **(extra_params or {}),
+    }
+
+
 def run_method(
     ws: Workspace,
     method: Method,
@@ -187,13 +214,16 @@ def run_method(
     write_every: int = 64,
     progress: Callable[[int], None] | None = None,
     resume: bool = True,
+    write_seconds: float = 0.5,
 ) -> str:
     """Fit ``method`` on ``train_ids`` (with their gold labels) and store predictions.
 
     The run is recorded with its parameters and the training photos. If an identical
     run was interrupted, it is resumed: photos it already predicted are not sent to the
-    model again. Predictions are written every ``write_every`` photos, so a killed run
-    loses at most that many.
+    model again. Predictions are written once ``write_every`` photos are waiting and
+    ``write_seconds`` have passed since the last write, so a killed run loses at most that
+    many photos or about that much time; a fast method (a probe predicts thousands of
+    photos a second) then writes a few large batches instead of many small ones.
 
     Returns
     -------
@@ -212,12 +242,8 @@ def run_method(
         raise MethodError(f"{len(missing)} training photos have no gold label")
     labels = [gold[p] for p in train_ids]
     _check_labels(ws, train_ids, labels)
-    params = {
-        "method": method.stored_params(),
-        "train": sorted(train_ids),
-        "predict": len(predict_ids),
-        **(extra_params or {}),
-    }
+    method.check_ready(ws)
+    params = run_params(method, predict_ids, train_ids, extra_params)
     if resume:
         # A finished identical run already answered: reuse it rather than pay again.
         finished = ws.finished_run(method.name, params)
@@ -227,34 +253,66 @@ def run_method(
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
     started = time.perf_counter()
+    store_seconds = 0.0
     try:
         if todo:
             from naturelens.methods.saving import fit_or_load
 
             photos = PhotoSet(ws, tuple(train_ids))
             context = RunContext(ws, run_id)
-            method = fit_or_load(method, photos, labels if train_ids else None, context)
+            try:
+                method = fit_or_load(method, photos, labels if train_ids else None, context)
+            except BaseException:
+                # The model did not load or train: a new run with nothing in it is not kept,
+                # so failed attempts never pile up as "interrupted" runs.
+                if not resumed:
+                    ws.delete_run(run_id)
+                    run_id = ""
+                raise
             fit = {"fit_seconds": round(time.perf_counter() - started, 3)}
             if getattr(method, "model_dir_", None):
                 fit["model_dir"] = str(method.model_dir_)
+            # Facts a method learnt while fitting that its parameters do not pin down
+            # (e.g. which run named a cluster run's clusters).
+            fit.update(getattr(method, "run_facts_", {}))
             ws.update_run_summary(run_id, fit)
             buffer: list[Prediction] = []
             wanted = set(todo)
+
+            last_write = time.perf_counter()
+
+            def store(preds: list[Prediction]) -> None:
+                nonlocal store_seconds, last_write
+                tic = time.perf_counter()
+                ws.write_predictions(run_id, preds)
+                last_write = time.perf_counter()
+                store_seconds += last_write - tic
+
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)
-                if len(buffer) >= write_every:
-                    ws.write_predictions(run_id, buffer)
+                waited = time.perf_counter() - last_write
+                if len(buffer) >= write_every and waited >= write_seconds:
+                    store(buffer)
                     if progress:
                         progress(len(buffer))
                     buffer = []
-            ws.write_predictions(run_id, buffer)
+            store(buffer)
             if progress and buffer:
                 progress(len(buffer))
             assert not wanted, f"method {method.name} gave no prediction for {len(wanted)} photos"
-    except BaseException:
+    except RunStopped as exc:
+        if not run_id:
+            raise
         ws.finish_run(run_id, status="interrupted")
+        exc.hint = "; ".join(
+            filter(None, [exc.hint, f"run {run_id} is kept: the same command resumes it"])
+        )
+        raise
+    except BaseException:
+        if run_id:
+            ws.finish_run(run_id, status="interrupted")
         raise
     seconds = time.perf_counter() - started
     totals = ws.run_totals(run_id)
@@ -267,7 +325,10 @@ def run_method(
         "tokens_in": totals["tokens_in"],
         "tokens_out": totals["tokens_out"],
         "cost": totals["cost"],
-        "labels_used": len(train_ids),
+        # Methods that learn from another run's labels (ensemble, cluster naming) say how
+        # many they used through ``labels_used_``.
+        "labels_used": int(getattr(method, "labels_used_", None) or len(train_ids)),
+        "store_seconds": round(previous.get("store_seconds", 0) + store_seconds, 3),
         "resumed_photos": len(done),
     }
     failed = ws.prediction_failures(run_id)

@@ -73,6 +73,10 @@ class Ensemble(Method):
         self.runs_ = resolve_runs(ws, self.runs)
         self.classes_ = ws.taxonomy.all_ids
         self.weights_ = {run: 1.0 for run in self.runs_}
+        # The members learnt from gold labels: count every photo any of them trained on.
+        self.trained_on_ = {run: set(ws.run(run)["params"].get("train", [])) for run in self.runs_}
+        trained = set().union(*self.trained_on_.values())
+        self.labels_used_ = len(trained | set(photos.ids))
         if self.voting == "weighted":
             gold = dict(zip(photos.ids, labels or [], strict=False))
             self.weights_ = {run: self._validation_accuracy(ws, run, gold) for run in self.runs_}
@@ -113,6 +117,19 @@ class Ensemble(Method):
                          p.tokens_in, p.tokens_out, p.cost)
                     )  # fmt: skip
             for pid in batch.ids:
+                learnt = sorted(
+                    r for r in self.runs_ if pid in getattr(self, "trained_on_", {}).get(r, ())
+                )
+                if learnt:
+                    # A member saw this photo with its label: any vote would be a leak.
+                    yield Prediction(
+                        pid,
+                        None,
+                        status="training",
+                        detail="training photo of " + ", ".join(learnt),
+                        model="ensemble",
+                    )
+                    continue
                 yield self._vote(pid, members.get(pid, []), order, open_id)
 
     def _vote(self, photo_id: str, member_rows: list[tuple], order: dict, open_id) -> Prediction:

@@ -35,15 +35,18 @@ from naturelens.methods.training import (
     ready_for_inference,
     restore_adapted,
     save_adapted,
+    schedule_epochs,
     set_seed,
     stratified_split,
     train_loop,
     trainable_state,
     training_input,
+    warmup_cosine,
 )
 from naturelens.workspace.core import Prediction
 
 # Learning rates for the backbone's trainable parts; the head has its own (head_lr).
+HEAD_INITS = ("probe", "random")
 DEFAULT_LR = {"head": 0.0, "last": 2e-5, "lora": 2e-4}
 
 
@@ -72,10 +75,22 @@ class FineTune(Method):
     weight_decay
         AdamW weight decay.
     val_fraction
-        Share of each class's photos held out for validation (classes with fewer than
-        3 photos are not split); 0 trains for ``epochs`` without early stopping.
+        Share of each class's photos held out for validation when every class has at
+        least ``min_val_photos`` labelled photos; otherwise (few shots) no photo is held
+        out and training runs the fixed schedule without early stopping. 0 never holds out.
     patience
         Epochs without a better validation loss before training stops.
+    min_steps
+        Fewest optimiser steps: ``epochs`` is raised until the schedule has this many
+        (a 5-shot set is one step per epoch).
+    warmup
+        Share of the optimiser steps spent warming the learning rates up (then cosine decay).
+    head_init
+        ``probe``: start the head from a logistic regression fitted on the frozen features
+        of the training photos (linear probe, then fine-tune), so fine-tuning starts where
+        the probe ends; ``random``: a random head.
+    min_val_photos
+        Labelled photos every class needs before a validation share is held out.
     augment
         Random resized crop, flip and colour jitter on training photos.
     balanced
@@ -107,6 +122,10 @@ class FineTune(Method):
         weight_decay: float = 1e-4,
         val_fraction: float = 0.2,
         patience: int = 3,
+        min_steps: int = 100,
+        warmup: float = 0.1,
+        head_init: str = "probe",
+        min_val_photos: int = 10,
         augment: bool = True,
         balanced: bool = True,
         seed: int = 0,
@@ -127,6 +146,10 @@ class FineTune(Method):
         self.weight_decay = weight_decay
         self.val_fraction = val_fraction
         self.patience = patience
+        self.min_steps = min_steps
+        self.warmup = warmup
+        self.head_init = head_init
+        self.min_val_photos = min_val_photos
         self.augment = augment
         self.balanced = balanced
         self.seed = seed
@@ -142,6 +165,10 @@ class FineTune(Method):
             raise MethodError("epochs and batch_size must be at least 1")
         if not 0 <= self.val_fraction < 1:
             raise MethodError("val_fraction must be in [0, 1)")
+        if not 0 <= self.warmup < 1:
+            raise MethodError("warmup must be in [0, 1)")
+        if self.head_init not in HEAD_INITS:
+            raise MethodError(f"head_init must be one of {HEAD_INITS}, not {self.head_init!r}")
 
     def _build(self, ws_root: Path | None, n_classes: int) -> None:
         self.backbone_, self.trainable_ = adapted_backbone(self, self.mode, ws_root)
@@ -182,13 +209,19 @@ class FineTune(Method):
         backbone, head = self.backbone_, self.head_
         label_of = {pid: index[c] for pid, c in zip(photos.ids, labels, strict=True)}
         ids = list(label_of)
-        train_idx, val_idx = stratified_split(
-            ids, [label_of[i] for i in ids], self.val_fraction, rng
-        )
+        per_class = np.bincount([label_of[i] for i in ids])
+        # A validation set of one or two photos per class is noise: at few shots train the
+        # fixed schedule instead, and say so.
+        hold_out = self.val_fraction if per_class.min() >= self.min_val_photos else 0.0
+        train_idx, val_idx = stratified_split(ids, [label_of[i] for i in ids], hold_out, rng)
         train_ids = [ids[i] for i in train_idx]
         val_ids = [ids[i] for i in val_idx]
         val_pixels, val_ids = decode_all(ws, val_ids, backbone, self.workers)
         val_y = torch.tensor([label_of[i] for i in val_ids], device=backbone.device)
+        if self.head_init == "probe":
+            self._init_head_from_probe(ws, train_ids, label_of)
+        epochs = schedule_epochs(self.epochs, len(train_ids), self.batch_size, self.min_steps)
+        total_steps = epochs * -(-len(train_ids) // self.batch_size)
 
         lr = DEFAULT_LR[self.mode] if self.lr is None else self.lr
         groups: list[dict[str, Any]] = [{"params": head.parameters(), "lr": self.head_lr}]
@@ -221,20 +254,62 @@ class FineTune(Method):
             load_trainable_state(backbone, state[0])
             head.load_state_dict(state[1])
 
+        scheduler = warmup_cosine(optimizer, total_steps, max(1, round(self.warmup * total_steps)))
         self.history_ = train_loop(
             optimizer,
-            self.epochs,
+            epochs,
             epoch_batches,
             batch_loss,
             validate=(lambda: self._validate(val_pixels, val_y, loss_fn)) if val_ids else None,
             patience=self.patience,
             snapshot=lambda: (trainable_state(backbone), cpu_state(head)),
             restore=restore,
+            scheduler=scheduler,
         )
         self.n_train_ = len(train_ids)
         self.n_val_ = len(val_ids)
+        self.run_facts_ = {
+            "train_photos": self.n_train_,
+            "validation_photos": self.n_val_,
+            "schedule": (
+                f"up to {total_steps} optimiser steps ({epochs} epochs), early stopping on "
+                f"{self.n_val_} validation photos"
+                if val_ids
+                else f"fixed {total_steps} optimiser steps ({epochs} epochs), no early stopping"
+                f" (validation needs {self.min_val_photos} photos per class)"
+            ),
+            "head_init": self.head_init,
+        }
         ready_for_inference(backbone, head)
         return self
+
+    def _init_head_from_probe(self, ws, train_ids: list[str], label_of: dict[str, int]) -> None:
+        """Set the head to a logistic regression on the frozen features of the training
+        photos (unaugmented), so that fine-tuning starts at the linear probe's solution."""
+        from sklearn.linear_model import LogisticRegression
+
+        pixels, ids = decode_all(ws, train_ids, self.backbone_, self.workers)
+        if not ids:
+            return
+        self.backbone_.eval()
+        feats = []
+        with torch.inference_mode():
+            for start in range(0, len(pixels), self.batch_size):
+                x = self.backbone_.pixels_to_input(pixels[start : start + self.batch_size])
+                with self.backbone_.autocast():
+                    feats.append(self.backbone_.features(x).float().cpu())
+        X = torch.cat(feats).numpy()
+        y = np.array([label_of[i] for i in ids])
+        if len(set(y.tolist())) < len(self.classes_):
+            return  # a class lost every photo to decoding: keep the random head
+        probe = LogisticRegression(C=1.0, max_iter=5000).fit(X, y)
+        coef, bias = probe.coef_, probe.intercept_
+        if coef.shape[0] == 1:  # scikit-learn keeps one row for two classes
+            coef = np.concatenate([-coef / 2, coef / 2])
+            bias = np.concatenate([-bias / 2, bias / 2])
+        with torch.no_grad():
+            self.head_.weight.copy_(torch.as_tensor(coef, dtype=self.head_.weight.dtype))
+            self.head_.bias.copy_(torch.as_tensor(bias, dtype=self.head_.bias.dtype))
 
     def _validate(self, pixels: np.ndarray, y: torch.Tensor, loss_fn) -> dict[str, float]:
         self.backbone_.eval()

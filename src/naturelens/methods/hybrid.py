@@ -127,8 +127,22 @@ class Hybrid(Method):
     def needs_labels(self) -> bool:  # type: ignore[override]
         return self.classifier in _LEARNS
 
+    def check_ready(self, workspace: Workspace) -> None:
+        """Refuse a hosted API without a key before any photo is described."""
+        from naturelens.methods.prompt import _card_backend
+        from naturelens.vlm.remote import require_api_key
+
+        describer = self.describer or self.model
+        if describer and describer not in (TAGS, NO_DESCRIPTION):
+            if self.describer_base_url or _card_backend(describer, workspace.root) == "openai":
+                require_api_key(describer, self.describer_base_url)
+        if self.text_model and (
+            self.base_url or _card_backend(self.text_model, workspace.root) == "openai"
+        ):
+            require_api_key(self.text_model, self.base_url, self.api_key)
+
     # ------------------------------------------------------------------ descriptions
-    def _description_source(self) -> DescriptionSource | None:
+    def description_source(self) -> DescriptionSource | None:
         """Where texts are read from; None for title and tags alone."""
         describer = self.describer or self.model or TAGS
         if describer == NO_DESCRIPTION:
@@ -191,7 +205,7 @@ class Hybrid(Method):
                 f"unknown classifier {self.classifier!r}; choose one of {', '.join(CLASSIFIERS)}"
             )
         ws = photos.workspace
-        self.descriptions_ = self._description_source()
+        self.descriptions_ = self.description_source()
         self.text_classifier_ = make_text_classifier(self.classifier, **self._classifier_params())
         # A language model's calls are recorded against the run; other classifiers make none.
         self.ledger_ = context.ledger if hasattr(self.text_classifier_, "calls") else None

@@ -1,9 +1,14 @@
-"""``KEY=VALUE`` method parameters, as ``--param`` and compare's method specs give them."""
+"""Method parameters: ``KEY=VALUE`` as ``--param`` and compare's method specs give them, and
+what each method's parameters are (name, type, default, meaning), read from the
+constructor's signature and its numpy-style docstring so the list a user sees is the one
+the code takes."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -46,4 +51,71 @@ def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
     return dict(parse_param(pair) for pair in pairs)
 
 
-__all__ = ["ParamError", "parse_param", "parse_params"]
+@dataclass(frozen=True)
+class Parameter:
+    """One constructor parameter of a method."""
+
+    name: str
+    type: str
+    default: Any
+    meaning: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "default": self.default,
+            "meaning": self.meaning,
+        }
+
+
+def _meanings(doc: str | None) -> dict[str, str]:
+    """Parameter name -> meaning; a docstring entry may name several (``a, b``)."""
+    from docstring_parser import DocstringStyle, parse
+
+    out: dict[str, str] = {}
+    for p in parse(doc or "", DocstringStyle.NUMPYDOC).params:
+        meaning = " ".join((p.description or "").split())
+        for name in p.arg_name.split(","):
+            out[name.strip()] = meaning
+    return out
+
+
+def method_parameters(name: str) -> list[Parameter]:
+    """The parameters of method ``name``, in the constructor's order."""
+    from naturelens.methods import method_class
+
+    cls = method_class(name)
+    meanings = _meanings(cls.__doc__)
+    out = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        kind = (
+            p.annotation
+            if isinstance(p.annotation, str)
+            else getattr(p.annotation, "__name__", str(p.annotation))
+        )
+        if p.annotation is inspect.Parameter.empty:
+            kind = type(p.default).__name__ if p.default is not inspect.Parameter.empty else ""
+        default = None if p.default is inspect.Parameter.empty else p.default
+        out.append(Parameter(p.name, str(kind), default, meanings.get(p.name, "")))
+    return out
+
+
+def method_summary(name: str) -> str:
+    """The first line of method ``name``'s docstring."""
+    from naturelens.methods import method_class
+
+    doc = inspect.getdoc(method_class(name)) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+__all__ = [
+    "Parameter",
+    "ParamError",
+    "method_parameters",
+    "method_summary",
+    "parse_param",
+    "parse_params",
+]

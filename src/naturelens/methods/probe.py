@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.preprocessing import Normalizer
 
 from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.methods.saving import model_info, read_model_info, write_model_dir
@@ -62,8 +63,21 @@ class NearestClassMean(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
+# Candidate regularisation strengths for cross-validation, and the fixed one used when a
+# class has a single labelled photo (nothing to cross-validate). On unit-length embeddings
+# logits are small, so a weaker penalty than scikit-learn's C=1 suits them.
+C_GRID = tuple(float(c) for c in np.logspace(-1, 4, 11))
+FEW_SHOT_C = 10.0
+
+
 def make_classifier(
-    kind: str, C: float = 1.0, k: int = 10, normalize: bool = True, n_train: int = 0
+    kind: str,
+    C: float | str = "auto",
+    k: int = 10,
+    normalize: bool = True,
+    n_train: int = 0,
+    min_class_photos: int = 0,
+    class_weight: str | None = "balanced",
 ) -> Pipeline:
     """The probe's classifier as a scikit-learn pipeline.
 
@@ -72,17 +86,38 @@ def make_classifier(
     kind
         ``logreg``, ``knn`` or ``ncm``.
     C
-        Inverse regularisation strength of the logistic regression.
+        Inverse regularisation strength of the logistic regression, or ``"auto"``:
+        chosen by stratified cross-validation (log loss) over :data:`C_GRID` when every
+        class has at least 2 labelled photos, :data:`FEW_SHOT_C` otherwise.
     k
         Neighbours for ``knn`` (at most the number of training photos).
     normalize
-        Scale every embedding to unit length first (cosine geometry).
+        Scale every embedding to unit length first (cosine geometry). No per-feature
+        standardisation: fitted on a handful of photos it amplifies noise dimensions.
+    n_train
+        Training photos (caps ``k``).
+    min_class_photos
+        Labelled photos of the smallest class (sets the cross-validation folds).
+    class_weight
+        ``"balanced"`` weighs classes equally whatever their number of labels; None.
     """
     if kind not in CLASSIFIERS:
         raise MethodError(f"classifier must be one of {CLASSIFIERS}, not {kind!r}")
     steps: list[Any] = [Normalizer()] if normalize else []
     if kind == "logreg":
-        steps += [StandardScaler(), LogisticRegression(C=C, max_iter=5000)]
+        if C == "auto" and min_class_photos >= 2:
+            steps.append(
+                LogisticRegressionCV(
+                    Cs=list(C_GRID),
+                    cv=StratifiedKFold(min(5, min_class_photos), shuffle=True, random_state=0),
+                    scoring="neg_log_loss",
+                    class_weight=class_weight,
+                    max_iter=5000,
+                )
+            )
+        else:
+            fixed = FEW_SHOT_C if C == "auto" else float(C)
+            steps.append(LogisticRegression(C=fixed, class_weight=class_weight, max_iter=5000))
     elif kind == "knn":
         neighbours = max(1, min(int(k), n_train or int(k)))
         steps.append(
@@ -106,11 +141,14 @@ class Probe(Method):
     classifier
         ``logreg`` (logistic regression), ``knn`` or ``ncm`` (nearest class mean).
     C
-        Inverse regularisation of the logistic regression.
+        Inverse regularisation of the logistic regression; ``"auto"`` chooses it by
+        cross-validation when every class has 2 labelled photos or more.
     k
         Neighbours for ``knn``.
     normalize
         Scale embeddings to unit length before classifying.
+    class_weight
+        ``"balanced"`` (every class weighs the same in the logistic regression) or None.
     batch_size, device, precision
         For computing embeddings that are not cached yet.
     save_as
@@ -125,9 +163,10 @@ class Probe(Method):
         self,
         model: str = "dinov2-small",
         classifier: str = "logreg",
-        C: float = 1.0,
+        C: float | str = "auto",
         k: int = 10,
         normalize: bool = True,
+        class_weight: str | None = "balanced",
         batch_size: int = 32,
         device: str | None = None,
         precision: str = "auto",
@@ -138,6 +177,7 @@ class Probe(Method):
         self.C = C
         self.k = k
         self.normalize = normalize
+        self.class_weight = class_weight
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -192,8 +232,24 @@ class Probe(Method):
                 f"probe needs labelled photos of at least two classes; got {sorted(set(y))} "
                 f"({self.skipped_} training photos could not be embedded)"
             )
-        self.classifier_ = make_classifier(self.classifier, self.C, self.k, self.normalize, len(y))
+        if self.C != "auto" and not isinstance(self.C, int | float):
+            raise MethodError(f"C must be a number or 'auto', not {self.C!r}")
+        counts = np.unique(y, return_counts=True)[1]
+        self.classifier_ = make_classifier(
+            self.classifier,
+            self.C,
+            self.k,
+            self.normalize,
+            len(y),
+            min_class_photos=int(counts.min()),
+            class_weight=self.class_weight,
+        )
         self.classifier_.fit(X, y)
+        last = self.classifier_[-1]
+        if hasattr(last, "C_"):
+            self.C_ = float(np.atleast_1d(last.C_)[0])
+        elif hasattr(last, "C"):
+            self.C_ = float(last.C)
         self.classes_ = [str(c) for c in self.classifier_.classes_]
         self.n_train_ = len(y)
         return self

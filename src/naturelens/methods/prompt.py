@@ -73,9 +73,14 @@ class Prompt(Method):
         Remote options (see :class:`naturelens.vlm.remote.RemoteVLM`).
     batch
         Remote only: send the requests through the OpenAI Batch API (half price, answers
-        within 24 hours); ``poll_seconds`` sets how often the job is checked.
+        within 24 hours).
+    poll_seconds, batch_chunk
+        With ``batch``: how often the job is checked, and requests per batch job.
     device, max_side
         Local options (see :class:`naturelens.vlm.local.LocalVLM`).
+    share_prefix
+        Local only: the prompt text before the photo, its KV cache computed once for every
+        photo (False: the photo first, each request run whole, as before).
     seed
         Seeds the choice of in-context examples.
     """
@@ -104,6 +109,7 @@ class Prompt(Method):
         batch_chunk: int = 500,
         device: str | None = None,
         max_side: int | None = None,
+        share_prefix: bool = True,
         seed: int = 0,
     ):
         self.model = model
@@ -126,6 +132,7 @@ class Prompt(Method):
         self.batch_chunk = batch_chunk
         self.device = device
         self.max_side = max_side
+        self.share_prefix = share_prefix
         self.seed = seed
 
     @property
@@ -139,6 +146,13 @@ class Prompt(Method):
     # ------------------------------------------------------------------ fit
     def _remote(self) -> bool:
         return self.base_url is not None or getattr(self.vlm_, "backend", "") == "openai"
+
+    def check_ready(self, workspace: Workspace) -> None:
+        """Refuse a hosted API without a key before any photo is sent."""
+        if self.base_url is not None or _card_backend(self.model, workspace.root) == "openai":
+            from naturelens.vlm.remote import require_api_key
+
+            require_api_key(self.model, self.base_url)
 
     def vlm_options(self, workspace: Workspace | None = None) -> dict:
         """Back-end options for :func:`naturelens.vlm.load_vlm`."""
@@ -157,6 +171,7 @@ class Prompt(Method):
         return dict(
             device=self.device,
             batch_size=self.batch_size,
+            share_prefix=self.share_prefix,
             **({"max_side": self.max_side} if self.max_side else {}),
         )
 
@@ -210,7 +225,7 @@ class Prompt(Method):
                 if taken == self.shots:
                     break
                 try:
-                    image = ws.open_image(ids[i], max_side=self._side())
+                    image = ws.open_image(ids[i], max_side=self.image_side())
                 except PhotoDecodeError:
                     continue
                 answer = self.template_.render_example(ws.taxonomy, ws.taxonomy.get(cls), self.mode)
@@ -222,7 +237,8 @@ class Prompt(Method):
         order = np.random.default_rng(self.seed + 1).permutation(len(examples))
         return [examples[i] for i in order]
 
-    def _side(self) -> int:
+    def image_side(self) -> int:
+        """The longest side photos are sent at."""
         return self.max_side or (512 if self.detail == "low" else 1024)
 
     # ------------------------------------------------------------------ predict
@@ -259,7 +275,7 @@ class Prompt(Method):
             for state in todo:
                 if state.image is None and not state.failure:
                     try:
-                        state.image = ws.open_image(state.photo_id, max_side=self._side())
+                        state.image = ws.open_image(state.photo_id, max_side=self.image_side())
                     except PhotoDecodeError as exc:
                         state.failure = str(exc)  # "reason: detail"
             todo = [s for s in todo if not s.failure]
@@ -350,7 +366,7 @@ class Prompt(Method):
             ready, failed = [], {}
             for pid in part.ids:
                 try:
-                    ready.append((pid, ws.open_image(pid, max_side=self._side())))
+                    ready.append((pid, ws.open_image(pid, max_side=self.image_side())))
                 except PhotoDecodeError as exc:
                     failed[pid] = str(exc)  # "reason: detail"
             started = time.perf_counter()

@@ -367,8 +367,11 @@ def train_loop(
     patience: int = 3,
     snapshot: Callable[[], Any] | None = None,
     restore: Callable[[Any], None] | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[dict[str, float]]:
     """Train for up to ``epochs`` epochs; returns one record per epoch.
+
+    ``scheduler`` (e.g. :func:`warmup_cosine`) steps after every optimiser step.
 
     ``epoch_batches(epoch)`` yields the epoch's batches (and sets train mode);
     ``batch_loss(batch)`` gives ``(loss, photos)`` or None to skip a batch. With
@@ -387,6 +390,8 @@ def train_loop(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             total += float(loss.detach()) * photos
             seen += photos
         if not seen:
@@ -408,3 +413,28 @@ def train_loop(
     if best_state is not None and restore is not None:
         restore(best_state)
     return history
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then cosine decay to 0 at
+    ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def schedule_epochs(epochs: int, photos: int, batch_size: int, min_steps: int) -> int:
+    """Epochs to train: at least ``epochs``, and enough for ``min_steps`` optimiser steps.
+
+    A few-shot set gives one or two steps per epoch; counting epochs alone would stop
+    training after a few dozen steps.
+    """
+    per_epoch = max(1, math.ceil(photos / batch_size))
+    return max(epochs, math.ceil(min_steps / per_epoch))

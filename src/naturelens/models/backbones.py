@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,8 @@ from torch import nn
 from naturelens.errors import NaturelensError
 from naturelens.models.cards import CardError, ModelCard, resolve
 from naturelens.models.device import PRECISIONS, DeviceError, pick_device, pick_dtype
+from naturelens.models.precision import DTYPES as PRECISION_DTYPES
+from naturelens.models.precision import PrecisionChoice, choose_precision, measure
 from naturelens.models.vision import VisionFamily, family_for
 from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 from naturelens.sources.images import decode_photo
@@ -262,11 +265,9 @@ def family_of(card: ModelCard) -> VisionFamily:
 
 
 def _not_loadable(card: ModelCard, exc: OSError) -> BackboneError:
-    return BackboneError(
-        f"cannot load {card.name!r} from {card.source!r}: {exc}",
-        hint="offline? download it once with internet access, or point the card's "
-        "source at a local folder",
-    )
+    from naturelens.models.availability import load_failure
+
+    return BackboneError(load_failure(card, exc))
 
 
 def card_pooling(
@@ -336,6 +337,7 @@ class Backbone(nn.Module):
         self.prefix_tokens = family.prefix_tokens(module)
         # The type inference runs in; fine-tuning keeps fp32 weights and autocasts to it.
         self.compute_dtype = torch.float32
+        self.precision = PrecisionChoice("fp32", "forced")
 
     @property
     def device(self) -> torch.device:
@@ -472,6 +474,40 @@ def _load_weights(card: ModelCard, family: VisionFamily, device: torch.device) -
         raise _not_loadable(card, exc) from exc
 
 
+# --------------------------------------------------------------------------- precision
+
+_DTYPE_NAMES = {dtype: name for name, dtype in PRECISION_DTYPES.items()}
+
+
+def resolve_precision(
+    card: ModelCard,
+    device: torch.device,
+    precision: str,
+    fp32_weights: Callable[[], nn.Module],
+) -> PrecisionChoice:
+    """Which precision ``card`` runs in on ``device``, and why.
+
+    ``auto`` on a CPU is decided by measurement (:mod:`naturelens.models.precision`),
+    once per card and machine; ``fp32_weights`` loads the model for that and is called
+    only when no decision is cached. Elsewhere the device policy decides.
+    """
+    dtype = pick_dtype(precision, device, card)  # also rejects an unknown precision
+    if precision not in (None, "auto"):
+        return PrecisionChoice(_DTYPE_NAMES[dtype], "forced")
+    if device.type != "cpu":
+        return PrecisionChoice(_DTYPE_NAMES[dtype], "policy")
+
+    def measure_now() -> PrecisionChoice:
+        family = family_of(card)
+        backbone = _backbone(card, fp32_weights(), family, card_preprocessing(card), None)
+        backbone.to(device).eval()
+        return measure(
+            backbone, lambda m, x: m.features(x), backbone.preprocessing.input_size, device
+        )
+
+    return choose_precision(f"{card.name}|{card.source}", device, measure_now)
+
+
 # --------------------------------------------------------------------------- the factory
 
 
@@ -492,11 +528,14 @@ class ModelBundle:
     dtype: torch.dtype
     processor: Any = None
     stamp: tuple = ()
+    precision: PrecisionChoice | None = None  # which precision, and why
 
     def backbone(self, pooling: str | None = None) -> Backbone:
         """The image tower with ``pooling`` (default: the card's), sharing these weights."""
         backbone = _backbone(self.card, self.module, self.family, self.preprocessing, pooling)
         backbone.compute_dtype = self.dtype
+        if self.precision is not None:
+            backbone.precision = self.precision
         return backbone.eval()
 
     @property
@@ -544,7 +583,8 @@ def load_model(
         ``cpu``, ``cuda``, ``mps``...; the best available when None.
     precision
         ``auto``, ``fp32``, ``bf16`` or ``fp16``: the weights type of both towers
-        (:func:`naturelens.models.device.pick_dtype`).
+        (:func:`resolve_precision`: ``auto`` on a CPU is measured once per card and
+        machine).
 
     Returns
     -------
@@ -553,15 +593,23 @@ def load_model(
         not train or modify it (fine-tuning loads its own copy with ``load_backbone``).
     """
     dev = pick_device(device)
-    dtype = pick_dtype(precision, dev, card)
+    family = family_of(card)
+    measured: list[nn.Module] = []  # weights loaded to measure precision, reused below
+
+    def fp32_weights() -> nn.Module:
+        measured.append(_load_weights(card, family, dev))
+        return measured[0]
+
+    choice = resolve_precision(card, dev, precision, fp32_weights)
+    dtype = PRECISION_DTYPES[choice.precision]
     key = (card.name, card.source, repr(sorted(card.fields.items())), str(dev), dtype)
     stamp = _weights_stamp(card.source)
     if key in _LOADED and _LOADED[key].stamp == stamp:
         _LOADED.move_to_end(key)
+        _LOADED[key].precision = choice
         return _LOADED[key]
-    family = family_of(card)
     preprocessing = card_preprocessing(card)
-    module = _load_weights(card, family, dev)
+    module = measured[0] if measured else _load_weights(card, family, dev)
     processor = None
     if family.has_text_tower:
         from transformers import AutoProcessor
@@ -569,7 +617,7 @@ def load_model(
         processor = AutoProcessor.from_pretrained(card.source)
     module.requires_grad_(False)
     module.to(dev, dtype).eval()
-    bundle = ModelBundle(card, family, module, preprocessing, dev, dtype, processor, stamp)
+    bundle = ModelBundle(card, family, module, preprocessing, dev, dtype, processor, stamp, choice)
     _LOADED[key] = bundle
     while len(_LOADED) > _KEEP_LOADED:
         _LOADED.popitem(last=False)
@@ -599,9 +647,11 @@ def load_backbone(
     device
         ``cpu``, ``cuda``, ``mps``...; the best available when None.
     precision
-        ``auto`` (bf16 on CUDA and on CPUs with bf16 units, else fp32), ``fp32``,
-        ``bf16`` or ``fp16``. For inference the weights are cast to it (measured faster
-        than autocast on CPU); with ``training`` they stay fp32 and callers autocast.
+        ``auto`` (the fastest precision that agrees with fp32, measured at the first use
+        of the card on this machine and remembered: :mod:`naturelens.models.precision`),
+        ``fp32``, ``bf16`` or ``fp16``. For inference the weights are cast to it
+        (measured faster than autocast on CPU); with ``training`` they stay fp32 and
+        callers autocast. ``backbone.precision`` says which ran and why.
     training
         Load a private copy with fp32 weights for fine-tuning (never the shared one).
     pooling
@@ -619,15 +669,22 @@ def load_backbone(
     if not training:
         return load_model(card, device, precision).backbone(pooling)
     dev = pick_device(device)
-    dtype = pick_dtype(precision, dev, card)
     family = family_of(card)
+    measured: list[nn.Module] = []
+
+    def fp32_weights() -> nn.Module:
+        measured.append(_load_weights(card, family, dev))
+        return measured[0]
+
+    choice = resolve_precision(card, dev, precision, fp32_weights)
     preprocessing = card_preprocessing(card)
-    module = _load_weights(card, family, dev)
+    module = measured[0] if measured else _load_weights(card, family, dev)
     family.image_only(module)  # fine-tuning adapts the image tower only
     module.requires_grad_(False)
     backbone = _backbone(card, module, family, preprocessing, pooling)
     backbone.to(dev)
-    backbone.compute_dtype = dtype
+    backbone.compute_dtype = PRECISION_DTYPES[choice.precision]
+    backbone.precision = choice
     return backbone.eval()
 
 

@@ -58,6 +58,7 @@ class ModelCard:
     source: str
     origin: str = field(default="", compare=False)
     license: str | None = None
+    params: str | None = None  # parameter count, as people say it: "22M", "7.1B"
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     KINDS: ClassVar[tuple[str, ...]] = ()

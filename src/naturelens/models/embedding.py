@@ -7,15 +7,9 @@ and the next run embeds just the photos no part mentions.
 Decoding and resizing run in a thread pool (Pillow releases the GIL): beside a GPU, up
 to two batches ahead of the model; on a CPU, batch by batch on every core, because the
 model's threads already occupy them (see :func:`iter_pixel_batches`).
-:func:`embed_batches` is the per-batch function itself, so the same code runs inside a
-distributed engine::
-
-    ray.data.from_items(rows).map_batches(  # rows: {"photo_id": ..., "path": ...}
-        BatchEmbedder,
-        fn_constructor_kwargs={"model": "dinov2-small"},
-        batch_size=64,
-        concurrency=2,
-    )
+:func:`embed_batches` is the per-batch function itself, so the same code runs on a Ray
+cluster (:mod:`naturelens.scale`), where worker processes compute and the driver writes
+the store.
 """
 
 from __future__ import annotations
@@ -134,16 +128,6 @@ def embed_batches(batch: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
     if good:
         vectors[good] = backbone.embed(np.stack([pixels[i] for i in good]))
     return {"photo_id": ids, "vector": vectors, "failure": failure, "detail": detail}
-
-
-class BatchEmbedder:
-    """A callable class for Ray Data ``map_batches``: loads the backbone once per worker."""
-
-    def __init__(self, model: str, device: str | None = None, precision: str = "auto"):
-        self.backbone = load_backbone(model, device=device, precision=precision)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return embed_batches(batch, self.backbone)
 
 
 # --------------------------------------------------------------------------- the engine
@@ -352,20 +336,16 @@ def embed_photos(
     if backbone is None and device is not None:
         pick_device(device)  # a bad --device fails now, not after the work is found done
     emb = embedding_set(ws, model)
-    ids = list(dict.fromkeys(ws.photo_ids() if photo_ids is None else photo_ids))
-    done = emb.recorded_ids()
-    if retry_failed and done:
-        done -= set(emb.failures(ids))
-    todo = [pid for pid in ids if pid not in done]
+    todo = photos_to_embed(ws, emb, photo_ids, retry_failed)
     if not todo:
         return emb
     if backbone is None:
         backbone = load_backbone(model, device=device, precision=precision, workspace=ws.root)
     spec = backbone_spec(backbone)
+    emb.precision = backbone.precision.describe()
     if cache_key(spec) != emb.key:
         raise ValueError(f"backbone {spec['model']!r} does not produce embeddings for {model!r}")
-    precision = str(getattr(backbone, "compute_dtype", backbone.dtype)).replace("torch.", "")
-    emb.start({**spec, "precision": precision}, backbone.dim)
+    emb.start({**spec, "precision": precision_name(backbone)}, backbone.dim)
     writer = emb.writer(part_size)
     try:
         batches = photo_batches(ws, todo, backbone, batch_size, workers=workers)
@@ -389,3 +369,23 @@ def embed_photos(
         # Whatever was computed before an interruption is kept.
         writer.flush()
     return emb
+
+
+def photos_to_embed(
+    ws: Workspace,
+    emb: EmbeddingSet,
+    photo_ids: Sequence[str] | None = None,
+    retry_failed: bool = False,
+) -> list[str]:
+    """Photos of ``photo_ids`` (default: all readable) that ``emb`` has no record of yet,
+    plus, with ``retry_failed``, those that failed before; each once, in order."""
+    ids = list(dict.fromkeys(ws.photo_ids() if photo_ids is None else photo_ids))
+    done = emb.recorded_ids()
+    if retry_failed and done:
+        done -= set(emb.failures(ids))
+    return [pid for pid in ids if pid not in done]
+
+
+def precision_name(backbone: Backbone) -> str:
+    """The dtype a backbone computes in, as stored in ``meta.json`` (``bfloat16``...)."""
+    return str(getattr(backbone, "compute_dtype", backbone.dtype)).replace("torch.", "")

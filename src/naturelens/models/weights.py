@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from importlib import util
 from pathlib import Path
 
@@ -37,14 +36,4 @@ def resolve(name: str | ModelCard, kind: str | None = None) -> tuple[ModelCard, 
     return card, str(local) if local else card.source
 
 
-def hub_hint(source: str) -> str:
-    """A hint for a model that could not be loaded, when the hub is unreachable."""
-    if Path(source).exists() or not os.environ.get("HF_HUB_OFFLINE"):
-        return ""
-    return (
-        f" ({source!r} is not in the local cache and HF_HUB_OFFLINE is set: download it "
-        "once with internet, or pass a local folder as the model)"
-    )
-
-
-__all__ = ["hub_hint", "package_folder", "resolve"]
+__all__ = ["package_folder", "resolve"]

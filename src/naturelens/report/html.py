@@ -16,14 +16,13 @@ answers, class names) is escaped. The page is rendered by Jinja2 with autoescapi
 for the page's scripts sits in a ``<script type="application/json">`` block written with
 ``tojson`` (which escapes ``<``, ``>``, ``&`` and ``'``, so no ``</script>`` or ``<!--``
 can end it) and is put on the page with ``textContent``, never ``innerHTML``. The map
-(folium/Leaflet) shows popups and layer names through ``innerHTML``, so those strings are
-HTML-escaped before they reach it. The map loads Leaflet from a CDN and needs a network
-connection; the rest of the report works offline.
+(``report/map.py``, Leaflet shipped in the package) shows tooltips and layer names through
+``innerHTML``, so those strings are HTML-escaped before they reach it. The whole report,
+map included, works offline; map tiles show when a tile server can be reached.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -40,6 +39,8 @@ from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.compare import format_accuracy, format_energy, latest_comparison
 from naturelens.evaluation.metrics import EvaluationError, evaluate_run
+from naturelens.report.export import KM_PER_DEG_LAT, KM_PER_DEG_LON
+from naturelens.report.map import build_map
 from naturelens.sources.images import PhotoDecodeError, load_photo
 from naturelens.workspace import reports
 from naturelens.workspace.core import Workspace, WorkspaceError, now
@@ -52,9 +53,6 @@ PALETTE = [
     "#86bcb6", "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#bab0ac",
 ]  # fmt: skip
 REJECTED_COLOUR = "#7f7f7f"
-# Kilometres per degree of latitude, and of longitude at the equator (WGS84, rounded).
-KM_PER_DEG_LAT = 110.574
-KM_PER_DEG_LON = 111.320
 
 
 @dataclass
@@ -281,103 +279,6 @@ def _map_points(ws: Workspace, run: dict | None, limit: int) -> tuple[int, list[
     return reports.map_points(ws, run["run_id"] if run else None, limit)
 
 
-# ---------------------------------------------------------------------------- map
-def _esc(value: Any) -> str:
-    """Text for a place that Leaflet fills with ``innerHTML``."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def build_map(
-    meta: dict[str, dict[str, str]],
-    points: list[dict],
-    cells: list[dict],
-    cell_km: float,
-) -> str | None:
-    """The folium map as a complete HTML document (None when nothing is geotagged)."""
-    if not points and not cells:
-        return None
-    import folium
-
-    lats = [p["lat"] for p in points] + [b for c in cells for b in (c["bounds"][0], c["bounds"][2])]
-    lons = [p["lon"] for p in points] + [b for c in cells for b in (c["bounds"][1], c["bounds"][3])]
-    fmap = folium.Map(tiles="OpenStreetMap", prefer_canvas=True, control_scale=True)
-    fmap.fit_bounds([[min(lats), min(lons)], [max(lats), max(lons)]])
-    classes = list(dict.fromkeys([c["class"] for c in cells] + [p["k"] for p in points]))
-    for k in classes:
-        colour = meta.get(k, {}).get("colour", "#999999")
-        name = _esc(meta.get(k, {}).get("name", k))
-        top = max([c["pud"] for c in cells if c["class"] == k] or [1])
-        features = [
-            {
-                "type": "Feature",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]],
-                },
-                "properties": {
-                    "class": name,
-                    "pud": c["pud"],
-                    "photos": c["photos"],
-                    "shade": round(0.15 + 0.6 * c["pud"] / top, 3),
-                },
-            }
-            for c in cells
-            if c["class"] == k
-            for s, w, n, e in [c["bounds"]]
-        ]
-        if features:
-            group = folium.FeatureGroup(name=f"{name}: photo-user-days ({cell_km:g} km)")
-            folium.GeoJson(
-                {"type": "FeatureCollection", "features": features},
-                style_function=lambda f, colour=colour: {
-                    "color": colour,
-                    "weight": 1,
-                    "fillColor": colour,
-                    "fillOpacity": f["properties"]["shade"],
-                },
-                tooltip=folium.GeoJsonTooltip(
-                    fields=["class", "pud", "photos"],
-                    aliases=["class", "photo-user-days", "photos"],
-                ),
-            ).add_to(group)
-            group.add_to(fmap)
-        mine = [p for p in points if p["k"] == k]
-        if mine:
-            group = folium.FeatureGroup(name=f"{name}: photos")
-            folium.GeoJson(
-                {
-                    "type": "FeatureCollection",
-                    "features": [
-                        {
-                            "type": "Feature",
-                            "geometry": {"type": "Point", "coordinates": [p["lon"], p["lat"]]},
-                            "properties": {
-                                "title": _esc(p["title"]),
-                                "class": name,
-                                "confidence": (
-                                    f"{p['confidence']:.2f}" if p["confidence"] is not None else ""
-                                ),
-                                "owner": _esc(p["owner"]),
-                                "taken": _esc(p["taken_at"]),
-                            },
-                        }
-                        for p in mine
-                    ],
-                },
-                marker=folium.CircleMarker(
-                    radius=4, color=colour, weight=1, fill=True, fill_color=colour, fill_opacity=0.8
-                ),
-                tooltip=folium.GeoJsonTooltip(
-                    fields=["title", "class", "confidence", "owner", "taken"],
-                    aliases=["title", "class", "confidence", "owner", "taken"],
-                ),
-            ).add_to(group)
-            group.add_to(fmap)
-    # Two layers per class: keep the control open only while it does not hide the map.
-    folium.LayerControl(collapsed=len(classes) > 4).add_to(fmap)
-    return fmap.get_root().render()
-
-
 # ---------------------------------------------------------------------------- page
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -435,6 +336,8 @@ def _comparison_rows(ws: Workspace) -> tuple[dict | None, list[dict]]:
             "labels_used": s.get("labels_used"),
             "accuracy": None,
             "macro_f1": None,
+            "balanced_accuracy": None,
+            "majority_baseline": None,
             "photos_per_second": None,
             "wall_seconds": s.get("wall_seconds"),
             "tokens": (s.get("tokens_in") or 0) + (s.get("tokens_out") or 0),
@@ -448,7 +351,9 @@ def _comparison_rows(ws: Workspace) -> tuple[dict | None, list[dict]]:
             row["photos_per_second"] = s["photos"] / (wall - fit if wall > fit else wall)
         try:
             ev = evaluate_run(ws, r["run_id"], n_resamples=0)
-            row["accuracy"], row["macro_f1"] = ev["accuracy"], ev["macro_f1"]
+            for key in ("accuracy", "macro_f1", "balanced_accuracy", "majority_baseline"):
+                row[key] = ev[key]
+            row["collapsed"] = int(ev["collapsed"])
         except EvaluationError:
             pass
         rows.append(row)
@@ -569,6 +474,7 @@ def build_report(
         review_shown=len(review_items),
         evaluation=evaluation,
         evaluation_error=evaluation_error,
+        estimate=(run or {}).get("summary", {}).get("estimate"),
         cm_max=cm_max,
         class_names={k: v["name"] for k, v in meta.items()},
         comparison=comparison,

@@ -128,6 +128,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _load(img: Image.Image) -> None:
+    """Decode the pixels (the first frame of an animation); failures become reasons."""
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+    except OSError as exc:
+        msg = str(exc).lower()
+        reason = "truncated image" if "truncat" in msg or "broken" in msg else "unreadable image"
+        raise PhotoDecodeError(reason, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise PhotoDecodeError("unreadable image", f"{type(exc).__name__}: {exc}") from exc
+
+
 def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
     """Decode bytes to an RGB image with EXIF orientation applied.
 
@@ -147,19 +161,11 @@ def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
         For empty, truncated, non-image or oversized files.
     """
     img = _open(data)
+    if max_side and img.format == "JPEG":
+        img.draft("RGB", (max_side, max_side))
+    _load(img)
     try:
-        if getattr(img, "is_animated", False):
-            img.seek(0)
-        if max_side and img.format == "JPEG":
-            img.draft("RGB", (max_side, max_side))
-        img.load()
         out = _to_rgb(img)
-    except PhotoDecodeError:
-        raise
-    except OSError as exc:
-        msg = str(exc).lower()
-        reason = "truncated image" if "truncat" in msg or "broken" in msg else "unreadable image"
-        raise PhotoDecodeError(reason, str(exc)) from exc
     except Exception as exc:  # noqa: BLE001
         raise PhotoDecodeError("unreadable image", f"{type(exc).__name__}: {exc}") from exc
     if max_side and min(out.size) > 2 * max_side:
@@ -172,21 +178,39 @@ def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
 
 
 def inspect_photo(data: bytes) -> PhotoInfo:
-    """Fully decode ``data`` once (to prove it is readable) and read its metadata.
+    """Decode ``data`` once (to prove it is readable) and read its size and metadata.
+
+    A JPEG is decoded in draft mode at 1/8 scale. libjpeg still reads and entropy-decodes
+    the whole compressed stream (every scan of a progressive file, every block's
+    coefficients) and Pillow still fails on a file that ends early, so a truncated or
+    corrupt stream is caught as with a full decode; what is skipped is the inverse DCT
+    and colour conversion at full size, which cannot fail on a stream that decoded.
+    It does not prove that a full-size decode fits in memory (the pixel limit guards
+    that) and, like a full decode, it cannot see damage that still decodes (flipped
+    bits inside the entropy-coded data). Other formats are decoded in full.
 
     Raises
     ------
     PhotoDecodeError
         When the photo cannot be decoded.
     """
-    img = decode_photo(data)
-    info = PhotoInfo(width=img.width, height=img.height, format="")
     src = _open(data)
-    info.format = (src.format or "").upper()
+    info = PhotoInfo(width=0, height=0, format=(src.format or "").upper())
     try:
         exif = src.getexif()
     except Exception:  # noqa: BLE001 - broken EXIF is not a broken photo
         exif = None
+    if info.format == "JPEG":
+        width, height = src.size  # as declared; draft() shrinks .size to the decoded scale
+        src.draft(src.mode, (1, 1))
+        _load(src)
+        # EXIF orientations 5-8 turn the photo on its side: the shown size is swapped.
+        if exif and exif.get(0x0112) in (5, 6, 7, 8):
+            width, height = height, width
+        info.width, info.height = width, height
+    else:
+        img = decode_photo(data)
+        info.width, info.height = img.size
     if exif:
         info.lat, info.lon = _exif_gps(exif)
         info.taken_at = _exif_time(exif)

@@ -1,55 +1,96 @@
-"""The reading half of ingest: turn a photo reference into its bytes' hash and metadata.
+"""The reading half of ingest: turn photo references into their bytes' hash and metadata.
 
 The workspace decides what to read and writes the rows; this module only reads files
 (local, or downloaded beforehand), hashes them and inspects the photo, recording why a
-reference or a photo failed instead of raising.
+reference or a photo failed instead of raising. Each file is independent, so worker
+processes read them on every core and send back only a small record (no pixels, no
+bytes); the catalog is written by the one process that owns the workspace.
 """
 
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import stat
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from naturelens.sources.download import DownloadError
-from naturelens.sources.images import PhotoDecodeError, decoded_bytes, inspect_photo
+from naturelens.sources.images import PhotoDecodeError, PhotoInfo, inspect_photo
 from naturelens.sources.refs import PhotoRef
 
 # Larger files are refused before they are read: no photo of a collection is this big,
 # and a device or a sparse file must not be read whole.
 MAX_PHOTO_BYTES = 256 * 1024 * 1024
-# Memory that photos being read and decoded at once may take, whatever the thread count.
-MEMORY_BUDGET = 2 * 1024**3
+
+# Below this many files per worker, starting processes costs more than it saves.
+MIN_FILES_PER_WORKER = 4
 
 
-class MemoryBudget:
-    """Bytes that concurrent readers may hold; a reader waits until its share is free.
+@dataclass
+class PhotoFile:
+    """What reading one photo file found.
 
-    One reader may always go ahead alone, so a photo larger than the whole budget is
-    still read (on its own) rather than waiting forever.
+    ``failure`` is set when the file could not be read at all; ``photo_failure`` when its
+    bytes were read (and hashed) but are not a usable photo.
     """
 
-    def __init__(self, limit: int = MEMORY_BUDGET):
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
+    path: str
+    photo_id: str | None = None
+    size: int | None = None
+    info: PhotoInfo | None = None
+    failure: str | None = None
+    failure_detail: str | None = None
+    photo_failure: str | None = None
+    photo_failure_detail: str | None = None
 
-    def acquire(self, amount: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self.used == 0 or self.used + amount <= self.limit)
-            self.used += amount
-            self.peak = max(self.peak, self.used)
 
-    def release(self, amount: int) -> None:
-        with self._cond:
-            self.used -= amount
-            self._cond.notify_all()
+def read_photo_file(path: str, max_bytes: int = MAX_PHOTO_BYTES) -> PhotoFile:
+    """Read, hash and inspect one photo file; problems are recorded, never raised.
+
+    Only regular files are read (a device, a named pipe or a folder is a failure, never a
+    hang or an endless read), and none larger than ``max_bytes``.
+    """
+    found = PhotoFile(path)
+    try:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        found.failure, found.failure_detail = "file not found", path
+        return found
+    except OSError as exc:
+        found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+        return found
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            found.failure, found.failure_detail = "not a regular file", path
+            return found
+        if info.st_size > max_bytes:
+            found.failure = "file too large"
+            found.failure_detail = f"{path}: {info.st_size} bytes, the limit is {max_bytes}"
+            return found
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+            return found
+    if len(data) > max_bytes:
+        found.failure, found.failure_detail = "file too large", f"{path}: grew while read"
+        return found
+    found.photo_id = hashlib.sha256(data).hexdigest()
+    found.size = len(data)
+    try:
+        found.info = inspect_photo(data)
+    except PhotoDecodeError as exc:
+        found.photo_failure, found.photo_failure_detail = exc.reason, exc.detail or path
+    return found
 
 
 class SeenFiles:
@@ -61,21 +102,117 @@ class SeenFiles:
 
     def __init__(self, size: int = 8192):
         self.size = size
-        self._found: OrderedDict[tuple, tuple] = OrderedDict()
+        self._found: OrderedDict[tuple, PhotoFile] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> tuple | None:
+    def get(self, key: tuple) -> PhotoFile | None:
         with self._lock:
             found = self._found.get(key)
             if found is not None:
                 self._found.move_to_end(key)
             return found
 
-    def put(self, key: tuple, found: tuple) -> None:
+    def put(self, key: tuple, found: PhotoFile) -> None:
         with self._lock:
             self._found[key] = found
             while len(self._found) > self.size:
                 self._found.popitem(last=False)
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def read_files(reader: PhotoReader, paths: Sequence[str], seen: SeenFiles) -> list[PhotoFile]:
+    """Read ``paths`` with ``reader``, each distinct unchanged file once per ingest."""
+    keys = [_identity(p) for p in paths]
+    out: list[PhotoFile | None] = []
+    wanted: dict[tuple, str] = {}
+    for path, key in zip(paths, keys, strict=True):
+        hit = seen.get(key) if key is not None else None
+        out.append(None if hit is None else _at(hit, path))
+        if hit is None and key is not None:
+            wanted.setdefault(key, path)
+    fresh = dict(zip(wanted, reader.read(list(wanted.values())), strict=True))
+    for key, found in fresh.items():
+        if not found.failure:
+            seen.put(key, found)
+    rest = [p for p, got, key in zip(paths, out, keys, strict=True) if got is None and key is None]
+    unkeyed = iter(reader.read(rest)) if rest else iter(())
+    result = []
+    for path, got, key in zip(paths, out, keys, strict=True):
+        if got is None:
+            got = _at(fresh[key], path) if key is not None else next(unkeyed)
+        result.append(got)
+    return result
+
+
+def _at(found: PhotoFile, path: str) -> PhotoFile:
+    return PhotoFile(
+        path,
+        found.photo_id,
+        found.size,
+        found.info,
+        found.failure,
+        found.failure_detail,
+        found.photo_failure,
+        found.photo_failure_detail,
+    )
+
+
+def default_workers() -> int:
+    """Every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class PhotoReader:
+    """Reads photo files in worker processes (or in this one, for few files or one core).
+
+    Use as a context manager; the workers start on the first large enough batch and
+    serve every batch after it.
+
+    Parameters
+    ----------
+    workers
+        Worker processes (default: every core).
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or default_workers())
+        self._pool: Executor | None = None
+
+    def read(self, paths: Sequence[str]) -> list[PhotoFile]:
+        """One :class:`PhotoFile` per path, in the order given."""
+        if self.workers == 1 or len(paths) < MIN_FILES_PER_WORKER * self.workers:
+            return [read_photo_file(p) for p in paths]
+        if self._pool is None:
+            # forkserver: workers start from a clean process, not a copy of this one and
+            # its database threads.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+        chunk = max(1, len(paths) // (4 * self.workers))
+        return list(self._pool.map(read_photo_file, paths, chunksize=chunk))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> PhotoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 @dataclass
@@ -92,18 +229,16 @@ class ReadResult:
     photo_failure: str | None = None  # the bytes were read but are not a usable photo
     photo_failure_detail: str | None = None
 
+    def add(self, found: PhotoFile) -> None:
+        """Take in what reading the reference's file found."""
+        self.photo_id, self.size, self.info = found.photo_id, found.size, found.info
+        self.failure, self.failure_detail = found.failure, found.failure_detail
+        self.photo_failure = found.photo_failure
+        self.photo_failure_detail = found.photo_failure_detail
 
-def read_ref(
-    ref: PhotoRef,
-    fetched: dict[str, Path | DownloadError],
-    budget: MemoryBudget | None = None,
-    seen: SeenFiles | None = None,
-    max_bytes: int = MAX_PHOTO_BYTES,
-) -> ReadResult:
-    """Read one reference's bytes, hash them and inspect the photo.
 
-    Only regular files are read (a device, a named pipe or a folder is a failure, never
-    a hang or an endless read), and none larger than ``max_bytes``.
+def ref_result(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> ReadResult:
+    """The reference's own failure, or the file to read for it (read by a :class:`PhotoReader`).
 
     Parameters
     ----------
@@ -111,17 +246,6 @@ def read_ref(
         The reference (a local path, or a URL already downloaded into ``fetched``).
     fetched
         Downloads of the batch: URL -> local path, or the download's error.
-    budget
-        Shared memory budget of the readers running at once.
-    seen
-        Files already read in this ingest, to skip reading them again.
-    max_bytes
-        Largest file read.
-
-    Returns
-    -------
-    ReadResult
-        Never raises for bad input: a failure is recorded in the result.
     """
     res = ReadResult(ref)
     if ref.problem:
@@ -129,71 +253,27 @@ def read_ref(
         res.failure_detail = ref.problem
         return res
     if ref.path:
-        path = Path(ref.path)
+        res.path = str(Path(ref.path))
+        return res
+    got = fetched.get(ref.url or "")
+    if isinstance(got, DownloadError):
+        res.failure, res.failure_detail = got.reason, got.detail
+    elif got is None:
+        res.failure, res.failure_detail = "download failed", "no result"
     else:
-        got = fetched.get(ref.url or "")
-        if isinstance(got, DownloadError):
-            res.failure, res.failure_detail = got.reason, got.detail
-            return res
-        if got is None:
-            res.failure, res.failure_detail = "download failed", "no result"
-            return res
-        path = got
-    try:
-        # O_NONBLOCK: opening a named pipe must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        res.failure, res.failure_detail = "file not found", str(path)
-        return res
-    except OSError as exc:
-        res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
-        return res
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            res.failure, res.failure_detail = "not a regular file", str(path)
-            return res
-        if info.st_size > max_bytes:
-            res.failure = "file too large"
-            res.failure_detail = f"{path}: {info.st_size} bytes, the limit is {max_bytes}"
-            return res
-        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        found = seen.get(key) if seen is not None else None
-        if found is not None:
-            res.path = str(path)
-            res.photo_id, res.size, res.info, res.photo_failure, res.photo_failure_detail = found
-            return res
-        # One share for the whole read: the bytes and the decoded pixels (the size comes
-        # from the header, so a huge image waits for room before it is read at all).
-        cost = info.st_size + decoded_bytes(os.pread(fh.fileno(), 1 << 20, 0))
-        if budget is not None:
-            budget.acquire(cost)
-        try:
-            data = _read_exactly(fh, max_bytes)
-            res.photo_id = hashlib.sha256(data).hexdigest()
-            res.path = str(path)
-            res.size = len(data)
-            try:
-                res.info = inspect_photo(data)
-            except PhotoDecodeError as exc:
-                res.photo_failure, res.photo_failure_detail = exc.reason, exc.detail or str(path)
-            del data
-        except OSError as exc:
-            res.failure, res.failure_detail = "file not readable", f"{path}: {exc}"
-            return res
-        finally:
-            if budget is not None:
-                budget.release(cost)
-    if seen is not None:
-        seen.put(
-            key, (res.photo_id, res.size, res.info, res.photo_failure, res.photo_failure_detail)
-        )
+        res.path = str(got)
     return res
 
 
-def _read_exactly(fh, max_bytes: int) -> bytes:
-    """The file's bytes; a file that grew past ``max_bytes`` while being read is refused."""
-    data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise OSError(f"grew beyond {max_bytes} bytes while being read")
-    return data
+def read_ref(ref: PhotoRef, fetched: dict[str, Path | DownloadError]) -> ReadResult:
+    """Read one reference in this process: :func:`ref_result`, then its file.
+
+    Returns
+    -------
+    ReadResult
+        Never raises for bad input: a failure is recorded in the result.
+    """
+    res = ref_result(ref, fetched)
+    if res.path and not res.failure:
+        res.add(read_photo_file(res.path))
+    return res

@@ -1,4 +1,5 @@
-"""Photo sources: folders, manifests (CSV or Parquet) and URL lists.
+"""Photo sources: folders, single photo files, shell globs, manifests (CSV or Parquet) and
+URL lists.
 
 A source yields :class:`PhotoRef` records: where a photo's bytes are and what the
 collection says about it. Rows that cannot be used keep their reason in ``problem``
@@ -7,6 +8,7 @@ so the workspace records them instead of skipping them.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Iterator
@@ -55,7 +57,7 @@ class PhotoRef:
     """One reference to a photo, before its bytes are read."""
 
     ref: str  # unique key of this reference: a path, a URL, or manifest#row-id
-    source: str  # "folder", "manifest" or "url"
+    source: str  # "folder", "file", "manifest" or "url"
     path: str | None = None
     url: str | None = None
     manifest_id: str | None = None
@@ -70,12 +72,19 @@ class PhotoRef:
 
 
 DUPLICATE_RULES = ("first", "last", "error")
+MANIFEST_SUFFIXES = {".csv", ".parquet", ".tsv"}
+_GLOB_CHARS = set("*?[")
 
 
 def iter_source(
     source: str | Path, labels_from_folders: bool = True, duplicates: str = "first"
 ) -> Iterator[PhotoRef]:
-    """Yield the photo references of a folder, a manifest file or a URL.
+    """Yield the photo references of a folder, a photo file, a glob, a manifest or a URL.
+
+    A glob (``photos/*.jpg``, ``photos/**/*.png``) is expanded here when the shell did not
+    (it was quoted, or the shell does not expand globs); each match is read as a source.
+    Any other file is a single photo: one that is not an image is recorded as a failure
+    with its reason, like any photo that cannot be decoded.
 
     ``duplicates`` says which row of a manifest wins when an id repeats (see
     :func:`iter_manifest`).
@@ -87,15 +96,21 @@ def iter_source(
     path = Path(source)
     if path.is_dir():
         yield from iter_folder(path, labels_from_folders=labels_from_folders)
-    elif path.is_file() and path.suffix.lower() in {".csv", ".parquet", ".txt", ".tsv"}:
-        if path.suffix.lower() == ".txt":
-            yield from iter_url_list(path)
-        else:
-            yield from iter_manifest(path, duplicates=duplicates)
-    elif path.exists():
-        raise SourceError(
-            f"{source}: not a folder, a manifest (.csv, .tsv, .parquet) or a URL list (.txt)"
-        )
+    elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+        yield from iter_manifest(path, duplicates=duplicates)
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        yield from iter_url_list(path)
+    elif path.is_file():
+        full = path.resolve()
+        yield PhotoRef(ref=str(full), source="file", path=str(full))
+    elif _GLOB_CHARS & set(text):
+        matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+        if not matches:
+            raise SourceError(f"{source}: no file matches this pattern")
+        for match in matches:
+            yield from iter_source(
+                match, labels_from_folders=labels_from_folders, duplicates=duplicates
+            )
     else:
         raise SourceError(f"{source}: no such file or folder")
 
@@ -108,10 +123,28 @@ def iter_folder(root: Path, labels_from_folders: bool = True) -> Iterator[PhotoR
     Files with other suffixes are listed too when they are not hidden: a ``.txt`` among
     photos is reported, not silently skipped, unless it is obviously not a photo (no
     suffix of a known photo type and not named like one).
+
+    Symlinked folders are followed (a class folder may live elsewhere); a link that leads
+    back to a folder already listed (a loop) is reported as a problem, not followed.
     """
     root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real in seen:
+                where = Path(dirpath) / d
+                yield PhotoRef(
+                    ref=str(where),
+                    source="folder",
+                    path=str(where),
+                    problem=f"symlink loop: folder {where} leads back to {real}, already listed",
+                )
+                continue
+            seen.add(real)
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in PHOTO_SUFFIXES:
                 continue

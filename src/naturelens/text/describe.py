@@ -40,6 +40,30 @@ class DescribeReport:
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
 
+    def count(self, rows: Sequence[Description]) -> None:
+        """Add stored descriptions to the totals (described or failed, tokens, cost)."""
+        for d in rows:
+            if d.status == "ok":
+                self.described += 1
+            else:
+                self.failed += 1
+                self.failures.append(f"{d.photo_id[:12]}: {d.detail}")
+            self.tokens_in += d.tokens_in
+            self.tokens_out += d.tokens_out
+            self.cost += d.cost
+            self.seconds += d.seconds
+
+
+def answer_status(text: str | None, error: str | None) -> tuple[str, str, str]:
+    """A VLM's reply as a description: ``(text, status, detail)``; an error or an empty
+    answer is a failed description."""
+    answer = (text or "").strip()
+    if error:
+        return "", "failed", str(error)
+    if not answer:
+        return "", "failed", "empty answer"
+    return answer, "ok", ""
+
 
 def source_name(model: str) -> str:
     """The name descriptions by ``model`` are stored under: its card's name, or for a
@@ -124,18 +148,13 @@ class VLMDescriber:
         replies = self.vlm.chat(requests) if requests else []
         wall = time.perf_counter() - started
         for pid, reply in zip(asked, replies, strict=True):
-            answer = (reply.text or "").strip()
-            status, detail = "ok", ""
-            if reply.error:
-                status, detail = "failed", str(reply.error)
-            elif not answer:
-                status, detail = "failed", "empty answer"
+            answer, status, detail = answer_status(reply.text, reply.error)
             rows.append(
                 Description(
                     pid,
                     source,
                     version,
-                    answer if status == "ok" else "",
+                    answer,
                     status,
                     detail,
                     tokens_in=reply.tokens_in,
@@ -174,16 +193,7 @@ def run_describer(
         rows, calls = describer.describe(ws, batch)
         ledger.record_many(calls)  # first, so what was paid for is kept
         write_descriptions(ws, rows)
-        for d in rows:
-            if d.status == "ok":
-                report.described += 1
-            else:
-                report.failed += 1
-                report.failures.append(f"{d.photo_id[:12]}: {d.detail}")
-            report.tokens_in += d.tokens_in
-            report.tokens_out += d.tokens_out
-            report.cost += d.cost
-            report.seconds += d.seconds
+        report.count(rows)
         if progress:
             progress(len(batch))
     return report

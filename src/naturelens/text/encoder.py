@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.availability import ModelLoadError, load_failure
 from naturelens.models.device import pick_device
-from naturelens.models.weights import hub_hint, resolve
+from naturelens.models.weights import resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -65,7 +66,7 @@ class EncoderClassifier(TextClassifier):
             raise ValueError(f"epochs must be at least 1, not {self.epochs}")
         self.taxonomy_ = taxonomy
         torch.manual_seed(self.seed)
-        _, source = resolve(self.text_model, kind="text")
+        card, source = resolve(self.text_model, kind="text")
         self.device_ = str(pick_device())
         try:
             self.tokenizer_ = AutoTokenizer.from_pretrained(source)
@@ -76,9 +77,7 @@ class EncoderClassifier(TextClassifier):
                 label2id={c: i for i, c in enumerate(self.classes_)},
             ).to(self.device_)
         except OSError as exc:
-            raise OSError(
-                f"cannot load encoder {self.text_model!r}: {exc}{hub_hint(source)}"
-            ) from exc
+            raise ModelLoadError(load_failure(card.with_source(source), exc)) from exc
         index = {c: i for i, c in enumerate(self.classes_)}
         self.losses_ = self._train(list(texts), [index[label] for label in labels])
         self.model_.eval()

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.availability import ModelLoadError, load_failure
 from naturelens.models.device import pick_device, pick_dtype
-from naturelens.models.weights import hub_hint, resolve
+from naturelens.models.weights import resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import TextClassifier, from_probabilities, softmax, text_prediction
 from naturelens.workspace.core import Prediction
@@ -63,9 +64,7 @@ class CausalLM:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
             self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch_dtype)
         except OSError as exc:
-            raise OSError(
-                f"cannot load language model {name!r}: {exc}{hub_hint(self.source)}"
-            ) from exc
+            raise ModelLoadError(load_failure(self.card.with_source(self.source), exc)) from exc
         self.model.to(self.device).eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from naturelens.models.availability import ModelLoadError, load_failure
+from naturelens.models.cards import make_card
 from naturelens.models.device import pick_device
-from naturelens.models.weights import hub_hint, resolve
+from naturelens.models.weights import resolve
 from naturelens.taxonomy import PhotoClass, Taxonomy
 from naturelens.text.base import (
     TextClassifier,
@@ -49,9 +51,8 @@ class SentenceEncoder:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModel.from_pretrained(source).to(self.device).eval()
         except OSError as exc:
-            raise OSError(
-                f"cannot load sentence encoder {name!r}: {exc}{hub_hint(source)}"
-            ) from exc
+            card = make_card(name, "text", source, origin="sentence encoder")
+            raise ModelLoadError(load_failure(card, exc)) from exc
         self._torch = torch
 
     @property

@@ -8,6 +8,13 @@ the same column), in bf16 or fp16 on a GPU and under bf16 autocast on a CPU.
 Score mode ranks a fixed list of answers without generating: one forward pass over the
 photo and the prompt fills the KV cache, the cache is repeated once per answer, and one
 more pass over all the answers at once gives each answer's log-likelihood.
+
+The prompt text is shared by every photo of a run, so it is placed before the photo (as
+the system turn; in-context examples come first anyway) and its KV cache is computed once
+and reused for every batch (:mod:`naturelens.vlm.prefix`), in both modes. Generation with
+a JSON schema that lists the classes is constrained to start with a valid label
+(:mod:`naturelens.vlm.constrain`), as a server's JSON-schema mode does for the remote
+back-end.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import torch
 from PIL import Image
 
 from naturelens.models.cards import ModelCard
-from naturelens.models.device import pick_device, pick_dtype
+from naturelens.models.device import cpu_supports_bf16, pick_device, pick_dtype
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
+from naturelens.vlm.constrain import LabelConstraint, LabelPrefixTree, schema_labels
+from naturelens.vlm.prefix import CachedPrefix, PrefixStore, PromptSplit, split_prompt
 
 # Models whose rotary positions are 3-D and computed by the model from the images: they
 # must not be given plain 1-D position ids.
@@ -47,14 +56,19 @@ class LocalVLM(VisionLanguageModel):
         Images are downscaled so their longest side is at most this many pixels before the
         processor sees them (the processor then resizes to the model's own input size).
     autocast
-        Run under bf16 autocast on CPU (about 2-3x faster on CPUs with bf16 support).
+        Run under bf16 autocast on CPU (about 2-3x faster on CPUs with bf16 units; on
+        CPUs without them bf16 is emulated and slower). Default: where the CPU has them.
+    share_prefix
+        Put the prompt text before the photo and compute its KV cache once for all photos
+        (False: the photo first, then the text, each request run whole).
     """
 
     device: str | None = None
     dtype: str | None = None
     batch_size: int = 4
     max_side: int | None = 1024
-    autocast: bool = True
+    autocast: bool | None = None
+    share_prefix: bool = True
     model: Any = field(default=None, repr=False)
     processor: Any = field(default=None, repr=False)
     backend = "transformers"
@@ -65,17 +79,18 @@ class LocalVLM(VisionLanguageModel):
         device = pick_device(self.device)
         self.device = str(device)
         torch_dtype = pick_dtype(self.dtype, device, self.card)
+        if self.autocast is None:
+            self.autocast = self.device == "cpu" and cpu_supports_bf16()
         source = self.card.source
         try:
             if self.processor is None:
                 self.processor = AutoProcessor.from_pretrained(source)
             if self.model is None:
                 self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
-        except OSError as exc:
-            raise VLMError(
-                f"cannot load {self.name} from {source!r}: {exc}. Download it first "
-                "(`hf download ...`) or point the card's source at a local folder"
-            ) from exc
+        except (OSError, ValueError) as exc:
+            from naturelens.models.availability import load_failure
+
+            raise VLMError(load_failure(self.card, exc)) from exc
         self.model.to(self.device).eval()
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
@@ -89,6 +104,23 @@ class LocalVLM(VisionLanguageModel):
         # The KV-cache argument was renamed from past_key_values to cache in transformers 5.
         forward = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        self.prefixes = PrefixStore()
+        self._system_turn = self.share_prefix and self._accepts_system_turn()
+        self._trees: dict[tuple[str, ...], LabelPrefixTree] = {}
+
+    def _accepts_system_turn(self) -> bool:
+        """Whether the chat template renders a system turn (some templates refuse one)."""
+        if self._model_type in _OWN_POSITIONS:
+            return False  # their positions depend on the images: no prefix reuse
+        probe = [
+            {"role": "system", "content": [{"type": "text", "text": "x"}]},
+            {"role": "user", "content": [{"type": "text", "text": "y"}]},
+        ]
+        try:
+            text = self.processor.apply_chat_template(probe, tokenize=False)
+        except Exception:  # noqa: BLE001  (jinja raises whatever the template raises)
+            return False
+        return "x" in text
 
     # ------------------------------------------------------------------ inputs
     def _image(self, image: Image.Image) -> Image.Image:
@@ -105,8 +137,15 @@ class LocalVLM(VisionLanguageModel):
         return {"role": "user", "content": content}
 
     def conversation(self, request: ChatRequest, answer_prefix: str = "") -> list[dict]:
-        """The chat-template conversation for ``request`` (examples first, as turns)."""
+        """The chat-template conversation for ``request`` (examples first, as turns).
+
+        With ``share_prefix`` the question goes in a system turn before the photo, so the
+        text every photo shares comes first.
+        """
         if not request.examples:
+            if self._system_turn and request.images and request.text:
+                system = {"role": "system", "content": [{"type": "text", "text": request.text}]}
+                return [system, self._user("", request.images)]
             return [self._user(request.text, request.images)]
         turns: list[dict] = []
         for i, (image, answer) in enumerate(request.examples):
@@ -128,13 +167,7 @@ class LocalVLM(VisionLanguageModel):
             return_tensors="pt",
             **call,
         )
-        out = {}
-        for key, value in batch.items():
-            if isinstance(value, torch.Tensor):
-                if value.is_floating_point():
-                    value = value.to(self.model.dtype)
-                out[key] = value.to(self.device)
-        return out
+        return self._tensors(batch)
 
     def _context(self):
         if self.device == "cpu" and self.autocast:
@@ -145,6 +178,114 @@ class LocalVLM(VisionLanguageModel):
         if self._model_type in _OWN_POSITIONS:
             return {}
         return {"position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
+
+    # ------------------------------------------------------------------ prefill
+    def _split(self, request: ChatRequest) -> PromptSplit | None:
+        if not self.share_prefix or self._model_type in _OWN_POSITIONS:
+            return None
+        rendered = self.processor.apply_chat_template(
+            [self.conversation(request)], add_generation_prompt=True, tokenize=False
+        )[0]
+        return split_prompt(
+            rendered,
+            getattr(self.processor, "image_token", None),
+            [self._image(im) for im, _ in request.examples],
+            [self._image(im) for im in request.images],
+            self.tokenizer.bos_token,
+        )
+
+    def _tensors(self, batch: Any) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    value = value.to(self.model.dtype)
+                out[key] = value.to(self.device)
+        return out
+
+    def _prefix(self, split: PromptSplit, request: ChatRequest) -> CachedPrefix | None:
+        """The cached prefix of ``split``, computed on first use; None if it cannot split."""
+        key = split.key
+        found = self.prefixes.get(key)
+        if found is not False:
+            return found
+        prefix = self._tensors(
+            self.processor(
+                text=[split.prefix],
+                images=[split.prefix_images] if split.prefix_images else None,
+                add_special_tokens=split.add_special_tokens,
+                return_tensors="pt",
+            )
+        )
+        suffix = self.processor(
+            text=[split.suffix],
+            images=[split.images],
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
+        whole = self.encode([request])["input_ids"].cpu()
+        joined = torch.cat([prefix["input_ids"].cpu(), suffix["input_ids"]], dim=1)
+        if not torch.equal(whole, joined):
+            self.prefixes.put(key, None)  # the tokens would differ: run such requests whole
+            return None
+        with self._context():
+            out = self.model(**prefix, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        cached = CachedPrefix(cache, prefix["input_ids"].shape[1])
+        self.prefixes.put(key, cached)
+        return cached
+
+    def _groups(
+        self, batch: Sequence[ChatRequest]
+    ) -> list[tuple[list[int], CachedPrefix | None, list[PromptSplit | None]]]:
+        """Rows of ``batch`` that share one cached prefix (or run whole: prefix None)."""
+        groups: dict[str | None, tuple[list[int], CachedPrefix | None, list]] = {}
+        for row, request in enumerate(batch):
+            split = self._split(request)
+            prefix = self._prefix(split, request) if split is not None else None
+            key = split.key if prefix is not None else None
+            rows, _, splits = groups.setdefault(key, ([], prefix, []))
+            rows.append(row)
+            splits.append(split)
+        return list(groups.values())
+
+    def _prefill(
+        self,
+        batch: Sequence[ChatRequest],
+        rows: list[int],
+        prefix: CachedPrefix | None,
+        splits: list[PromptSplit | None],
+    ) -> tuple[Any, torch.Tensor]:
+        """Run the requests ``rows`` of ``batch`` up to their answers.
+
+        Returns the model output (logits, KV cache) and the attention mask over everything
+        in the cache, prefix included.
+        """
+        if prefix is None:
+            inputs = self.encode([batch[r] for r in rows])
+            mask = inputs["attention_mask"]
+            return self.model(**inputs, **self._positions(mask), use_cache=True), mask
+        inputs = self._tensors(
+            self.processor(
+                text=[s.suffix for s in splits],
+                images=[s.images for s in splits],
+                padding=True,
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+        )
+        tail = inputs.pop("attention_mask")
+        n = tail.shape[0]
+        mask = torch.cat([tail.new_ones((n, prefix.length)), tail], dim=1)
+        positions = (prefix.length + tail.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            **inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_arg: prefix.copy_for(n)},
+        )
+        return out, mask
 
     # ------------------------------------------------------------------ generate
     def chat(self, requests: list[ChatRequest]) -> list[ChatReply]:
@@ -163,34 +304,112 @@ class LocalVLM(VisionLanguageModel):
             replies.extend(got)
         return replies
 
+    def _constraint(self, batch: Sequence[ChatRequest], prompt_width: int = 0):
+        """The label constraint of the batch's JSON schema, when it lists the classes."""
+        labels = {tuple(schema_labels(r.json_schema)) for r in batch}
+        if len(labels) != 1 or not next(iter(labels)):
+            return None  # no schema, or requests that disagree on it: unconstrained
+        labels_key = next(iter(labels))
+        if labels_key not in self._trees:
+            self._trees[labels_key] = LabelPrefixTree(self.tokenizer, labels_key)
+        return LabelConstraint(self._trees[labels_key], prompt_width)
+
     @torch.inference_mode()
     def _generate(self, batch: Sequence[ChatRequest]) -> list[ChatReply]:
+        if self._model_type in _OWN_POSITIONS:
+            return self._generate_whole(batch)
+        started = time.perf_counter()
+        eos = self._eos()
+        answers: dict[int, list[int]] = {}
+        tokens_in: dict[int, int] = {}
+        with self._context():
+            for rows, prefix, splits in self._groups(batch):
+                out, mask = self._prefill(batch, rows, prefix, splits)
+                steps = max(batch[r].max_tokens for r in rows)
+                new = self._decode(
+                    out, mask, steps, eos, self._constraint([batch[r] for r in rows])
+                )
+                for i, row in enumerate(rows):
+                    answers[row] = new[i]
+                    tokens_in[row] = int(mask[i].sum())
+        seconds = (time.perf_counter() - started) / len(batch)
+        return [
+            self._reply(answers[row], request, tokens_in[row], eos, seconds)
+            for row, request in enumerate(batch)
+        ]
+
+    def _eos(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+
+    def _decode(
+        self, out: Any, mask: torch.Tensor, steps: int, eos: set[int], constraint
+    ) -> list[list[int]]:
+        """Greedy decoding from a prefilled cache; each row stops at its end token."""
+        cache = getattr(out, "cache", None) or out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        rows = logits.shape[0]
+        position = mask.long().sum(-1, keepdim=True)
+        tokens = torch.empty((rows, 0), dtype=torch.long, device=self.device)
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        stop = torch.tensor(sorted(eos), dtype=torch.long, device=self.device)
+        pad = self.tokenizer.pad_token_id
+        for step in range(steps):
+            if constraint is not None:
+                logits = constraint(tokens, logits)
+            nxt = torch.where(done, pad, logits.argmax(-1))
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            done |= torch.isin(nxt, stop)
+            if bool(done.all()) or step == steps - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=position,
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
+            cache = getattr(out, "cache", None) or out.past_key_values
+            position = position + 1
+            logits = out.logits[:, -1, :].float()
+        return tokens.tolist()
+
+    def _reply(
+        self, new: list[int], request: ChatRequest, tin: int, eos: set[int], seconds: float
+    ) -> ChatReply:
+        new = new[: request.max_tokens]
+        n = len(new)
+        for i, tok in enumerate(new):
+            if tok in eos:
+                n = i + 1
+                break
+        text = self.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
+        return ChatReply(text, tin, n, seconds, self.cost_of(tin, n))
+
+    def _generate_whole(self, batch: Sequence[ChatRequest]) -> list[ChatReply]:
+        """transformers' own generate, for models that place their positions themselves."""
+        from transformers import LogitsProcessorList
+
         started = time.perf_counter()
         inputs = self.encode(batch)
         mask = inputs["attention_mask"]
         width = inputs["input_ids"].shape[1]
+        constraint = self._constraint(batch, prompt_width=width)
         with self._context():
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=max(r.max_tokens for r in batch),
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
+                logits_processor=LogitsProcessorList([constraint] if constraint else []),
             )
         seconds = (time.perf_counter() - started) / len(batch)
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        replies = []
-        for row, request in enumerate(batch):
-            new = out[row, width:].tolist()[: request.max_tokens]
-            n = len(new)
-            for i, tok in enumerate(new):
-                if tok in eos:
-                    n = i + 1
-                    break
-            text = self.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
-            tin = int(mask[row].sum())
-            replies.append(ChatReply(text, tin, n, seconds, self.cost_of(tin, n)))
-        return replies
+        eos = self._eos()
+        return [
+            self._reply(out[row, width:].tolist(), request, int(mask[row].sum()), eos, seconds)
+            for row, request in enumerate(batch)
+        ]
 
     # ------------------------------------------------------------------ score
     def score(self, requests: list[ChatRequest], choices: Sequence[str]) -> list[ScoreReply]:
@@ -220,49 +439,56 @@ class LocalVLM(VisionLanguageModel):
         self, batch: Sequence[ChatRequest], choices: Sequence[str], choice_ids: list[list[int]]
     ) -> list[ScoreReply]:
         started = time.perf_counter()
-        inputs = self.encode(batch)
-        mask = inputs["attention_mask"]
-        n_rows, n_choices = mask.shape[0], len(choices)
+        ll = torch.empty((len(batch), len(choices)))
+        tokens_in = [0] * len(batch)
         with self._context():
-            # 1. The shared prefix (photo + prompt), once per photo.
-            out = self.model(**inputs, **self._positions(mask), use_cache=True)
-            first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token logprobs
-            cont, cont_mask = answer_tensors(
-                choice_ids, self.tokenizer.pad_token_id, mask.dtype, self.device
-            )
-            longest = cont.shape[1]
-            # First answer token: read straight from the prefix's last logits.
-            ll = first[:, cont[:, 0]]  # rows x choices
-            if longest > 1:
-                # 2. Every answer at once: the cache repeated per answer, answers tiled per photo.
-                cache = getattr(out, "cache", None) or out.past_key_values
-                cache.batch_repeat_interleave(n_choices)
-                extra = {self._cache_arg: cache}
-                ids = cont.repeat(n_rows, 1)
-                full_mask = torch.cat(
-                    [mask.repeat_interleave(n_choices, 0), cont_mask.repeat(n_rows, 1)], dim=1
-                )
-                if self._model_type not in _OWN_POSITIONS:
-                    start = mask.long().sum(-1).repeat_interleave(n_choices)[:, None]
-                    extra["position_ids"] = start + torch.arange(longest, device=self.device)
-                nxt = self.model(input_ids=ids, attention_mask=full_mask, use_cache=True, **extra)
-                logp = torch.log_softmax(nxt.logits[:, :-1, :].float(), dim=-1)
-                target = ids[:, 1:]
-                tok_ll = (
-                    logp.gather(-1, target[..., None])[..., 0] * cont_mask.repeat(n_rows, 1)[:, 1:]
-                )
-                ll = ll + tok_ll.sum(-1).view(n_rows, n_choices)
+            for rows, prefix, splits in self._groups(batch):
+                out, mask = self._prefill(batch, rows, prefix, splits)
+                ll[rows] = self._answer_likelihoods(out, mask, choice_ids).cpu()
+                for i, row in enumerate(rows):
+                    tokens_in[row] = int(mask[i].sum())
         probs = torch.softmax(ll, dim=-1)
-        seconds = (time.perf_counter() - started) / n_rows
+        seconds = (time.perf_counter() - started) / len(batch)
         return [
             ScoreReply(
                 probs={c: float(probs[r, i]) for i, c in enumerate(choices)},
                 log_likelihoods={c: float(ll[r, i]) for i, c in enumerate(choices)},
-                tokens_in=int(mask[r].sum()),
+                tokens_in=tokens_in[r],
                 seconds=seconds,
             )
-            for r in range(n_rows)
+            for r in range(len(batch))
         ]
+
+    def _answer_likelihoods(
+        self, out: Any, mask: torch.Tensor, choice_ids: list[list[int]]
+    ) -> torch.Tensor:
+        """Each answer's log-likelihood after a prefilled prompt: (rows x answers)."""
+        n_rows, n_choices = mask.shape[0], len(choice_ids)
+        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # next-token logprobs
+        cont, cont_mask = answer_tensors(
+            choice_ids, self.tokenizer.pad_token_id, mask.dtype, self.device
+        )
+        longest = cont.shape[1]
+        # First answer token: read straight from the prompt's last logits.
+        ll = first[:, cont[:, 0]]  # rows x choices
+        if longest > 1:
+            # Every answer at once: the cache repeated per answer, answers tiled per photo.
+            cache = getattr(out, "cache", None) or out.past_key_values
+            cache.batch_repeat_interleave(n_choices)
+            extra = {self._cache_arg: cache}
+            ids = cont.repeat(n_rows, 1)
+            full_mask = torch.cat(
+                [mask.repeat_interleave(n_choices, 0), cont_mask.repeat(n_rows, 1)], dim=1
+            )
+            if self._model_type not in _OWN_POSITIONS:
+                start = mask.long().sum(-1).repeat_interleave(n_choices)[:, None]
+                extra["position_ids"] = start + torch.arange(longest, device=self.device)
+            nxt = self.model(input_ids=ids, attention_mask=full_mask, use_cache=True, **extra)
+            logp = torch.log_softmax(nxt.logits[:, :-1, :].float(), dim=-1)
+            target = ids[:, 1:]
+            tok_ll = logp.gather(-1, target[..., None])[..., 0] * cont_mask.repeat(n_rows, 1)[:, 1:]
+            ll = ll + tok_ll.sum(-1).view(n_rows, n_choices)
+        return ll
 
 
 def answer_tensors(

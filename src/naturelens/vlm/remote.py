@@ -21,10 +21,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import openai
 from PIL import Image
 
+from naturelens.errors import RunStopped
 from naturelens.models.cards import ModelCard
 from naturelens.redact import scrub_secrets
 from naturelens.vlm.answers import cap_reply
@@ -39,7 +41,55 @@ from naturelens.vlm.base import (
 # Order in which ways of enforcing a JSON answer are tried when a server refuses one.
 STRUCTURED_MODES = ("json_schema", "json_object", "none")
 _KEY_ENV = ("NATURELENS_API_KEY", "OPENAI_API_KEY")
+# Hosted APIs that refuse every request without a key; local servers (llama.cpp, vLLM,
+# Ollama) take any key, so only these are refused up front.
+HOSTS_NEEDING_KEY = (
+    "api.openai.com",
+    "openai.azure.com",
+    "openrouter.ai",
+    "api.groq.com",
+    "api.together.xyz",
+    "api.mistral.ai",
+    "api.deepseek.com",
+    "api.fireworks.ai",
+    "generativelanguage.googleapis.com",
+)
 _sleep = time.sleep  # the pause between retries (tests replace it)
+
+# The way of enforcing JSON that each server took, found once per process and server:
+# (base_url, model) -> mode. A lock makes concurrent first requests wait for the discovery.
+_SERVER_MODES: dict[tuple[str, str], str] = {}
+_SERVER_MODES_LOCK = threading.Lock()
+
+
+class ServerUnreachable(VLMError, RunStopped):
+    """Several calls in a row could not reach the server (no network, wrong URL, timeouts)."""
+
+    exit_code = 3
+
+
+def needs_api_key(base_url: str | None) -> bool:
+    """Whether the server at ``base_url`` (None: OpenAI) refuses requests without a key."""
+    if base_url is None:
+        return True
+    host = (urlparse(base_url).hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in HOSTS_NEEDING_KEY)
+
+
+def require_api_key(name: str, base_url: str | None, api_key: str | None = None) -> str:
+    """The key to send to ``base_url``: ``api_key``, the environment's, or ``"none"`` for
+    servers that take any key. Raises :class:`VLMError` before any call is made when a
+    hosted API would refuse every request."""
+    key = api_key or api_key_from_env()
+    if key:
+        return key
+    if needs_api_key(base_url):
+        where = base_url or "the OpenAI API"
+        raise VLMError(
+            f"{name}: no API key for {where}: set OPENAI_API_KEY (or NATURELENS_API_KEY)",
+            "local servers (llama.cpp, vLLM, Ollama) need none",
+        )
+    return "none"
 
 
 def api_key_from_env(names: Sequence[str] = _KEY_ENV) -> str | None:
@@ -69,24 +119,28 @@ class RateLimiter:
         self._window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
+    def reserve(self, tokens: int) -> float:
+        """Take room for one request of ``tokens`` now if it fits: returns 0.0. Otherwise
+        take nothing and return the seconds to wait before asking again."""
+        with self._lock:
+            t = self._clock()
+            while self._window and t - self._window[0][0] >= 60.0:
+                self._window.popleft()
+            used = sum(n for _, n in self._window)
+            fits_rpm = self.rpm is None or len(self._window) < self.rpm
+            fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
+            if fits_rpm and fits_tpm:
+                self._window.append((t, tokens))
+                return 0.0
+            return min(1.0, max(0.05, 60.0 - (t - self._window[0][0])))
+
     def acquire(self, tokens: int) -> float:
         """Wait for room; returns the seconds waited."""
         waited = 0.0
-        while True:
-            with self._lock:
-                t = self._clock()
-                while self._window and t - self._window[0][0] >= 60.0:
-                    self._window.popleft()
-                used = sum(n for _, n in self._window)
-                fits_rpm = self.rpm is None or len(self._window) < self.rpm
-                fits_tpm = self.tpm is None or used + tokens <= self.tpm or not self._window
-                if fits_rpm and fits_tpm:
-                    self._window.append((t, tokens))
-                    return waited
-                pause = max(0.05, 60.0 - (t - self._window[0][0]))
-            pause = min(pause, 1.0)
+        while pause := self.reserve(tokens):
             self._sleep(pause)
             waited += pause
+        return waited
 
 
 @dataclass
@@ -116,7 +170,15 @@ class RemoteVLM(VisionLanguageModel):
         Seconds to wait for one answer.
     structured
         How JSON answers are enforced: ``json_schema``, ``json_object``, ``none`` or
-        ``auto`` (start with ``json_schema`` and step down when the server refuses it).
+        ``auto`` (start with ``json_schema`` and step down when the server refuses it; the
+        mode found is remembered for the server for the rest of the process).
+    max_connection_failures
+        Connection failures or timeouts in a row, across all requests, after which the
+        server counts as unreachable and :class:`ServerUnreachable` stops the run.
+    limiter
+        Something with :class:`RateLimiter`'s ``acquire(tokens)``, to share one budget
+        between several models (the workers of a cluster); default: a ``RateLimiter``
+        of ``rpm`` and ``tpm`` of this model alone.
     """
 
     model_id: str = ""
@@ -132,7 +194,9 @@ class RemoteVLM(VisionLanguageModel):
     backoff: float = 1.0
     max_backoff: float = 60.0
     temperature: float | None = 0.0
+    max_connection_failures: int = 5
     client: Any = field(default=None, repr=False)
+    limiter: Any = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     backend = "openai"
 
@@ -141,22 +205,25 @@ class RemoteVLM(VisionLanguageModel):
             raise VLMError(f"detail must be low, high or auto, not {self.detail!r}")
         if self.structured not in (*STRUCTURED_MODES, "auto"):
             raise VLMError(f"structured must be one of {STRUCTURED_MODES} or auto")
-        key = self.api_key or api_key_from_env()
-        if key is None:
-            if self.base_url is None:
-                raise VLMError(
-                    f"{self.name}: no API key; set OPENAI_API_KEY (or NATURELENS_API_KEY) "
-                    "in the environment, or pass --base-url for a local server"
-                )
-            key = "none"  # local servers (llama.cpp, vLLM, Ollama) accept any key
+        key = require_api_key(self.name, self.base_url, self.api_key)
         self.api_key = key
         if self.client is None:
             self.client = openai.OpenAI(
                 api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0
             )
-        self._mode = "json_schema" if self.structured == "auto" else self.structured
-        self._limiter = RateLimiter(self.rpm, self.tpm)
+        self._server = (self.base_url or "https://api.openai.com/v1", self.model_id)
+        self._limiter = self.limiter or RateLimiter(self.rpm, self.tpm)
         self.retries = 0  # retries made so far, for reports and tests
+        self._failures_in_a_row = 0
+        self._unreachable: str | None = None
+        self._halted = False  # set when chat() stops early: requests in flight give up
+        self._lock = threading.Lock()
+
+    @property
+    def _mode(self) -> str:
+        if self.structured != "auto":
+            return self.structured
+        return _SERVER_MODES.get(self._server, "json_schema")
 
     # ------------------------------------------------------------------ requests
     def _image_url(self, image: Image.Image) -> dict:
@@ -230,24 +297,73 @@ class RemoteVLM(VisionLanguageModel):
         replies: list[ChatReply | None] = [None] * len(requests)
         if not requests:
             return []
+        if self._unreachable:
+            raise ServerUnreachable(self._unreachable)
+        self._halted = False
         workers = max(1, min(self.concurrency, len(requests)))
-        with ThreadPoolExecutor(workers) as pool:
+        pool = ThreadPoolExecutor(workers)
+        try:
             futures = {pool.submit(self._call, req): i for i, req in enumerate(requests)}
             for future in as_completed(futures):
                 i = futures[future]
                 replies[i] = future.result()
+        except BaseException:
+            # Unreachable server or Ctrl-C: queued requests are dropped and requests in
+            # flight stop at their next retry, so the run ends now and resumes later.
+            self._halted = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return replies  # type: ignore[return-value]
+
+    def _connection_failed(self, error: str) -> None:
+        """Count a connection failure; too many in a row make the server unreachable."""
+        with self._lock:
+            self._failures_in_a_row += 1
+            if self._failures_in_a_row >= self.max_connection_failures and not self._unreachable:
+                where = self.base_url or "the OpenAI API"
+                self._unreachable = (
+                    f"{self.name}: cannot reach {where}: {self._failures_in_a_row} connection "
+                    f"failures or timeouts in a row (last: {error})"
+                )
+            if self._unreachable:
+                raise ServerUnreachable(
+                    self._unreachable,
+                    "check the network and --base-url; photos already answered are kept",
+                )
+
+    def _discover_mode(self, request: ChatRequest):
+        """The first structured request to a server runs alone, so a refused response format
+        costs one failed round trip per server, not one per request in flight."""
+        if self.structured != "auto" or request.json_schema is None:
+            return None
+        if self._server in _SERVER_MODES:
+            return None
+        return _SERVER_MODES_LOCK
 
     def _call(self, request: ChatRequest) -> ChatReply:
         started = time.perf_counter()
         estimate = self.estimate_tokens(request)
         attempt = 0
         while True:
+            if self._unreachable or self._halted:
+                raise ServerUnreachable(self._unreachable or f"{self.name}: stopped")
             self._limiter.acquire(estimate)
+            discovery = self._discover_mode(request)
+            if discovery is not None:
+                discovery.acquire()
+                if self._server in _SERVER_MODES:  # found while this request waited
+                    discovery.release()
+                    discovery = None
             mode = self._mode
             try:
                 response = self.client.chat.completions.create(**self.body(request, mode))
-                return self._reply(response, request, time.perf_counter() - started)
+                reply = self._reply(response, request, time.perf_counter() - started)
+                if discovery is not None:
+                    _SERVER_MODES.setdefault(self._server, mode)
+                with self._lock:
+                    self._failures_in_a_row = 0
+                return reply
             except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
                 raise VLMError(
                     f"{self.name}: the server refused the API key (HTTP {exc.status_code}); "
@@ -269,12 +385,19 @@ class RemoteVLM(VisionLanguageModel):
                 retryable = exc.status_code in (408, 409, 429) or exc.status_code >= 500
                 error = f"HTTP {exc.status_code}: {self._scrub(_message(exc))}"
                 wait = _retry_after(exc)
-            except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
-                retryable, wait = True, None  # timeouts, dropped connections, broken bodies
+            except openai.APIConnectionError as exc:
+                retryable, wait = True, None  # timeouts, refused or dropped connections
+                error = f"{type(exc).__name__}: {self._scrub(str(exc))}"
+                self._connection_failed(error)
+            except openai.APIResponseValidationError as exc:
+                retryable, wait = True, None  # a broken body
                 error = f"{type(exc).__name__}: {self._scrub(str(exc))}"
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 retryable, wait = True, None  # a 200 answer without the documented shape
                 error = f"malformed response: {type(exc).__name__}: {self._scrub(str(exc))}"
+            finally:
+                if discovery is not None:
+                    discovery.release()
             if not retryable or attempt >= self.max_retries:
                 return ChatReply(
                     "",
@@ -322,10 +445,14 @@ class RemoteVLM(VisionLanguageModel):
         return "response_format" in text or "json_schema" in text or "json_object" in text
 
     def _step_down(self, mode: str) -> bool:
-        """Use the next way of enforcing JSON, if the server refused ``mode``."""
+        """Use the next way of enforcing JSON, if the server refused ``mode``; remembered
+        for this server, so later requests go straight to the mode it takes."""
         if self.structured != "auto" or mode == "none":
             return False
-        self._mode = STRUCTURED_MODES[STRUCTURED_MODES.index(mode) + 1]
+        following = STRUCTURED_MODES[STRUCTURED_MODES.index(mode) + 1]
+        with self._lock:
+            if _SERVER_MODES.get(self._server, "json_schema") == mode:
+                _SERVER_MODES[self._server] = following
         return True
 
     def _scrub(self, text: str) -> str:

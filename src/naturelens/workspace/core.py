@@ -23,29 +23,41 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
 import yaml
-from PIL import Image
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.sources.download import Downloader
-from naturelens.sources.images import PhotoDecodeError, decode_photo
-from naturelens.sources.ingest import MEMORY_BUDGET, MemoryBudget, SeenFiles, read_ref
-from naturelens.sources.refs import DUPLICATE_RULES, PhotoRef, iter_source
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
+from naturelens.workspace import labels as label_store
 from naturelens.workspace import schema
+from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
 
-PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed")
+if TYPE_CHECKING:
+    # Photo decoding (numpy, Pillow), downloads (httpx), manifests and the embedding
+    # store (pyarrow) are imported where they are used, so commands that only read the
+    # catalog start fast.
+    from PIL import Image
+
+    from naturelens.sources.download import Downloader
+    from naturelens.sources.refs import PhotoRef
+    from naturelens.workspace.embeddings import EmbeddingSet
+
+# ``noise`` and ``unnamed``: a cluster run's photos in HDBSCAN noise or in a cluster that
+# got no class; ``training``: an ensemble's photo that a member trained on (not scored).
+PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed", "training")
+
+# Runs this process has started and not finished. The catalog admits one writing process,
+# so any other run still marked 'running' when a writer opens it was killed: it is marked
+# interrupted (and resumes like any interrupted run).
+_LIVE_RUNS: set[str] = set()
 # How long opening a busy catalog waits for the other command to let go of it.
 LOCK_WAIT_SECONDS = float(os.environ.get("NATURELENS_LOCK_WAIT", "10"))
 
@@ -121,6 +133,8 @@ def _insert(db: duckdb.DuckDBPyConnection, verb: str, rows: list[tuple], tail: s
     """
     if not rows:
         return
+    import pyarrow as pa
+
     columns = list(zip(*rows, strict=True))
     table = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(columns)})
     db.register("_ingest_rows", table)
@@ -203,6 +217,12 @@ class Workspace:
                 self._db = None
                 self._upgrade(path, version)
                 self._db = self._connect(path, self.read_only)
+            if not self.read_only:
+                self._db.execute(
+                    "UPDATE runs SET status = 'interrupted' "
+                    "WHERE status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)",
+                    [sorted(_LIVE_RUNS)],
+                )
         return self._db
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -298,6 +318,22 @@ class Workspace:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def storage_location(self, kind: str) -> str | None:
+        """Where the workspace keeps ``kind`` (``photos``, ``embeddings``) when not in its
+        own folder: a URI from ``workspace.yaml``'s ``storage`` section, or None."""
+        meta = yaml.safe_load((self.root / "workspace.yaml").read_text(encoding="utf-8")) or {}
+        return (meta.get("storage") or {}).get(kind)
+
+    def set_storage_location(self, kind: str, location: str | None) -> None:
+        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder)."""
+        path = self.root / "workspace.yaml"
+        meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        storage = {**(meta.get("storage") or {}), kind: location}
+        meta["storage"] = {k: v for k, v in storage.items() if v}
+        if not meta["storage"]:
+            del meta["storage"]
+        path.write_text(yaml.safe_dump(meta, sort_keys=False), encoding="utf-8")
+
     def path(self, *parts: str) -> Path:
         """A path inside the workspace folder, with its parent folders made."""
         p = self.root.joinpath(*parts)
@@ -307,7 +343,7 @@ class Workspace:
     def embeddings(self, spec: dict[str, Any]) -> EmbeddingSet:
         """The stored embeddings made with ``spec`` (see
         :func:`naturelens.models.backbones.model_spec`); possibly none yet."""
-        return open_set(self.root, spec)
+        return open_set(self.root, spec, self.storage_location(EMBEDDINGS_KIND))
 
     # ------------------------------------------------------------------ ingest
     def ingest(
@@ -319,7 +355,6 @@ class Workspace:
         progress: Callable[[int], None] | None = None,
         downloader: Downloader | None = None,
         duplicates: str = "first",
-        memory_budget: int = MEMORY_BUDGET,
         allow_private_urls: bool = False,
     ) -> IngestReport:
         """Add the photos of ``sources`` (folders, manifests, URL lists, URLs).
@@ -329,19 +364,22 @@ class Workspace:
 
         Parameters
         ----------
+        workers
+            Processes that read, hash and inspect the files (default: every core).
         progress
             Called with the number of references handled after each batch.
         duplicates
             Which one wins when a manifest id repeats or a photo is given two different
             labels: ``first``, ``last``, or ``error`` (stop with a message). The rows
             that lose are reported, never dropped silently.
-        memory_budget
-            Bytes that photos being read and decoded at once may take, however many
-            workers run.
         allow_private_urls
             Fetch URLs on private, loopback and link-local addresses too (refused by
             default: a manifest must not make naturelens reach into your network).
         """
+        from naturelens.sources.download import Downloader
+        from naturelens.sources.ingest import PhotoReader, SeenFiles
+        from naturelens.sources.refs import DUPLICATE_RULES, iter_source
+
         if duplicates not in DUPLICATE_RULES:
             raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
         self.backup_catalog()
@@ -349,8 +387,7 @@ class Workspace:
         downloader = downloader or Downloader(
             self.root / "cache" / "downloads", allow_private=allow_private_urls
         )
-        workers = workers or min(8, (os.cpu_count() or 2) * 2)
-        budget, seen = MemoryBudget(memory_budget), SeenFiles()
+        seen = SeenFiles()
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
@@ -358,20 +395,20 @@ class Workspace:
                     source, labels_from_folders=labels_from_folders, duplicates=duplicates
                 )
 
-        def read(ref: PhotoRef, fetched) -> Any:
-            return read_ref(ref, fetched, budget=budget, seen=seen)
-
         stream = refs()
-        with ThreadPoolExecutor(workers) as pool:
+        # Files are read, hashed and decoded on every core; the catalog is written here.
+        with PhotoReader(workers) as reader:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, pool, downloader, report, read, duplicates)
+                self._ingest_batch(batch, reader, downloader, report, seen, duplicates)
                 if progress:
                     progress(len(batch))
         return report
 
     def _ingest_batch(
-        self, batch, pool, downloader, report: IngestReport, read, duplicates: str
+        self, batch, reader, downloader, report: IngestReport, seen, duplicates: str
     ) -> None:
+        from naturelens.sources.ingest import read_files, ref_result
+
         report.seen += len(batch)
         keys = [r.ref for r in batch]
         done = {
@@ -386,7 +423,11 @@ class Workspace:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
-        results = list(pool.map(lambda r: read(r, fetched), todo))
+        results = [ref_result(r, fetched) for r in todo]
+        reading = [res for res in results if res.path and not res.failure]
+        found = read_files(reader, [res.path for res in reading], seen)
+        for res, one in zip(reading, found, strict=True):
+            res.add(one)
         known = {
             row[0]
             for row in self.db.execute(
@@ -460,8 +501,8 @@ class Workspace:
         try:
             _insert(db, "INSERT INTO photos", photo_rows, "ON CONFLICT DO NOTHING")
             _insert(db, "INSERT OR REPLACE INTO refs", ref_rows)
-            # Conflicts were settled above: these rows are the labels to keep.
-            _insert(db, "INSERT OR REPLACE INTO labels", label_rows)
+            # Conflicts were settled above: these are the label events to keep.
+            label_store.add_label_events(db, label_rows, stamp)
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             db.execute("COMMIT")
         except Exception:
@@ -489,7 +530,7 @@ class Workspace:
             if before is None or before == class_id:
                 if photo_id not in chosen and before == class_id:
                     continue  # the same label again: nothing new to store
-                chosen[photo_id] = (photo_id, class_id, origin)
+                chosen[photo_id] = (photo_id, class_id, origin, ref, None)
                 continue
             if duplicates == "error":
                 raise WorkspaceError(
@@ -501,7 +542,7 @@ class Workspace:
                 problem = f"conflicting label: {class_id!r} ignored, the photo keeps {before!r}"
             else:
                 problem = f"conflicting label: {class_id!r} replaces {before!r}"
-                chosen[photo_id] = (photo_id, class_id, origin)
+                chosen[photo_id] = (photo_id, class_id, origin, ref, None)
             problem_rows.append((ref, photo_id, raw, problem))
             report.label_problems.append(f"{ref}: {problem}")
         return list(chosen.values())
@@ -514,18 +555,54 @@ class Workspace:
         return [r[0] for r in rows.fetchall()]
 
     def labels(self) -> dict[str, str]:
-        """Gold labels: photo id -> class id."""
+        """Current gold labels: photo id -> class id."""
         return dict(self.db.execute("SELECT photo_id, class_id FROM labels").fetchall())
 
-    def set_labels(self, labels: dict[str, str], origin: str = "user") -> None:
-        """Set or replace gold labels (class ids must be in the taxonomy)."""
-        bad = sorted({c for c in labels.values() if c not in self.taxonomy.all_ids})
+    def set_labels(
+        self,
+        labels: dict[str, str | None],
+        origin: str = "user",
+        user: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Set, replace or (with None) withdraw gold labels, keeping every earlier label.
+
+        Parameters
+        ----------
+        labels
+            Photo id -> class id (must be in the taxonomy), or None to withdraw the label.
+        origin
+            Where the labels come from: ``folder``, ``manifest``, ``review`` or ``user``.
+        user, source
+            Who gave them and from where (a page, a file); both optional.
+        """
+        bad = sorted({c for c in labels.values() if c is not None} - set(self.taxonomy.all_ids))
         if bad:
             raise WorkspaceError(f"unknown class id(s) {bad}; known: {self.taxonomy.all_ids}")
-        self.db.executemany(
-            "INSERT OR REPLACE INTO labels VALUES (?,?,?)",
-            [(p, c, origin) for p, c in labels.items()],
-        )
+        if origin not in label_store.ORIGINS:
+            raise WorkspaceError(f"label origin must be one of {label_store.ORIGINS}")
+        known = set(self.photo_paths(list(labels)))
+        missing = sorted(set(labels) - known)
+        if missing:
+            raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            label_store.add_label_events(
+                db, [(p, c, origin, source, user) for p, c in labels.items()], now()
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def label_history(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Every label event (of ``photo_ids`` when given), oldest first.
+
+        Each event has ``photo_id``, ``class_id`` (None: label withdrawn), ``origin``
+        (folder, manifest, review, user), ``source``, ``user_name`` and ``created_at``.
+        """
+        return label_store.history(self.db, photo_ids)
 
     def photo_table(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Readable photos with their metadata (path, size, lat, lon, owner, title, tags...)."""
@@ -566,6 +643,8 @@ class Workspace:
         PhotoDecodeError
             If the file has changed or vanished since ingest.
         """
+        from naturelens.sources.images import PhotoDecodeError, decode_photo
+
         path = self.photo_path(photo_id)
         try:
             data = path.read_bytes()
@@ -593,6 +672,7 @@ class Workspace:
             ).fetchone()
             if row:
                 self.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [row[0]])
+                _LIVE_RUNS.add(row[0])
                 return row[0], True
         stamp = now()
         run_id = f"{method}-{stamp:%Y%m%d-%H%M%S}-{key[:6]}"
@@ -605,6 +685,7 @@ class Workspace:
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL,'running',NULL)",
             [run_id, method, key, params_json, self.taxonomy.label, code_version(), stamp],
         )
+        _LIVE_RUNS.add(run_id)
         return run_id, False
 
     def _config_key(self, method: str, params_json: str) -> str:
@@ -629,13 +710,12 @@ class Workspace:
         n = self.db.execute(
             "SELECT count(*) FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id]
         ).fetchone()[0]
-        self.db.execute(
-            "DELETE FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id]
-        )
+        self.db.execute("DELETE FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id])
         self.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
         return int(n)
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
+        _LIVE_RUNS.discard(run_id)
         self.db.execute(
             "UPDATE runs SET status = ?, ended_at = ?, summary = ? WHERE run_id = ?",
             [status, now(), json.dumps(summary or {}, default=str), run_id],
@@ -701,39 +781,54 @@ class Workspace:
         return {r[0] for r in rows.fetchall()}
 
     def write_predictions(self, run_id: str, predictions: Iterable[Prediction]) -> int:
-        """Store predictions of a run in one transaction; returns how many."""
+        """Store predictions of a run in one statement; returns how many.
+
+        The rows travel as one Arrow table (a bulk insert): row-by-row ``executemany``
+        cost about a second per 64 rows, more than fitting a probe. A photo predicted
+        twice in the batch keeps its last prediction, as row-by-row replacing did.
+        """
+        import pyarrow as pa
+
+        def as_json(value: Any) -> str | None:
+            return json.dumps(value) if value is not None else None
+
+        latest = {p.photo_id: p for p in predictions}
+        if not latest:
+            return 0
+        preds = list(latest.values())
         stamp = now()
-        rows = [
-            (
-                run_id,
-                p.photo_id,
-                p.class_id,
-                p.confidence,
-                json.dumps(p.scores) if p.scores is not None else None,
-                p.status,
-                p.detail,
-                p.model,
-                p.prompt_version,
-                p.seconds,
-                p.tokens_in,
-                p.tokens_out,
-                p.cost,
-                stamp,
-                p.cluster,
-                json.dumps(p.raw_scores) if p.raw_scores is not None else None,
-                json.dumps(p.prediction_set) if p.prediction_set is not None else None,
+        columns = {
+            "run_id": pa.array([run_id] * len(preds), pa.string()),
+            "photo_id": pa.array([p.photo_id for p in preds], pa.string()),
+            "class_id": pa.array([p.class_id for p in preds], pa.string()),
+            "confidence": pa.array([p.confidence for p in preds], pa.float64()),
+            "scores": pa.array([as_json(p.scores) for p in preds], pa.string()),
+            "status": pa.array([p.status for p in preds], pa.string()),
+            "detail": pa.array([p.detail for p in preds], pa.string()),
+            "model": pa.array([p.model for p in preds], pa.string()),
+            "prompt_version": pa.array([p.prompt_version for p in preds], pa.string()),
+            "seconds": pa.array([p.seconds for p in preds], pa.float64()),
+            "tokens_in": pa.array([p.tokens_in for p in preds], pa.int64()),
+            "tokens_out": pa.array([p.tokens_out for p in preds], pa.int64()),
+            "cost": pa.array([p.cost for p in preds], pa.float64()),
+            "created_at": pa.array([stamp] * len(preds), pa.timestamp("us")),
+            "cluster": pa.array([p.cluster for p in preds], pa.int64()),
+            "raw_scores": pa.array([as_json(p.raw_scores) for p in preds], pa.string()),
+            "prediction_set": pa.array([as_json(p.prediction_set) for p in preds], pa.string()),
+        }
+        names = ", ".join(columns)
+        # A cursor of its own: a method may still be reading a result of the main connection
+        # (a streamed query) while its predictions are written.
+        cursor = self.db.cursor()
+        try:
+            cursor.register("_prediction_batch", pa.table(columns))
+            cursor.execute(
+                f"INSERT OR REPLACE INTO predictions ({names}) "
+                f"SELECT {names} FROM _prediction_batch"
             )
-            for p in predictions
-        ]
-        if rows:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO predictions (run_id, photo_id, class_id, confidence, "
-                "scores, status, detail, model, prompt_version, seconds, tokens_in, tokens_out, "
-                "cost, created_at, cluster, raw_scores, prediction_set) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-        return len(rows)
+        finally:
+            cursor.close()
+        return len(preds)
 
     def set_calibrated(
         self, run_id: str, rows: Iterable[tuple[str, dict | None, list | None]]
@@ -893,6 +988,7 @@ class Workspace:
     def status(self) -> dict[str, Any]:
         """A summary of photos, failures, labels, embeddings and runs (JSON-ready)."""
         db = self.db
+
         one = lambda sql: db.execute(sql).fetchone()[0]  # noqa: E731
         failures = db.execute(
             """
@@ -919,7 +1015,7 @@ class Workspace:
             "labelled": sum(per_class.values()),
             "labelled_per_class": {c: per_class.get(c, 0) for c in self.taxonomy.all_ids},
             "label_problems": one("SELECT count(*) FROM label_problems"),
-            "embeddings": stored_sets(self.root),
+            "embeddings": stored_sets(self.root, self.storage_location(EMBEDDINGS_KIND)),
             "runs": [
                 {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
                 for r in self.runs()

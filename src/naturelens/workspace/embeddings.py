@@ -13,32 +13,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.workspace.stamps import now
+from naturelens.workspace.storage import ObjectFolder, arrow_path
+from naturelens.workspace.storage import folder as storage_folder
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+
+# pyarrow's compute, dataset and parquet modules (and the pandas that dataset pulls in)
+# take most of a second to import: loaded where vectors are read or written, so that
+# listing the store (`naturelens status`) stays fast.
 
 EMBEDDINGS = "embeddings"
-
-
-# Every part is written with page checksums and read with them verified, so a damaged
-# part is an error that names it, never silently wrong vectors.
-_SCAN = pads.ParquetFileFormat(
-    default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True)
-)
 
 
 class EmbeddingStoreError(NaturelensError):
@@ -66,31 +64,46 @@ class EmbeddingSet:
     Attributes
     ----------
     folder
-        ``<workspace>/embeddings/<key>``.
+        ``<workspace>/embeddings/<key>``, or ``<bucket prefix>/<key>`` when the workspace
+        keeps its embeddings on object storage.
     computed, failed
         Photos embedded / failed by the :func:`embed_photos` call that returned this set.
+    precision
+        Which precision that call ran in, and why (empty when nothing was computed).
     """
 
-    folder: Path
+    folder: Path | ObjectFolder
     model: str
     pooling: str
     dim: int | None = None
     computed: int = 0
     failed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    precision: str = ""
 
     @property
     def key(self) -> str:
         return self.folder.name
 
-    def parts(self) -> list[Path]:
+    def parts(self) -> list[Path] | list[ObjectFolder]:
         return sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
 
     def _dataset(self) -> pads.Dataset | None:
+        import pyarrow.dataset as pads
+
         parts = self.parts()
-        return (
-            _Checked(pads.dataset([str(p) for p in parts], format=_SCAN), parts) if parts else None
+        if not parts:
+            return None
+        fs = arrow_path(parts[0])[1]
+        # Page checksums verified on every read: a damaged part is an error naming it,
+        # never silently wrong vectors.
+        scan = pads.ParquetFileFormat(
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(
+                page_checksum_verification=True
+            )
         )
+        dataset = pads.dataset([arrow_path(p)[0] for p in parts], format=scan, filesystem=fs)
+        return _Checked(dataset, parts)
 
     def verify(self) -> list[Path]:
         """The parts whose pages fail their checksums or hold non-finite vectors."""
@@ -105,6 +118,8 @@ class EmbeddingSet:
 
     def photo_ids(self) -> list[str]:
         """Photos that have a vector, sorted."""
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return []
@@ -113,6 +128,8 @@ class EmbeddingSet:
 
     def failures(self, photo_ids: Iterable[str] | None = None) -> dict[str, str]:
         """Photos that could not be embedded -> reason (``reason: detail``)."""
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return {}
@@ -135,6 +152,8 @@ class EmbeddingSet:
         return out
 
     def _with_vectors(self, photo_ids: list[str]) -> set[str]:
+        import pyarrow.compute as pc
+
         data = self._dataset()
         table = data.to_table(
             columns=["photo_id"],
@@ -150,6 +169,8 @@ class EmbeddingSet:
 
         Reads only the rows asked for (all when ``photo_ids`` is None); each photo once.
         """
+        import pyarrow.compute as pc
+
         data = self._dataset()
         if data is None:
             return
@@ -219,7 +240,7 @@ class EmbeddingSet:
             }
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(stored, indent=2))
-            os.replace(tmp, path)
+            tmp.replace(path)
         self.meta, self.dim = stored, dim
 
     def writer(self, part_size: int = 1024) -> PartWriter:
@@ -229,8 +250,11 @@ class EmbeddingSet:
 
 
 def _part_ok(part: Path) -> bool:
+    import pyarrow.parquet as pq
+
     try:
-        table = pq.read_table(part, page_checksum_verification=True)
+        path, fs = arrow_path(part)
+        table = pq.read_table(path, filesystem=fs, page_checksum_verification=True)
     except (OSError, pa.ArrowException):
         return False
     vectors = table.column("vector").combine_chunks()
@@ -293,7 +317,7 @@ def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 class PartWriter:
     """Buffers embedded rows and writes them as Parquet parts (atomically renamed)."""
 
-    def __init__(self, folder: Path, dim: int, part_size: int):
+    def __init__(self, folder: Path | ObjectFolder, dim: int, part_size: int):
         self.folder, self.dim, self.part_size = folder, dim, part_size
         self.ids: list[str] = []
         self.vectors: list[np.ndarray] = []
@@ -312,6 +336,8 @@ class PartWriter:
 
     def flush(self) -> None:
         """Write what is buffered as one part."""
+        import pyarrow.parquet as pq
+
         if not self.ids:
             return
         vectors = np.concatenate(self.vectors).astype(np.float32, copy=False)
@@ -334,24 +360,26 @@ class PartWriter:
         )
         name = f"part-{now():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f".{name}.tmp"
-        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
-        os.replace(tmp, self.folder / name)
+        path, fs = arrow_path(tmp)
+        pq.write_table(table, path, filesystem=fs, compression="zstd", write_page_checksum=True)
+        tmp.replace(self.folder / name)
         self.written += len(self.ids)
         self.ids, self.vectors, self.failure, self.detail = [], [], [], []
 
 
-def open_set(root: Path, spec: dict[str, Any]) -> EmbeddingSet:
+def open_set(root: Path, spec: dict[str, Any], location: str | None = None) -> EmbeddingSet:
     """The embeddings made with ``spec`` (``model``, ``pooling`` and what changes the
-    vectors) in the workspace at ``root``; possibly none yet."""
-    folder = root / EMBEDDINGS / cache_key(spec)
+    vectors) in the workspace at ``root``, or at ``location`` (a folder or bucket prefix
+    the workspace keeps its embeddings in); possibly none yet."""
+    folder = storage_folder(location or root / EMBEDDINGS) / cache_key(spec)
     meta_path = folder / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return EmbeddingSet(folder, spec["model"], spec["pooling"], meta.get("dim"), meta=meta)
 
 
-def stored_sets(root: Path) -> list[dict[str, Any]]:
-    """Every embedding set in the workspace at ``root``: its key and model."""
-    folder = root / EMBEDDINGS
+def stored_sets(root: Path, location: str | None = None) -> list[dict[str, Any]]:
+    """Every embedding set in the workspace at ``root`` (or at ``location``): key, model."""
+    folder = storage_folder(location or root / EMBEDDINGS)
     if not folder.exists():
         return []
     out = []

@@ -19,6 +19,10 @@ Versions
 3
     ``predictions.raw_scores`` (a method's own scores, kept when calibration rewrites
     ``scores``) and ``predictions.prediction_set`` (a conformal set, JSON); ``run_tags``.
+4
+    ``label_history``: every label given, with its origin (folder, manifest, review,
+    user), source, user and time; ``labels`` keeps the current one. Labels stored before
+    get one event each, dated when their photo was added.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import duckdb
 
 from naturelens.workspace.stamps import now
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 KEEP_BACKUPS = 3
 
 CORE_TABLES = """
@@ -214,11 +218,39 @@ CREATE TABLE IF NOT EXISTS run_tags (
 );
 """
 
+LABEL_HISTORY_TABLE = """
+CREATE SEQUENCE IF NOT EXISTS label_event_seq;
+CREATE TABLE IF NOT EXISTS label_history (
+    event_id BIGINT PRIMARY KEY DEFAULT nextval('label_event_seq'),
+    photo_id VARCHAR NOT NULL,
+    class_id VARCHAR,
+    origin VARCHAR NOT NULL,
+    source VARCHAR,
+    user_name VARCHAR,
+    created_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def _to_v4(db: duckdb.DuckDBPyConnection) -> None:
+    db.execute(LABEL_HISTORY_TABLE)
+    db.execute(
+        """
+        INSERT INTO label_history (photo_id, class_id, origin, source, user_name, created_at)
+        SELECT l.photo_id, l.class_id, coalesce(l.origin, 'user'), NULL, NULL,
+               coalesce(p.added_at, TIMESTAMP '1970-01-01')
+        FROM labels l LEFT JOIN photos p USING (photo_id)
+        ORDER BY l.photo_id
+        """
+    )
+
+
 # MIGRATIONS[v] brings a catalog from version v to v + 1.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     0: _to_v1,
     1: _to_v2,
     2: _to_v3,
+    3: _to_v4,
 }
 
 

@@ -15,10 +15,12 @@ Naming a cluster gives its photos a class:
 - ``llm``: a language model reads the medoids' descriptions (``describer``) and chooses;
 - ``none``: clusters stay unnamed.
 
-Every prediction records its cluster (``scores["cluster"]`` and ``cluster=N`` in
-``detail``), so evaluation can score the clustering itself (Hungarian accuracy, NMI, ARI).
-A photo in a cluster left unnamed gets no class and status ``unparsed``, with the reason in
-``detail``. HDBSCAN's noise stays noise: status ``rejected``, cluster ``-1``.
+Every prediction records its cluster (the prediction's ``cluster``, and ``cluster=N`` in
+``detail`` for people), so evaluation can score the clustering itself (Hungarian accuracy,
+NMI, ARI).
+A photo in a cluster left unnamed gets no class and status ``unnamed``, with the reason in
+``detail``. HDBSCAN's noise stays noise: status ``noise``, cluster ``-1`` (``rejected``, as
+the open-set class, only when the taxonomy has one).
 """
 
 from __future__ import annotations
@@ -94,11 +96,16 @@ class Cluster(Method):
         For ``llm``: where the medoids' descriptions come from (``tags`` or a VLM's name).
     medoids
         Photos (or descriptions) shown per cluster.
+    prompt, max_tokens
+        For ``vlm`` / ``llm``: the naming prompt and the longest answer allowed.
+    batch_size
+        Photos per forward pass when computing embeddings.
     seed
         Seeds sampling, k-means and UMAP.
     """
 
     name = "cluster"
+    calibrated = False
     needs_labels = False
 
     def __init__(
@@ -189,10 +196,18 @@ class Cluster(Method):
                 )
             run_id = done[-1]["run_id"]
         try:
-            ws.run(run_id)
+            naming = ws.run(run_id)
         except WorkspaceError as exc:
             raise MethodError(f"naming_run: {exc}") from exc
         self.naming_run_ = run_id
+        # Majority naming learns from the naming run, so from the gold labels it used.
+        self.labels_used_ = int(
+            naming["summary"].get("labels_used") or len(naming["params"].get("train", []))
+        )
+        self.run_facts_ = {
+            "naming_run": run_id,
+            "naming_rule": "given" if self.naming_run else "latest finished run of another method",
+        }
         return {p.photo_id: p.class_id for p in ws.predictions(run_id) if p.status == "ok"}
 
     # ------------------------------------------------------------------ embeddings
@@ -261,6 +276,7 @@ class Cluster(Method):
     def _predictions(self, photo_ids: Sequence[str], done: Assignments) -> Iterator[Prediction]:
         sizes = Counter(done.clusters.values())
         version = self._prompt_version()
+        open_set = self.context_.workspace.taxonomy.open_set if self.context_ else None
         for pid in photo_ids:
             if pid not in done.clusters:
                 reason = done.failures.get(pid, f"no embedding from {self.model}")
@@ -271,17 +287,18 @@ class Cluster(Method):
             if c == NOISE:
                 yield Prediction(
                     pid,
-                    None,
-                    status="rejected",
+                    open_set.id if open_set is not None else None,
+                    status="rejected" if open_set is not None else "noise",
                     detail=f"{tag} noise",
-                    scores={"cluster": float(c)},
+                    cluster=int(c),
                     model=done.model,
                     seconds=done.seconds_each,
                 )
                 continue
             name, n = done.names[c], sizes[c]
-            scores = {"cluster": float(c), **name.scores}
+            scores = dict(name.scores) or None
             common = dict(
+                cluster=int(c),
                 model=done.model,
                 prompt_version=version,
                 seconds=done.seconds_each + name.seconds / n,
@@ -293,7 +310,7 @@ class Cluster(Method):
                 yield Prediction(
                     pid,
                     None,
-                    status="unparsed",
+                    status="unnamed",
                     detail=f"{tag} unnamed: {name.why}",
                     scores=scores,
                     **common,

@@ -1,0 +1,1 @@
+"""The review app: a local web page to browse, label, correct and teach (``naturelens serve``)."""

@@ -1,0 +1,247 @@
+"""``precision=auto`` by measurement: the faster precision that agrees with fp32, per machine.
+
+Whether bf16 pays depends on the architecture and on the CPU, not on a flag alone: on
+CPUs with bf16 units the ViTs run about 3x faster in bf16, while a depthwise-convolution
+CNN (EfficientNet-Lite0) can run 6-13x *slower* in bf16 than in fp32 on a CPU without them.
+So at the first use of a model card on a CPU, a small batch is timed in each candidate
+precision; the fastest one whose embeddings agree with fp32 (cosine similarity) is kept.
+The decision is cached per card, device and machine in a small JSON file
+(``$NATURELENS_CACHE`` or ``~/.cache/naturelens``, file ``precision.json``), so the
+measurement is paid once. ``--precision`` still forces one. On GPUs and mps the device
+policy (:func:`naturelens.models.device.pick_dtype`) decides, unmeasured.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Embeddings in a candidate precision must agree this well with fp32 (every photo of the
+# sample). bf16 ViTs give about 0.9999; a broken half-precision path gives far less.
+MIN_COSINE = 0.995
+# A candidate this much slower than the fastest so far is dropped without more rounds.
+GIVE_UP_SLOWER = 2.0
+SAMPLE_PHOTOS = 4
+ROUNDS = 3
+CACHE_FILE = "precision.json"
+
+
+@dataclass
+class PrecisionChoice:
+    """The precision a model runs in, and why.
+
+    Attributes
+    ----------
+    precision
+        ``fp32``, ``bf16`` or ``fp16``.
+    how
+        ``forced`` (asked for), ``measured`` (timed now), ``cached`` (timed before on
+        this machine) or ``policy`` (a GPU or mps: the device policy's choice).
+    photos_per_s
+        Measured throughput per candidate (one dropped early: from its first photo).
+    cosine
+        Lowest cosine similarity to fp32 over the sample, per candidate.
+    """
+
+    precision: str
+    how: str
+    photos_per_s: dict[str, float] = field(default_factory=dict)
+    cosine: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the user: which precision runs and why."""
+        if self.how == "forced":
+            return f"{self.precision} (as asked)"
+        if self.how == "policy":
+            return f"{self.precision} (auto: the device's policy, not measured)"
+        rates = ", ".join(f"{p} {r:.1f} photos/s" for p, r in self.photos_per_s.items())
+        rejected = [
+            f"{p} disagrees with fp32 (cosine {c:.4f})"
+            for p, c in self.cosine.items()
+            if c < MIN_COSINE
+        ]
+        why = f"fastest that agrees with fp32: {rates}"
+        if rejected:
+            why += "; " + "; ".join(rejected)
+        when = "measured now" if self.how == "measured" else "measured before on this machine"
+        return f"{self.precision} (auto, {when}; {why})"
+
+
+def candidates(device: torch.device) -> list[str]:
+    """Precisions worth timing on ``device``; fp32 first, as the reference."""
+    if device.type == "cuda":
+        return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
+    if device.type == "mps":
+        return ["fp32", "fp16"]
+    return ["fp32", "bf16"]
+
+
+def cache_dir() -> Path:
+    """Where per-machine decisions are kept: ``$NATURELENS_CACHE`` or the user's cache."""
+    if os.environ.get("NATURELENS_CACHE"):
+        return Path(os.environ["NATURELENS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "naturelens"
+
+
+def machine_key(device: torch.device) -> str:
+    """What makes timings of one machine differ from another's: processor, threads, torch."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = _cpu_identity()
+    parts = [device.type, hardware, str(torch.get_num_threads()), torch.__version__]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cpu_identity() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    return model + " " + " ".join(sorted(flags))
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # missing or damaged: measure again
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache(path)
+        data[key] = asdict(choice) | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # whole file or nothing, even with two processes measuring
+    except OSError:
+        pass  # a read-only home: the choice still holds for this process
+
+
+def sample_input(size: int, photos: int = SAMPLE_PHOTOS, seed: int = 0) -> torch.Tensor:
+    """Photo-like fp32 input (photos, 3, size, size): smooth colour fields with some texture."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((photos, 3, 8, 8), generator=gen)
+    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")
+    x = x + 0.05 * torch.randn((photos, 3, size, size), generator=gen)
+    return (x.clamp(0, 1) - 0.5) / 0.25
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
+
+
+def _time(run: Callable[[], torch.Tensor], device: torch.device, limit: float) -> float:
+    """Best seconds over :data:`ROUNDS` rounds (fewer when one is over ``limit``)."""
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - started)
+        if best > limit:
+            break
+    return best
+
+
+@torch.inference_mode()
+def measure(
+    module: torch.nn.Module,
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+    input_size: int,
+    device: torch.device,
+    options: list[str] | None = None,
+) -> PrecisionChoice:
+    """Time ``forward`` on a small batch in each precision; keep the fastest that agrees.
+
+    Parameters
+    ----------
+    module
+        The model in fp32; it is left untouched (each candidate runs on a copy).
+    forward
+        ``forward(module, x)`` -> embeddings (photos, dim).
+    input_size
+        Side of the model's square input.
+    """
+    x = sample_input(input_size).to(device)
+    reference = forward(module, x).float()
+    rates: dict[str, float] = {}
+    cosine: dict[str, float] = {}
+    fastest = float("inf")
+    for name in options or candidates(device):
+        model = module if name == "fp32" else copy.deepcopy(module).to(DTYPES[name])
+        xin = x.to(DTYPES[name])
+        # One photo first: a precision many times slower (bf16 emulated on a CPU without
+        # bf16 units) is dropped after one photo, not a whole batch. The first call also
+        # warms up (kernel choice), hence twice the margin.
+        started = time.perf_counter()
+        out = forward(model, xin[:1])
+        one = time.perf_counter() - started
+        cosine[name] = 1.0 if name == "fp32" else _cosines(out, reference[:1])
+        if one * len(x) > 2 * GIVE_UP_SLOWER * fastest or cosine[name] < MIN_COSINE:
+            seconds = one * len(x)  # clearly slower, or wrong: not worth more rounds
+        else:
+            out = forward(model, xin)  # the agreement check on every photo of the sample
+            if name != "fp32":
+                cosine[name] = _cosines(out, reference)
+            seconds = _time(
+                lambda m=model, xi=xin: forward(m, xi), device, GIVE_UP_SLOWER * fastest
+            )
+        rates[name] = len(x) / seconds
+        if cosine[name] >= MIN_COSINE:
+            fastest = min(fastest, seconds)
+        del model
+    agreeing = [n for n in rates if cosine[n] >= MIN_COSINE]
+    best = max(agreeing, key=rates.__getitem__)
+    return PrecisionChoice(best, "measured", rates, cosine)
+
+
+def choose_precision(
+    identity: str,
+    device: torch.device,
+    measure_now: Callable[[], PrecisionChoice],
+    cache: Path | None = None,
+) -> PrecisionChoice:
+    """The precision for a model on this machine: from the cache, else measured and cached.
+
+    Parameters
+    ----------
+    identity
+        What identifies the model's weights and architecture (card name and source).
+    measure_now
+        Measures the model (see :func:`measure`); called only when no decision is cached,
+        so that a cached decision costs no model load.
+    cache
+        The JSON file of decisions (default: ``precision.json`` in :func:`cache_dir`).
+    """
+    path = cache or cache_dir() / CACHE_FILE
+    key = f"{identity}|{machine_key(device)}"
+    found = _read_cache(path).get(key)
+    if isinstance(found, dict) and found.get("precision") in DTYPES:
+        return PrecisionChoice(
+            found["precision"],
+            "cached",
+            dict(found.get("photos_per_s") or {}),
+            dict(found.get("cosine") or {}),
+        )
+    choice = measure_now()
+    _write_cache(path, key, choice)
+    return choice

@@ -1,0 +1,106 @@
+"""Joining or starting a Ray cluster, and how work is spread over it.
+
+Ray is an optional extra (``pip install 'naturelens[ray]'``): it is imported here, when a
+command is given ``--ray``, and nowhere on the local path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from types import ModuleType
+
+from naturelens.errors import NaturelensError
+
+LOCAL = "local"
+_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$")
+
+
+class ScaleError(NaturelensError):
+    """Ray is missing, the cluster cannot be reached, or a job cannot run on it."""
+
+
+def looks_like_address(text: str) -> bool:
+    """Whether ``text`` is a Ray address (``local``, ``auto``, ``ray://host:10001``,
+    ``host:6379``) rather than, say, a workspace folder."""
+    return bool(_ADDRESS.match(text))
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how a job runs on Ray.
+
+    Parameters
+    ----------
+    address
+        ``local`` starts a Ray instance on this machine; ``auto``, ``host:port`` or
+        ``ray://host:10001`` joins a running cluster.
+    workers
+        Model workers (actors): each loads the model once and keeps it.
+    gpus_per_worker
+        GPUs each worker reserves; a fraction (0.5) puts several workers on one GPU.
+    cpus_per_worker
+        CPUs each worker reserves (its torch threads).
+    batch_size
+        Photos per batch sent to a worker (and per batch written by the driver).
+    """
+
+    address: str = LOCAL
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ScaleError(f"--ray-workers must be at least 1, not {self.workers}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise ScaleError("GPUs per worker must be >= 0 and CPUs per worker > 0")
+        if self.batch_size < 1:
+            raise ScaleError(f"batch size must be at least 1, not {self.batch_size}")
+
+
+def ray_module() -> ModuleType:
+    """``ray`` with Ray Data, or a :class:`ScaleError` that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ScaleError(
+            f"--ray needs Ray Data, which is not installed ({exc})",
+            hint="pip install 'naturelens[ray]'",
+        ) from None
+    return ray
+
+
+def connect(options: RayOptions) -> ModuleType:
+    """Start a local Ray (``address="local"``) or join a cluster; returns ``ray``.
+
+    A Ray already initialised in this process (a test, a notebook) is used as it is.
+    """
+    ray = ray_module()
+    if not ray.is_initialized():
+        quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            if options.address == LOCAL:
+                # Logical CPUs: room for every worker plus the read and decode tasks,
+                # whatever the machine has (Ray does not pin them to cores).
+                cpus = max(os.cpu_count() or 1, int(options.workers * options.cpus_per_worker) + 1)
+                # Ray runs its workers at niceness 15 by default; on a shared machine they
+                # would then wait behind every other process, though they are the job.
+                os.environ.setdefault("RAY_worker_niceness", "0")
+                ray.init(num_cpus=cpus, **quiet)
+            else:
+                ray.init(address=options.address, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ScaleError(
+                f"cannot reach the Ray cluster at {options.address!r}: {exc}",
+                hint="start one with `ray start --head`, or use --ray without an address",
+            ) from None
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the command draws its own progress bar
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray

@@ -1,0 +1,103 @@
+"""precision=auto: measured once per model and machine, never a precision that disagrees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from naturelens.cli import app
+from naturelens.models.backbones import load_backbone
+from naturelens.models.precision import MIN_COSINE, choose_precision, measure
+from naturelens.testing.tiny_models import tiny_model
+
+
+class Embedder(nn.Module):
+    """A small conv net; with ``broken_half`` its reduced-precision output is scrambled."""
+
+    def __init__(self, broken_half: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 16, 3, stride=2)
+        self.broken_half = broken_half
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.conv(x).mean(dim=(2, 3))
+        if self.broken_half and out.dtype != torch.float32:
+            out = out.flip(-1) * torch.arange(out.shape[-1], dtype=out.dtype)
+        return out
+
+
+def call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module(x)
+
+
+def test_a_precision_that_disagrees_with_fp32_is_never_chosen():
+    choice = measure(Embedder(broken_half=True), call, 32, torch.device("cpu"))
+    assert choice.precision == "fp32"
+    assert choice.cosine["bf16"] < MIN_COSINE
+    assert "bf16 disagrees with fp32" in choice.describe()
+
+
+def test_agreeing_candidates_are_timed_and_the_faster_kept():
+    choice = measure(Embedder(), call, 32, torch.device("cpu"))
+    assert set(choice.photos_per_s) == {"fp32", "bf16"}
+    assert choice.cosine["bf16"] >= MIN_COSINE
+    # Whichever won, it is the faster of the agreeing ones.
+    assert choice.photos_per_s[choice.precision] == max(choice.photos_per_s.values())
+
+
+CPU = torch.device("cpu")
+
+
+def test_the_decision_is_cached_per_model_and_machine(tmp_path):
+    cache = tmp_path / "precision.json"
+    module = Embedder()
+    measure_now = lambda: measure(module, call, 32, CPU)  # noqa: E731
+    first = choose_precision("card-a|src", CPU, measure_now, cache)
+    assert first.how == "measured"
+    calls = module.calls
+    again = choose_precision("card-a|src", CPU, measure_now, cache)
+    assert again.how == "cached" and again.precision == first.precision
+    assert module.calls == calls  # nothing ran the second time
+    other = choose_precision("card-b|src", CPU, measure_now, cache)
+    assert other.how == "measured"
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_damaged_cache_file_is_measured_again(tmp_path):
+    cache = tmp_path / "precision.json"
+    cache.write_text("{not json")
+    choice = choose_precision("card|src", CPU, lambda: measure(Embedder(), call, 32, CPU), cache)
+    assert choice.how == "measured"
+    assert "card|src" in next(iter(json.loads(cache.read_text())))
+
+
+def test_backbones_say_which_precision_runs_and_why(tiny_root):
+    model = str(tiny_model("dinov2", tiny_root))
+    forced = load_backbone(model, precision="fp32")
+    assert forced.precision.how == "forced" and forced.dtype == torch.float32
+    auto = load_backbone(model)
+    assert auto.precision.how in ("measured", "cached")
+    assert auto.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[auto.precision.precision]
+    assert load_backbone(model).precision.how == "cached"
+    trained = load_backbone(model, training=True)  # fp32 weights, autocast to the choice
+    assert trained.precision.how == "cached" and trained.dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_embed_prints_the_precision(labelled_workspace, tiny_root, precision):
+    ws = labelled_workspace
+    ws.close()
+    model = str(tiny_model("dinov2", tiny_root))
+    result = CliRunner().invoke(
+        app, ["embed", str(ws.root), "--model", model, "--precision", precision]
+    )
+    assert result.exit_code == 0, result.output
+    expected = "(as asked)" if precision == "fp32" else "(auto, measured"
+    assert "precision: " in result.output and expected in result.output

@@ -1,0 +1,90 @@
+"""Commands import only what they use: small commands never load the model libraries.
+
+Each command runs in a fresh interpreter, which then reports the heavy libraries it
+imported. This guards start-up time by behaviour (what was imported), not by a clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from naturelens.workspace.core import Prediction
+
+# The model libraries, and what only ingest, embedding and methods need (image decoding,
+# downloads). numpy and pyarrow may load: the workspace lists its embedding store with them.
+HEAVY = ("torch", "transformers", "sklearn", "scipy", "pandas", "pyarrow.dataset", "PIL", "httpx")
+
+# Runs the command line in-process, then prints which heavy libraries were imported.
+RUNNER = """
+import json, sys
+from naturelens.cli import app
+try:
+    app(sys.argv[1:], prog_name="naturelens")
+except SystemExit as exc:
+    code = exc.code or 0
+else:
+    code = 0
+heavy = [m for m in {heavy!r} if m in sys.modules]
+print("@@" + json.dumps({{"code": code, "heavy": heavy}}))
+"""
+
+
+def run_cli(*args: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER.format(heavy=HEAVY), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    marker = [line for line in proc.stdout.splitlines() if line.startswith("@@")]
+    assert marker, proc.stdout + proc.stderr
+    return json.loads(marker[-1][2:]) | {"out": proc.stdout, "err": proc.stderr}
+
+
+def test_importing_the_command_line_loads_no_model_library():
+    result = run_cli("--help")
+    assert result["code"] == 0
+    assert "status" in result["out"] and "runs" in result["out"]
+    assert result["heavy"] == []
+
+
+@pytest.fixture
+def workspace_with_run(labelled_workspace):
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:6]
+    run_id, _ = ws.start_run("probe", {"model": "dinov2-small"})
+    ws.write_predictions(run_id, [Prediction(pid, "nature", 0.9) for pid in ids])
+    ws.finish_run(run_id)
+    root = ws.root
+    ws.close()
+    return root, run_id
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "{ws}"),
+        ("status", "{ws}", "--json"),
+        ("runs", "list", "{ws}"),
+        ("runs", "show", "{ws}", "{run}"),
+        ("taxonomy", "list"),
+        ("taxonomy", "show", "flips"),
+        ("export", "{ws}", "-o", "{out}"),
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_small_commands_load_no_model_library(workspace_with_run, tmp_path, args):
+    root, run_id = workspace_with_run
+    out = tmp_path / "predictions.csv"
+    args = [a.format(ws=root, out=out, run=run_id) for a in args]
+    result = run_cli(*args)
+    assert result["code"] == 0, result["err"]
+    assert result["heavy"] == []
