@@ -28,7 +28,7 @@ def corpus(tmp_path):
 
 def test_bad_corpus_every_failure_recorded_every_good_photo_once(tmp_path, corpus):
     ws = Workspace.create(tmp_path / "ws", "flips")
-    report = ws.ingest(corpus.sources, labels_from_folders=False)
+    report = ws.ingest(corpus.sources, labels_from_folders=False, allow_private_urls=True)
     failures = {f["ref"]: f["reason"] for f in ws.failures()}
     for ref, reason in corpus.failures.items():
         assert failures.get(ref) == reason, (ref, failures.get(ref))
@@ -135,11 +135,12 @@ def test_urls_downloaded_cached_and_failures_recorded(tmp_path):
             f"{base}/missing.jpg\n{base}/bad.jpg\n"
         )
         ws = Workspace.create(tmp_path / "ws", "flips")
-        ws.ingest([urls])
+        ws.ingest([urls], allow_private_urls=True)
         status = ws.status()
         assert status["photos"] == 2
         assert status["failures_by_reason"] == {"download failed": 1, "not an image": 1}
-        assert len(list((tmp_path / "ws" / "cache" / "downloads").iterdir())) == 3
+        # The body that was not an image is not kept in the cache.
+        assert len(list((tmp_path / "ws" / "cache" / "downloads").iterdir())) == 2
     finally:
         server.shutdown()
 

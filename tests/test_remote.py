@@ -728,3 +728,103 @@ def test_cli_classifies_through_a_remote_server(fake, api_key, labelled_workspac
     assert len(fake.requests) == n and fake.violations == []
     result = CliRunner().invoke(app, [*args[:9], "simple", "--mode", "score"])
     assert result.exit_code == 2 and "needs a local model" in result.output
+
+
+# --------------------------------------------------------------------------- hostile answers
+
+
+def test_a_key_echoed_in_a_good_answer_is_not_kept(fake, api_key, labelled_workspace):
+    fake.answer = lambda body: json.dumps(
+        {"label": "nature", "confidence": 0.9, "reason": f"your key is {KEY}"}
+    )
+    vlm = load_vlm("fake-vlm", base_url=fake.base_url)
+    [reply] = vlm.chat([ChatRequest([photo()], "which class?")])
+    assert KEY not in reply.text and "***" in reply.text
+    ledger = Ledger(labelled_workspace)
+    ledger.record(
+        model="m",
+        backend="b",
+        tokens_in=1,
+        tokens_out=1,
+        seconds=0,
+        cost=0,
+        reply="leaked sk-abcdefghijklmnopqrstuvwxyz0123",
+        error="Bearer abcdefghijklmnopqrstu",
+    )
+    stored = labelled_workspace.db.execute("SELECT reply, error FROM calls").fetchall()
+    assert stored == [("leaked ***", "Bearer ***")]
+
+
+def test_a_runaway_answer_is_capped_before_it_is_kept(fake, api_key):
+    from naturelens.vlm.answers import MAX_REPLY_CHARS
+
+    fake.answer = lambda body: '{"label": "nature", "reason": "' + "x" * 2_000_000 + '"}'
+    vlm = load_vlm("fake-vlm", base_url=fake.base_url)
+    [reply] = vlm.chat([ChatRequest([photo()], "which class?")])
+    assert len(reply.text) < MAX_REPLY_CHARS + 100
+
+
+def test_parsing_reads_a_bounded_part_of_any_answer(monkeypatch):
+    """A 2 MB answer of nested, never-closed objects: each JSON attempt may read to the end,
+    so attempts and the text they see are bounded (linear time, not quadratic)."""
+    import naturelens.vlm.answers as answers
+    from naturelens.taxonomy import load_taxonomy
+
+    seen = []
+    real = answers.json.JSONDecoder.raw_decode
+
+    def counting(self, text, idx=0):
+        seen.append(len(text) - idx)
+        return real(self, text, idx)
+
+    monkeypatch.setattr(answers.json.JSONDecoder, "raw_decode", counting)
+    hostile = '{"a": ' * 400_000  # deep nesting: also a RecursionError for json
+    answer = answers.parse_answer(hostile + "Nature", load_taxonomy("flips"))
+    assert answer.class_id is None
+    assert len(seen) <= answers._MAX_JSON_TRIES
+    assert max(seen) <= answers.MAX_REPLY_CHARS + 100
+
+
+# --------------------------------------------------------------------------- paid work once
+
+
+def test_a_finished_identical_run_is_reused_not_paid_again(fake, api_key, labelled_workspace):
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:4]
+    first = run_method(ws, _prompt(fake), ids)
+    asked = len(fake.requests)
+    assert run_method(ws, _prompt(fake), ids) == first
+    assert len(fake.requests) == asked
+    fresh = run_method(ws, _prompt(fake), ids, resume=False)
+    assert fresh != first and len(fake.requests) == 2 * asked
+
+
+def test_retry_failed_sends_only_the_failed_photos(fake, api_key, labelled_workspace, no_waiting):
+    from naturelens.classify import retry_failed
+
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:4]
+    fake.faults = [("status", 500, {})] * 3  # the outage: the first photo fails for good
+    run_id = run_method(ws, _prompt(fake, concurrency=1, batch_size=1, max_retries=2), ids)
+    assert sum(ws.prediction_failures(run_id).values()) == 1
+    asked = dict(fake.per_image)
+    # The same command again reuses the finished run: nothing is sent.
+    assert run_method(ws, _prompt(fake, concurrency=1, batch_size=1, max_retries=2), ids) == run_id
+    assert fake.per_image == asked
+    assert retry_failed(ws, run_id) == run_id
+    assert ws.prediction_failures(run_id) == {}
+    assert len(ws.predictions(run_id)) == 4
+    again = {k: fake.per_image[k] - asked.get(k, 0) for k in fake.per_image}
+    assert sorted(v for v in again.values() if v) == [1]  # one photo, sent once more
+
+
+def test_a_run_where_every_photo_failed_is_an_error(fake, api_key, labelled_workspace, no_waiting):
+    from naturelens.methods.base import MethodError
+
+    ws = labelled_workspace
+    ids = ws.photo_ids()[:2]
+    fake.faults = [("status", 500, {})] * 100
+    with pytest.raises(MethodError, match="every photo failed") as info:
+        run_method(ws, _prompt(fake, concurrency=1, max_retries=1), ids)
+    assert "--retry-failed" in info.value.hint
+    assert [r["status"] for r in ws.runs("prompt")] == ["failed"]

@@ -369,4 +369,33 @@ def _run(ws, method, targets, train, extra, fresh, progress) -> str:
         )
 
 
-__all__ = ["Classification", "classify_collection"]
+def retry_failed(ws: Workspace, run_id: str, progress: Callable | None = None) -> str:
+    """Send again only the photos that failed in ``run_id`` (after an outage, a bad key).
+
+    The run's other predictions are kept and nothing else is asked again; the run is
+    resumed under its own id with its own parameters.
+
+    Returns
+    -------
+    str
+        The run id (the same run).
+    """
+    record = ws.run(run_id)
+    params = record["params"]
+    predicted = sorted(ws.done_photo_ids(run_id))
+    if len(predicted) != params.get("predict"):
+        raise MethodError(
+            f"run {run_id} did not finish ({len(predicted)} of {params.get('predict')} photos)",
+            "run the same classify command again: it resumes where the run stopped",
+        )
+    if not ws.prediction_failures(run_id):
+        raise MethodError(f"run {run_id} has no failed photos")
+    # Hidden parameters (API keys) come from the environment again.
+    stored = {k: (None if v == "<hidden>" else v) for k, v in params["method"].items()}
+    method = make_method(record["method"], **stored)
+    extra = {k: v for k, v in params.items() if k not in ("method", "train", "predict")}
+    ws.forget_failed_predictions(run_id)
+    return _run(ws, method, predicted, params["train"], extra, False, progress)
+
+
+__all__ = ["Classification", "classify_collection", "retry_failed"]

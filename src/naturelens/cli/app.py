@@ -14,16 +14,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import duckdb
 import typer
 import typer.core
 from rich.console import Console
-from rich.markup import escape
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 
-console = Console()
-err = Console(stderr=True)
+# markup=False: paths, ids, titles and answers come from the user's data; a "" in a
+# file name must print as written, never be read as styling.
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 DID_NOT_DO_ITS_JOB = 1
 INTERRUPTED = 130
@@ -38,7 +40,7 @@ def fail(message: str | Exception, code: int = 2, hint: str = "") -> None:
         text = message.one_line()
     else:
         text = NaturelensError(str(message), hint).one_line()
-    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    err.print(f"error: {text}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -95,6 +97,13 @@ class ReportingGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except NaturelensError as exc:
             fail(exc.one_line(), code=exc.exit_code)
+        except duckdb.Error as exc:
+            # Found mid-command (opening checks what it can): the catalog file is damaged.
+            fail(
+                f"the workspace catalog cannot be read ({' '.join(str(exc).split())[:200]})",
+                hint="restore the newest catalog.backup-*.duckdb of the workspace folder "
+                "as catalog.duckdb",
+            )
         except (KeyboardInterrupt, Exception) as exc:
             if not _interrupted(exc):
                 raise

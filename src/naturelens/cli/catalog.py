@@ -58,7 +58,7 @@ def models(
         colour = "red" if r["weights"] == "missing" else "green"
         table.add_row(
             r["name"], r["kind"], r["params"] or "-", r["license"] or "-",
-            f"[{colour}]{r['weights']}[/]", r["fetch"] or "-",
+            f"[{colour}]{r['weights']}", r["fetch"] or "-",
         )  # fmt: skip
     console.print(table)
     console.print(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import (
@@ -37,7 +36,7 @@ def method_params(pairs: list[str]) -> dict:
 @app.command()
 def classify(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    method: str = typer.Option(..., "--method", "-m", help=f"One of: {', '.join(METHODS)}."),
+    method: str = typer.Option(None, "--method", "-m", help=f"One of: {', '.join(METHODS)}."),
     model: str = typer.Option(None, help="Model card name, hub id or local folder."),
     prompt: str = typer.Option(None, help="Prompt style for VLMs: simple, extended or icl."),
     mode: str = typer.Option(
@@ -65,7 +64,13 @@ def classify(
     ),
     param: list[str] = typer.Option([], "--param", "-p", help="Extra method parameter KEY=VALUE."),
     fresh: bool = typer.Option(
-        False, help="Start a new run even if an identical one was interrupted."
+        False, help="Start a new run even if an identical one was interrupted or finished."
+    ),
+    retry_failed: str = typer.Option(
+        None,
+        "--retry-failed",
+        metavar="RUN",
+        help="Send again only the photos that failed in run RUN (after an outage).",
     ),
     max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
@@ -90,7 +95,17 @@ def classify(
         naturelens classify parks --method zeroshot --model clip-vit-b16
     """
     from naturelens.classify import classify_collection
+    from naturelens.classify import retry_failed as retry
 
+    if retry_failed:
+        with open_workspace(workspace) as ws:
+            before = sum(ws.prediction_failures(retry_failed).values())
+            run_id = retry(ws, retry_failed, progress=photo_progress)
+            after = sum(ws.prediction_failures(run_id).values())
+            console.print(f"{run_id}: {before} failed photos sent again, {after} still failed")
+        return
+    if not method:
+        fail("--method is required (or --retry-failed RUN)")
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     json_mode(as_json)
@@ -122,7 +137,7 @@ def classify(
         if result.estimate:
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
-            err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+            err.print(f"note: {note}", highlight=False)
     if as_json:
         print_json(
             {
@@ -167,7 +182,7 @@ def print_split(ws, result) -> None:
         f"split {result.seed}: accuracy {pct(result.accuracy)}, macro-F1 "
         f"{pct(result.macro_f1)}, balanced accuracy {pct(result.balanced_accuracy)} "
         f"(majority baseline {pct(result.majority_baseline)}) on {result.photos} test photos; "
-        f"{trained} photos" + (" [yellow]collapsed to one class[/]" if result.collapsed else ""),
+        f"{trained} photos" + (" collapsed to one class" if result.collapsed else ""),
         soft_wrap=True,
     )
 
@@ -183,7 +198,7 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
 
     label = f"{shots}-shot accuracy" if shots else "accuracy"
     console.print(
-        f"[bold]{escape(method)}[/] {label}: {pct('accuracy')} over {est['splits']} "
+        f"{method} {label}: {pct('accuracy')} over {est['splits']} "
         f"{'seed(s)' if shots else 'split(s)'} ({est['protocol']}, {est['test_photos']} "
         f"held-out predictions); macro-F1 {pct('macro_f1')}, balanced accuracy "
         f"{pct('balanced_accuracy')}, majority-class baseline {pct('majority_baseline')}",
@@ -191,7 +206,7 @@ def print_estimate(method: str, shots: int | None, est: dict) -> None:
     )
     if est.get("collapsed"):
         console.print(
-            "[yellow]warning:[/] the method answers (nearly) one class for every photo of "
+            "warning: the method answers (nearly) one class for every photo of "
             "a split: its accuracy says little"
         )
     cal = est.get("calibration")

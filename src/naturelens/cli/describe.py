@@ -21,12 +21,12 @@ def _print_report(ws, report: DescribeReport, show: int) -> None:
     from naturelens.text.describe import load_descriptions
 
     console.print(
-        f"[bold]{report.source}[/] ({report.prompt_version}): {report.described} described, "
+        f"{report.source} ({report.prompt_version}): {report.described} described, "
         f"{report.skipped} already done, {report.failed} failed"
         + (f", cost ${report.cost:.4f}" if report.cost else "")
     )
     for line in report.failures[:10]:
-        err.print(f"[yellow]failed:[/] {line}", highlight=False)
+        err.print(f"failed: {line}", highlight=False)
     if len(report.failures) > 10:
         err.print(f"... and {len(report.failures) - 10} more failures")
     if show:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import (
@@ -49,7 +48,7 @@ def _agreement(workspace: Path, as_json: bool) -> None:
     for run_id, row in result["runs"].items():
         measured = row.get("measured_accuracy")
         table.add_row(
-            escape(run_id),
+            run_id,
             methods[run_id],
             str(row["photos"]),
             f"{row['estimated_accuracy']:.1%}",
@@ -115,7 +114,7 @@ def evaluate(
         print(json.dumps(result, indent=2, default=str))
         return
     if estimate:
-        console.print(f"[bold]{escape(record['run_id'])}[/] ({record['method']})")
+        console.print(f"{record['run_id']} ({record['method']})")
         print_estimate(record["method"], record["params"].get("shots"), estimate)
         if reliability := (estimate.get("calibration") or {}).get("reliability_calibrated"):
             bins = ", ".join(
@@ -129,7 +128,7 @@ def evaluate(
         )
         return
     console.print(
-        f"[bold]{result['run_id']}[/] ({result['method']}): {result['photos']} labelled photos "
+        f"{result['run_id']} ({result['method']}): {result['photos']} labelled photos "
         f"scored, {result['unlabelled_photos']} predicted photos without a gold label"
     )
     table = Table("score", "value", "95 % interval", title="Scores")
@@ -188,7 +187,7 @@ def evaluate(
     )
     if result.get("collapsed"):
         console.print(
-            f"[yellow]warning:[/] {result['top_class_share']:.0%} of the photos got the same "
+            f"warning: {result['top_class_share']:.0%} of the photos got the same "
             f"class (majority-class baseline {result['majority_baseline']:.1%}): the "
             "accuracy says little; read macro-F1 and balanced accuracy"
         )
@@ -234,7 +233,7 @@ def compare(
     with open_workspace(workspace) as ws:
 
         def report_error(spec, seed, exc):
-            err.print(f"[yellow]{spec.label}[/] (seed {seed}) failed: {exc}", highlight=False)
+            err.print(f"{spec.label} (seed {seed}) failed: {exc}", highlight=False)
 
         try:
             result = run_compare(
@@ -265,7 +264,7 @@ def compare(
         table.add_column(head, justify="right")
     for row in result.table():
         if not row.get("seeds"):
-            table.add_row(row["method"], f"[red]{row['error']}[/]")
+            table.add_row(row["method"], f"{row['error']}")
             continue
         num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
         table.add_row(
@@ -284,7 +283,7 @@ def compare(
             console.print(f"{row['method']}: {row['note']}", highlight=False)
         if row.get("collapsed"):
             console.print(
-                f"[yellow]warning:[/] {escape(row['method'])} answered (nearly) one class for "
+                f"warning: {row['method']} answered (nearly) one class for "
                 f"every test photo in {row['collapsed']} of {row['seeds']} seed(s): its "
                 "accuracy says little; compare macro-F1 and balanced accuracy",
                 soft_wrap=True,

@@ -92,5 +92,5 @@ def epilog(path: str) -> str | None:
     examples = EXAMPLES.get(path)
     if not examples:
         return None
-    lines = [f"[dim]$[/] {line}  [dim]# {what}[/]" for line, what in examples]
-    return "[bold]Examples[/]\n\n" + "\n\n".join(lines)
+    lines = [f"$ {line}  # {what}" for line, what in examples]
+    return "Examples\n\n" + "\n\n".join(lines)

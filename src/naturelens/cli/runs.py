@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import ReportingGroup, app, console, fail
@@ -82,11 +81,11 @@ def list_runs(
     )
     for r in rows:
         table.add_row(
-            escape(r["run_id"]),
-            escape(", ".join(r["tags"])),
+            r["run_id"],
+            ", ".join(r["tags"]),
             r["started"],
             r["method"],
-            escape(Path(r["model"]).name if "/" in r["model"] else r["model"]),
+            Path(r["model"]).name if "/" in r["model"] else r["model"],
             str(r["photos"]),
             r["status"],
             r["accuracy"],
@@ -115,19 +114,19 @@ def show_run(
     if as_json:
         print(json.dumps(out, indent=2, default=str))
         return
-    console.print(f"[bold]{escape(record['run_id'])}[/] {escape(', '.join(tags))}")
+    console.print(f"{record['run_id']} {', '.join(tags)}")
     for key in ("method", "status", "started_at", "ended_at", "taxonomy", "code_version"):
-        console.print(f"  {key}: {escape(str(record.get(key)))}")
-    console.print("  parameters: " + escape(json.dumps(record["params"].get("method", {}))))
+        console.print(f"  {key}: {str(record.get(key))}")
+    console.print("  parameters: " + json.dumps(record["params"].get("method", {})))
     summary = {k: v for k, v in record["summary"].items() if k != "estimate"}
-    console.print("  summary: " + escape(json.dumps(summary, default=str)))
+    console.print("  summary: " + json.dumps(summary, default=str))
     est = record["summary"].get("estimate")
     if est:
         from naturelens.cli.classify import print_estimate
 
         print_estimate(record["method"], record["params"].get("shots"), est)
     for reason, n in failures.items():
-        console.print(f"  failed: {n} x {escape(reason)}")
+        console.print(f"  failed: {n} x {reason}")
 
 
 @runs_app.command("tag")
@@ -145,7 +144,7 @@ def tag_run(
     with open_workspace(workspace) as ws:
         run_id = ws.run(run)["run_id"]
         ws.tag_run(run_id, tag)
-    console.print(f"{escape(tag)} -> {escape(run_id)}")
+    console.print(f"{tag} -> {run_id}")
 
 
 @runs_app.command("rename")
@@ -163,7 +162,7 @@ def rename_run(
     with open_workspace(workspace) as ws:
         run_id = ws.run(run)["run_id"]
         ws.tag_run(run_id, name, replace=True)
-    console.print(f"{escape(run_id)} is now {escape(name)}")
+    console.print(f"{run_id} is now {name}")
 
 
 @runs_app.command("rm")
@@ -191,6 +190,6 @@ def remove_run(
                 shutil.rmtree(folder, ignore_errors=True)
                 removed["model_dir"] = folder
             console.print(
-                f"removed {escape(record['run_id'])}: {removed['predictions']} predictions"
-                + (f", model folder {escape(str(folder))}" if "model_dir" in removed else "")
+                f"removed {record['run_id']}: {removed['predictions']} predictions"
+                + (f", model folder {str(folder)}" if "model_dir" in removed else "")
             )

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail, json_mode, print_json, taxonomy_app
@@ -33,7 +32,7 @@ def init(
         ws = Workspace.create(workspace, taxonomy)
     except (WorkspaceError, TaxonomyError) as exc:
         fail(exc)
-    console.print(f"Workspace [bold]{workspace}[/] ready, taxonomy {ws.taxonomy.label}.")
+    console.print(f"Workspace {workspace} ready, taxonomy {ws.taxonomy.label}.")
     ws.close()
 
 
@@ -48,6 +47,16 @@ def ingest(
     labels_from_folders: bool = typer.Option(
         True, help="Use a photo's sub-folder name as its gold label."
     ),
+    duplicates: str = typer.Option(
+        "first",
+        help="When a manifest id repeats or a photo gets two labels: keep the first, "
+        "the last, or stop with an error. The others are reported.",
+    ),
+    allow_private_urls: bool = typer.Option(
+        False,
+        "--allow-private-urls",
+        help="Fetch URLs on private, loopback and link-local addresses (your own network).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Add photos to a workspace; running it again adds only what is new."""
@@ -58,7 +67,11 @@ def ingest(
         try:
             with photo_progress("ingest", None) as advance:
                 report = ws.ingest(
-                    sources, labels_from_folders=labels_from_folders, progress=advance
+                    sources,
+                    labels_from_folders=labels_from_folders,
+                    progress=advance,
+                    duplicates=duplicates,
+                    allow_private_urls=allow_private_urls,
                 )
         except SourceError as exc:
             fail(exc)
@@ -77,9 +90,10 @@ def ingest(
             f"{report.added} new photos, {report.duplicates} duplicates, "
             f"{report.skipped} already ingested, {report.failed} failures, "
             f"{report.labelled} labels."
+            + (f" {report.duplicate_ids} rows repeat an id." if report.duplicate_ids else "")
         )
         for problem in report.label_problems[:20]:
-            err.print(f"[yellow]label:[/] {problem}", highlight=False)
+            err.print(f"label: {problem}", highlight=False)
         if len(report.label_problems) > 20:
             err.print(f"... and {len(report.label_problems) - 20} more label problems")
         if report.failed:
@@ -100,7 +114,7 @@ def status(
     if as_json:
         print(json.dumps(summary, indent=2, default=str))
         return
-    console.print(f"[bold]{summary['workspace']}[/] — taxonomy {summary['taxonomy']}")
+    console.print(f"{summary['workspace']} — taxonomy {summary['taxonomy']}")
     console.print(
         f"{summary['photos']} photos from {summary['references']} references, "
         f"{summary['failures']} failures, {summary['labelled']} labelled"
@@ -146,8 +160,7 @@ def taxonomy_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
     for r in rows:
         extra = f" + {r['open_set']}" if r["open_set"] else ""
         console.print(
-            f"[bold]{r['name']}[/] {r['version']}: {r['classes']} classes{extra} — "
-            f"{r['description']}"
+            f"{r['name']} {r['version']}: {r['classes']} classes{extra} — {r['description']}"
         )
 
 
@@ -162,7 +175,7 @@ def taxonomy_show(
     except TaxonomyError as exc:
         # Every problem on its own line, each with file and line, so all get fixed at once.
         for problem in exc.problems:
-            err.print(f"[bold red]error:[/] {escape(problem)}", highlight=False, soft_wrap=True)
+            err.print(f"error: {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if as_json:
         print_json(

@@ -244,6 +244,11 @@ def run_method(
     _check_labels(ws, train_ids, labels)
     method.check_ready(ws)
     params = run_params(method, predict_ids, train_ids, extra_params)
+    if resume:
+        # A finished identical run already answered: reuse it rather than pay again.
+        finished = ws.finished_run(method.name, params)
+        if finished is not None and set(predict_ids) <= ws.done_photo_ids(finished):
+            return finished
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
@@ -326,5 +331,14 @@ def run_method(
         "store_seconds": round(previous.get("store_seconds", 0) + store_seconds, 3),
         "resumed_photos": len(done),
     }
+    failed = ws.prediction_failures(run_id)
+    if totals["photos"] and sum(failed.values()) >= totals["photos"]:
+        # Nothing was classified: not a result to build on or to reuse.
+        ws.finish_run(run_id, status="failed", summary=summary)
+        reason = max(failed, key=failed.get)
+        raise MethodError(
+            f"run {run_id}: every photo failed ({sum(failed.values())} x {reason})",
+            f"fix the cause, then `naturelens classify WORKSPACE --retry-failed {run_id}`",
+        )
     ws.finish_run(run_id, status="done", summary=summary)
     return run_id

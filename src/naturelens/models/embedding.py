@@ -173,6 +173,8 @@ def _paths(
     it = iter(ids)
     while block := list(islice(it, chunk)):
         paths = ws.photo_paths(block)
+        # Embedding a block takes minutes: let `status` and the report read meanwhile.
+        ws.release()
         for pid in block:
             yield pid, paths.get(pid)
 

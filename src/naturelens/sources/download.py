@@ -1,20 +1,32 @@
-"""Fetching photos by URL: concurrent, retried, size-limited and cached on disk."""
+"""Fetching photos by URL: concurrent, retried, size-limited and cached on disk.
+
+A manifest is data from elsewhere, so a URL in it is not trusted: hosts that resolve to
+private, loopback, link-local or otherwise non-public addresses (a router, a cloud
+metadata service) are refused unless the user opts in, on every redirect hop too; every
+request has a total deadline, not only one per read; a body that is not an image is not
+kept.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 import httpx
 
 from naturelens.errors import PhotoError
+from naturelens.sources.images import looks_like_image
 
 MAX_BYTES = 50 * 1024 * 1024
+MAX_REDIRECTS = 5
 
 
 class DownloadError(PhotoError):
@@ -36,6 +48,11 @@ class Downloader:
     max_bytes: int = MAX_BYTES
     workers: int = 8
     backoff: float = 0.5
+    # Whole-request limit (connect, redirects and body): a server that drips a byte at
+    # a time never trips a per-read timeout.
+    deadline: float = 120.0
+    # Fetch from private, loopback and link-local addresses (a server on your network).
+    allow_private: bool = False
 
     def cache_path(self, url: str) -> Path:
         return Path(self.cache_dir) / hashlib.sha256(url.encode("utf-8")).hexdigest()
@@ -47,12 +64,16 @@ class Downloader:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         own = client is None
-        client = client or httpx.Client(timeout=self.timeout, follow_redirects=True)
+        client = client or self._client()
         try:
             return self._fetch(url, target, client)
         finally:
             if own:
                 client.close()
+
+    def _client(self) -> httpx.Client:
+        # Redirects are followed by hand, so that every hop's address is checked.
+        return httpx.Client(timeout=self.timeout, follow_redirects=False)
 
     def _fetch(self, url: str, target: Path, client: httpx.Client) -> Path:
         last: DownloadError | None = None
@@ -60,29 +81,9 @@ class Downloader:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with client.stream("GET", url) as response:
-                    if response.status_code in (429,) or response.status_code >= 500:
-                        last = DownloadError("download failed", f"HTTP {response.status_code}")
-                        continue
-                    if response.status_code >= 400:
-                        raise DownloadError("download failed", f"HTTP {response.status_code}")
-                    declared = int(response.headers.get("content-length") or 0)
-                    if declared > self.max_bytes:
-                        raise DownloadError("download too large", f"{declared} bytes")
-                    tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
-                    size = 0
-                    with open(tmp, "wb") as fh:
-                        for chunk in response.iter_bytes():
-                            size += len(chunk)
-                            if size > self.max_bytes:
-                                fh.close()
-                                tmp.unlink(missing_ok=True)
-                                raise DownloadError(
-                                    "download too large", f"over {self.max_bytes} bytes"
-                                )
-                            fh.write(chunk)
-                    os.replace(tmp, target)
-                    return target
+                return self._attempt(url, target, client, time.monotonic() + self.deadline)
+            except _Retry as exc:
+                last = exc.error
             except httpx.TimeoutException as exc:
                 last = DownloadError("download failed", f"timed out: {exc}")
             except httpx.TransportError as exc:
@@ -92,9 +93,74 @@ class Downloader:
         assert last is not None
         raise last
 
+    def _attempt(self, url: str, target: Path, client: httpx.Client, deadline: float) -> Path:
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_address(url)
+            with client.stream("GET", url) as response:
+                if response.is_redirect and response.headers.get("location"):
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code in (429,) or response.status_code >= 500:
+                    raise _Retry(DownloadError("download failed", f"HTTP {response.status_code}"))
+                if response.status_code >= 400:
+                    raise DownloadError("download failed", f"HTTP {response.status_code}")
+                declared = int(response.headers.get("content-length") or 0)
+                if declared > self.max_bytes:
+                    raise DownloadError("download too large", f"{declared} bytes")
+                return self._save(response, target, deadline)
+        raise DownloadError("download failed", f"more than {MAX_REDIRECTS} redirects")
+
+    def _save(self, response: httpx.Response, target: Path, deadline: float) -> Path:
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.part")
+        size = 0
+        try:
+            with open(tmp, "wb") as fh:
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise DownloadError("download too large", f"over {self.max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise _Retry(
+                            DownloadError(
+                                "download failed", f"not finished within {self.deadline:g} s"
+                            )
+                        )
+                    fh.write(chunk)
+            with open(tmp, "rb") as fh:
+                head = fh.read(64)
+            if not looks_like_image(head):
+                # Not kept: an error page or whatever else a server answered.
+                raise DownloadError("not an image", f"the server sent {_kind(response)}")
+            os.replace(tmp, target)
+            return target
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _check_address(self, url: str) -> None:
+        """Refuse a URL whose host is not a public address, unless allowed."""
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https"):
+            raise DownloadError("download failed", f"not an http(s) URL: {url}")
+        if self.allow_private:
+            return
+        host = parsed.host
+        try:
+            infos = socket.getaddrinfo(host, parsed.port or 80, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            error = DownloadError("download failed", f"cannot resolve {host}: {exc}")
+            raise _Retry(error) from exc
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0].split("%")[0])
+            if not address.is_global:
+                raise DownloadError(
+                    "private address refused",
+                    f"{host} is {address}, not a public address (pass --allow-private-urls "
+                    "to fetch from your own network)",
+                )
+
     def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[str, Path | DownloadError]]:
         """Fetch URLs concurrently; yields ``(url, path or error)`` in input order."""
-        with httpx.Client(timeout=self.timeout, follow_redirects=True) as client:
+        with self._client() as client:
 
             def one(url: str) -> tuple[str, Path | DownloadError]:
                 try:
@@ -104,3 +170,16 @@ class Downloader:
 
             with ThreadPoolExecutor(self.workers) as pool:
                 yield from pool.map(one, list(urls))
+
+
+class _Retry(Exception):
+    """A failure worth another attempt."""
+
+    def __init__(self, error: DownloadError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _kind(response: httpx.Response) -> str:
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    return kind or "a body that is not an image"

@@ -28,8 +28,12 @@ try:  # HEIC/HEIF from phones, when the optional plugin is installed
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
+    HEIF_PLUGIN = True
 except ImportError:  # pragma: no cover - optional
-    pass
+    HEIF_PLUGIN = False
+
+# ISO base media brands of HEIC/HEIF/AVIF stills (bytes 8-12 after "ftyp").
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"}
 
 
 class PhotoDecodeError(PhotoError):
@@ -56,12 +60,54 @@ def _open(data: bytes) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PhotoDecodeError("too many pixels", str(exc)) from exc
     except UnidentifiedImageError as exc:
+        if is_heif(data) and not HEIF_PLUGIN:
+            raise PhotoDecodeError(
+                "HEIC needs a plugin", "install it with `pip install naturelens[heif]`"
+            ) from exc
         raise PhotoDecodeError("not an image") from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad photo
         raise PhotoDecodeError("unreadable image", f"{type(exc).__name__}: {exc}") from exc
     if img.width * img.height > MAX_PIXELS:
         raise PhotoDecodeError("too many pixels", f"{img.width}x{img.height}")
     return img
+
+
+def is_heif(data: bytes) -> bool:
+    """Whether ``data`` starts like a HEIC/HEIF (or AVIF) still image."""
+    return data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS
+
+
+_MAGIC = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+)
+
+
+def looks_like_image(head: bytes) -> bool:
+    """Whether the first bytes of a file are those of a photo format naturelens reads."""
+    if head.startswith(_MAGIC):
+        return True
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return is_heif(head)
+
+
+def decoded_bytes(data: bytes) -> int:
+    """About how much memory decoding ``data`` takes (4 bytes a pixel, two copies);
+    0 when its header cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+    except Exception:  # noqa: BLE001 - decoding will report why
+        return 0
+    return 8 * width * height
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +24,10 @@ from typing import Any
 from naturelens.sources.download import DownloadError
 from naturelens.sources.images import PhotoDecodeError, PhotoInfo, inspect_photo
 from naturelens.sources.refs import PhotoRef
+
+# Larger files are refused before they are read: no photo of a collection is this big,
+# and a device or a sparse file must not be read whole.
+MAX_PHOTO_BYTES = 256 * 1024 * 1024
 
 # Below this many files per worker, starting processes costs more than it saves.
 MIN_FILES_PER_WORKER = 4
@@ -44,16 +51,38 @@ class PhotoFile:
     photo_failure_detail: str | None = None
 
 
-def read_photo_file(path: str) -> PhotoFile:
-    """Read, hash and inspect one photo file; problems are recorded, never raised."""
+def read_photo_file(path: str, max_bytes: int = MAX_PHOTO_BYTES) -> PhotoFile:
+    """Read, hash and inspect one photo file; problems are recorded, never raised.
+
+    Only regular files are read (a device, a named pipe or a folder is a failure, never a
+    hang or an endless read), and none larger than ``max_bytes``.
+    """
     found = PhotoFile(path)
     try:
-        data = Path(path).read_bytes()
+        # O_NONBLOCK: opening a named pipe must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         found.failure, found.failure_detail = "file not found", path
         return found
     except OSError as exc:
         found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+        return found
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            found.failure, found.failure_detail = "not a regular file", path
+            return found
+        if info.st_size > max_bytes:
+            found.failure = "file too large"
+            found.failure_detail = f"{path}: {info.st_size} bytes, the limit is {max_bytes}"
+            return found
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+            return found
+    if len(data) > max_bytes:
+        found.failure, found.failure_detail = "file too large", f"{path}: grew while read"
         return found
     found.photo_id = hashlib.sha256(data).hexdigest()
     found.size = len(data)
@@ -62,6 +91,79 @@ def read_photo_file(path: str) -> PhotoFile:
     except PhotoDecodeError as exc:
         found.photo_failure, found.photo_failure_detail = exc.reason, exc.detail or path
     return found
+
+
+class SeenFiles:
+    """What reading recent files found, keyed by the file's identity and change stamp.
+
+    A manifest whose rows point to files already read in this ingest (a photo listed
+    under several ids) then costs a ``stat``, not a read, hash and decode.
+    """
+
+    def __init__(self, size: int = 8192):
+        self.size = size
+        self._found: OrderedDict[tuple, PhotoFile] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> PhotoFile | None:
+        with self._lock:
+            found = self._found.get(key)
+            if found is not None:
+                self._found.move_to_end(key)
+            return found
+
+    def put(self, key: tuple, found: PhotoFile) -> None:
+        with self._lock:
+            self._found[key] = found
+            while len(self._found) > self.size:
+                self._found.popitem(last=False)
+
+
+def _identity(path: str) -> tuple | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def read_files(reader: PhotoReader, paths: Sequence[str], seen: SeenFiles) -> list[PhotoFile]:
+    """Read ``paths`` with ``reader``, each distinct unchanged file once per ingest."""
+    keys = [_identity(p) for p in paths]
+    out: list[PhotoFile | None] = []
+    wanted: dict[tuple, str] = {}
+    for path, key in zip(paths, keys, strict=True):
+        hit = seen.get(key) if key is not None else None
+        out.append(None if hit is None else _at(hit, path))
+        if hit is None and key is not None:
+            wanted.setdefault(key, path)
+    fresh = dict(zip(wanted, reader.read(list(wanted.values())), strict=True))
+    for key, found in fresh.items():
+        if not found.failure:
+            seen.put(key, found)
+    rest = [p for p, got, key in zip(paths, out, keys, strict=True) if got is None and key is None]
+    unkeyed = iter(reader.read(rest)) if rest else iter(())
+    result = []
+    for path, got, key in zip(paths, out, keys, strict=True):
+        if got is None:
+            got = _at(fresh[key], path) if key is not None else next(unkeyed)
+        result.append(got)
+    return result
+
+
+def _at(found: PhotoFile, path: str) -> PhotoFile:
+    return PhotoFile(
+        path,
+        found.photo_id,
+        found.size,
+        found.info,
+        found.failure,
+        found.failure_detail,
+        found.photo_failure,
+        found.photo_failure_detail,
+    )
 
 
 def default_workers() -> int:

@@ -71,17 +71,23 @@ class PhotoRef:
     problem: str | None = None  # why this row cannot be used, if it cannot
 
 
+DUPLICATE_RULES = ("first", "last", "error")
 MANIFEST_SUFFIXES = {".csv", ".parquet", ".tsv"}
 _GLOB_CHARS = set("*?[")
 
 
-def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterator[PhotoRef]:
+def iter_source(
+    source: str | Path, labels_from_folders: bool = True, duplicates: str = "first"
+) -> Iterator[PhotoRef]:
     """Yield the photo references of a folder, a photo file, a glob, a manifest or a URL.
 
     A glob (``photos/*.jpg``, ``photos/**/*.png``) is expanded here when the shell did not
     (it was quoted, or the shell does not expand globs); each match is read as a source.
     Any other file is a single photo: one that is not an image is recorded as a failure
     with its reason, like any photo that cannot be decoded.
+
+    ``duplicates`` says which row of a manifest wins when an id repeats (see
+    :func:`iter_manifest`).
     """
     text = str(source)
     if text.startswith(("http://", "https://")):
@@ -91,7 +97,7 @@ def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterato
     if path.is_dir():
         yield from iter_folder(path, labels_from_folders=labels_from_folders)
     elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-        yield from iter_manifest(path)
+        yield from iter_manifest(path, duplicates=duplicates)
     elif path.is_file() and path.suffix.lower() == ".txt":
         yield from iter_url_list(path)
     elif path.is_file():
@@ -102,7 +108,9 @@ def iter_source(source: str | Path, labels_from_folders: bool = True) -> Iterato
         if not matches:
             raise SourceError(f"{source}: no file matches this pattern")
         for match in matches:
-            yield from iter_source(match, labels_from_folders=labels_from_folders)
+            yield from iter_source(
+                match, labels_from_folders=labels_from_folders, duplicates=duplicates
+            )
     else:
         raise SourceError(f"{source}: no such file or folder")
 
@@ -205,24 +213,46 @@ def _time(value) -> datetime | None:
         raise ValueError(f"malformed taken_at: {text!r} is not a date") from exc
 
 
-def iter_manifest(path: Path) -> Iterator[PhotoRef]:
+def iter_manifest(path: Path, duplicates: str = "first") -> Iterator[PhotoRef]:
     """Rows of a CSV, TSV or Parquet manifest as photo references.
 
     Columns: ``id``, ``path`` or ``url`` (one is required per row), and optionally
     ``label``, ``lat``, ``lon``, ``owner``, ``taken_at``, ``title``, ``tags``.
-    Relative paths are resolved against the manifest's folder.
+    Relative paths are resolved against the manifest's folder. Rows without an id are
+    keyed by their row number in the whole file.
+
+    Parameters
+    ----------
+    duplicates
+        When an id repeats: ``first`` keeps the first row, ``last`` the last one (the
+        others are reported as failed rows with the row that was kept), ``error`` raises
+        :class:`SourceError` before any row is read.
     """
+    if duplicates not in DUPLICATE_RULES:
+        raise SourceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
     path = path.resolve()
     table = _read_table(path)
     columns = set(table.column_names)
     if not ({"path", "url"} & columns):
         raise SourceError(f"{path}: a manifest needs a 'path' or a 'url' column")
+    kept = _kept_rows(path, table, duplicates)
     base = path.parent
+    number = 0
     for batch in table.to_batches(max_chunksize=4096):
-        for i, row in enumerate(batch.to_pylist()):
+        for row in batch.to_pylist():
+            number += 1
             row_id = _text(row.get("id"))
-            ref_key = f"{path}#{row_id}" if row_id else f"{path}#row{i + 1}"
+            ref_key = f"{path}#{row_id}" if row_id else f"{path}#row{number}"
             ref = PhotoRef(ref=ref_key, source="manifest", manifest_id=row_id)
+            if row_id and kept.get(row_id, number) != number:
+                # Its own key, so the kept row's reference is not replaced by this one.
+                ref.ref = f"{path}#row{number}"
+                ref.problem = (
+                    f"duplicate id: row {number} repeats id {row_id!r}; "
+                    f"row {kept[row_id]} was kept (rule: {duplicates})"
+                )
+                yield ref
+                continue
             try:
                 file = _text(row.get("path"))
                 url = _text(row.get("url"))
@@ -245,6 +275,28 @@ def iter_manifest(path: Path) -> Iterator[PhotoRef]:
             except ValueError as exc:
                 ref.problem = str(exc)
             yield ref
+
+
+def _kept_rows(path: Path, table: pa.Table, duplicates: str) -> dict[str, int]:
+    """Row number (1-based) kept for each id that repeats, under the ``duplicates`` rule."""
+    if "id" not in table.column_names:
+        return {}
+    rows: dict[str, list[int]] = {}
+    for number, value in enumerate(table.column("id").to_pylist(), start=1):
+        text = _text(value)
+        if text:
+            rows.setdefault(text, []).append(number)
+    repeated = {k: v for k, v in rows.items() if len(v) > 1}
+    if repeated and duplicates == "error":
+        some = ", ".join(
+            f"{k!r} (rows {', '.join(map(str, v[:5]))})" for k, v in list(repeated.items())[:3]
+        )
+        raise SourceError(
+            f"{path}: {len(repeated)} id(s) repeat: {some}",
+            "make ids unique, or pass --duplicates first or --duplicates last",
+        )
+    pick = 0 if duplicates == "first" else -1
+    return {k: v[pick] for k, v in repeated.items()}
 
 
 def iter_url_list(path: Path) -> Iterator[PhotoRef]:

@@ -13,6 +13,12 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 _LABEL = re.compile(r"""["']?(?:label|class|category)["']?\s*[:=]\s*["']?([^"',}\n]+)""", re.I)
 _CONFIDENCE = re.compile(r"""["']?confidence["']?\s*[:=]\s*["']?([0-9.]+)\s*(%?)""", re.I)
 
+# An answer is a label, a confidence and a short reason: what a model writes beyond this
+# many characters is not read (nor kept), so a runaway reply costs linear time, not more.
+MAX_REPLY_CHARS = 32_000
+# JSON objects tried: each try may read to the end of the text.
+_MAX_JSON_TRIES = 16
+
 
 def answer_schema(class_ids: Sequence[str]) -> dict:
     """The JSON schema of an answer: ``label`` one of ``class_ids``, then confidence, reason.
@@ -49,7 +55,7 @@ def parse_answer(text: str, taxonomy: Taxonomy) -> Answer:
     limit), ``label: x`` lines, and a bare class name. Class names match ignoring case,
     and synonyms listed in the taxonomy count; nothing else is mapped to a class.
     """
-    raw = (text or "").strip()
+    raw = cap_reply(text or "").strip()
     fenced = _FENCE.search(raw)
     body = fenced.group(1).strip() if fenced else raw
     data = _first_json_object(body)
@@ -73,13 +79,23 @@ def parse_answer(text: str, taxonomy: Taxonomy) -> Answer:
     return Answer(class_id=class_id, said=said or raw[:200], confidence=confidence, reason=reason)
 
 
+def cap_reply(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying so, for parsing and for storing."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f" [... {len(text) - limit} more characters not kept]"
+
+
 def _first_json_object(text: str):
+    decoder = json.JSONDecoder()
     start = text.find("{")
-    while start != -1:
+    for _ in range(_MAX_JSON_TRIES):
+        if start == -1:
+            break
         try:
-            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            obj, _ = decoder.raw_decode(text, start)
             return obj
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # deep nesting is not an answer
             start = text.find("{", start + 1)
     return None
 

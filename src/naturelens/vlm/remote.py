@@ -28,6 +28,8 @@ from PIL import Image
 
 from naturelens.errors import RunStopped
 from naturelens.models.cards import ModelCard
+from naturelens.redact import scrub_secrets
+from naturelens.vlm.answers import cap_reply
 from naturelens.vlm.base import (
     ChatReply,
     ChatRequest,
@@ -425,6 +427,8 @@ class RemoteVLM(VisionLanguageModel):
             tout = usage.completion_tokens if usage else None
         if not isinstance(text, str):
             raise TypeError(f"message content is {type(text).__name__}, not text")
+        # Kept in predictions and the ledger: bounded, and never with the key in it.
+        text = self._scrub(cap_reply(text))
         # Servers that report no usage: estimate, so the ledger never under-counts to zero.
         tin = int(tin) if tin is not None else self.estimate_tokens(request) - request.max_tokens
         tout = int(tout) if tout is not None else text_token_estimate(text)
@@ -452,9 +456,7 @@ class RemoteVLM(VisionLanguageModel):
         return True
 
     def _scrub(self, text: str) -> str:
-        return (
-            text.replace(self.api_key, "***") if self.api_key and self.api_key != "none" else text
-        )
+        return scrub_secrets(text, [self.api_key] if self.api_key != "none" else [])
 
     # ------------------------------------------------------------------ batch API
     def submit_batch(self, requests: Sequence[ChatRequest], custom_ids: Sequence[str]) -> str:

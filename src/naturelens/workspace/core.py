@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -55,6 +58,8 @@ PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed
 # so any other run still marked 'running' when a writer opens it was killed: it is marked
 # interrupted (and resumes like any interrupted run).
 _LIVE_RUNS: set[str] = set()
+# How long opening a busy catalog waits for the other command to let go of it.
+LOCK_WAIT_SECONDS = float(os.environ.get("NATURELENS_LOCK_WAIT", "10"))
 
 
 class WorkspaceError(NaturelensError, ValueError):
@@ -117,13 +122,35 @@ class IngestReport:
     failed: int = 0
     labelled: int = 0
     label_problems: list[str] = field(default_factory=list)
+    duplicate_ids: int = 0
+
+
+def _insert(db: duckdb.DuckDBPyConnection, verb: str, rows: list[tuple], tail: str = "") -> None:
+    """Insert ``rows`` (tuples in the table's column order) in one statement.
+
+    Through an Arrow table: ``executemany`` runs one statement per row, which made a
+    100,000-row manifest take minutes.
+    """
+    if not rows:
+        return
+    import pyarrow as pa
+
+    columns = list(zip(*rows, strict=True))
+    table = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(columns)})
+    db.register("_ingest_rows", table)
+    try:
+        db.execute(f"{verb} SELECT * FROM _ingest_rows {tail}")
+    finally:
+        db.unregister("_ingest_rows")
 
 
 class Workspace:
     """A naturelens workspace folder. Use :meth:`create` or :meth:`open`."""
 
     def __init__(self, root: Path, taxonomy: Taxonomy, read_only: bool = False):
-        self.root = Path(root)
+        # Absolute: paths stored in the catalog (downloads, models) must not depend on
+        # the folder a command was started from.
+        self.root = Path(root).absolute()
         self.taxonomy = taxonomy
         self.read_only = read_only
         self._db: duckdb.DuckDBPyConnection | None = None
@@ -137,6 +164,24 @@ class Workspace:
             raise WorkspaceError(f"{root}: a workspace already exists here")
         tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
         root.mkdir(parents=True, exist_ok=True)
+        # Claimed atomically: of two `init`s at once, exactly one makes the workspace.
+        try:
+            claim = os.open(root / ".creating", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise WorkspaceError(
+                f"{root}: another `naturelens init` is making a workspace here",
+                f"if none is running, delete {root / '.creating'}",
+            ) from None
+        os.close(claim)
+        try:
+            if (root / "workspace.yaml").exists():
+                raise WorkspaceError(f"{root}: a workspace already exists here")
+            return cls._make(root, tax)
+        finally:
+            (root / ".creating").unlink(missing_ok=True)
+
+    @classmethod
+    def _make(cls, root: Path, tax: Taxonomy) -> Workspace:
         (root / "taxonomy.yaml").write_text(taxonomy_to_yaml(tax), encoding="utf-8")
         meta = {
             "naturelens": __version__,
@@ -181,12 +226,51 @@ class Workspace:
         return self._db
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise WorkspaceError(
-                f"{self.root}: the catalog is in use by another naturelens process ({exc})"
-            ) from exc
+        # Long jobs release the catalog between their writes, so a command that finds it
+        # busy waits a little before giving up.
+        give_up = time.monotonic() + LOCK_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            try:
+                db = duckdb.connect(str(path), read_only=read_only)
+                if path.exists():
+                    # Reads the catalog's tables: a damaged file fails here, not mid-command.
+                    schema.catalog_version(db)
+                return db
+            except duckdb.Error as exc:
+                busy = "lock" in str(exc).lower()
+                if not busy or time.monotonic() > give_up:
+                    raise self._catalog_error(path, exc) from None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def release(self) -> None:
+        """Close the catalog until it is next used, so other commands can open it.
+
+        Long jobs call this between batches; the next use reopens the catalog.
+        """
+        self.close()
+
+    def _catalog_error(self, path: Path, exc: duckdb.Error) -> WorkspaceError:
+        """A one-line explanation of why the catalog cannot be opened, and what to do."""
+        text = str(exc)
+        if "lock" in text.lower():
+            pid = re.search(r"PID (\d+)", text)
+            who = f" (process {pid.group(1)})" if pid else ""
+            return WorkspaceError(
+                f"{self.root}: the catalog is in use by another naturelens command{who}",
+                "wait for it to finish, then run this again",
+            )
+        backups = sorted(path.parent.glob("catalog.backup-*.duckdb"))
+        if backups:
+            hint = (
+                f"restore the newest automatic copy: cp {backups[-1]} {path} "
+                "(work done since that copy is lost; photos and embeddings on disk are kept)"
+            )
+        else:
+            hint = "no automatic copy exists yet; make a new workspace and ingest again"
+        first = " ".join(text.split())[:200]
+        return WorkspaceError(f"{self.root}: the catalog file is damaged ({first})", hint)
 
     def _upgrade(self, path: Path, version: int) -> None:
         """Make the tables of a new catalog, or migrate an older one after backing it up."""
@@ -212,6 +296,16 @@ class Workspace:
             ) from exc
         finally:
             db.close()
+
+    def backup_catalog(self) -> Path | None:
+        """Copy the catalog beside itself before a bulk write (the newest copies are kept).
+
+        Returns the copy, or None for a catalog with no photos yet.
+        """
+        if not self.db.execute("SELECT count(*) FROM refs").fetchone()[0]:
+            return None
+        self.db.execute("CHECKPOINT")  # everything in the file, so the copy is whole
+        return schema.backup(self.root / "catalog.duckdb")
 
     def close(self) -> None:
         if self._db is not None:
@@ -260,6 +354,8 @@ class Workspace:
         workers: int | None = None,
         progress: Callable[[int], None] | None = None,
         downloader: Downloader | None = None,
+        duplicates: str = "first",
+        allow_private_urls: bool = False,
     ) -> IngestReport:
         """Add the photos of ``sources`` (folders, manifests, URL lists, URLs).
 
@@ -272,29 +368,46 @@ class Workspace:
             Processes that read, hash and inspect the files (default: every core).
         progress
             Called with the number of references handled after each batch.
+        duplicates
+            Which one wins when a manifest id repeats or a photo is given two different
+            labels: ``first``, ``last``, or ``error`` (stop with a message). The rows
+            that lose are reported, never dropped silently.
+        allow_private_urls
+            Fetch URLs on private, loopback and link-local addresses too (refused by
+            default: a manifest must not make naturelens reach into your network).
         """
         from naturelens.sources.download import Downloader
-        from naturelens.sources.ingest import PhotoReader
-        from naturelens.sources.refs import iter_source
+        from naturelens.sources.ingest import PhotoReader, SeenFiles
+        from naturelens.sources.refs import DUPLICATE_RULES, iter_source
 
+        if duplicates not in DUPLICATE_RULES:
+            raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
+        self.backup_catalog()
         report = IngestReport()
-        downloader = downloader or Downloader(self.root / "cache" / "downloads")
+        downloader = downloader or Downloader(
+            self.root / "cache" / "downloads", allow_private=allow_private_urls
+        )
+        seen = SeenFiles()
 
         def refs() -> Iterator[PhotoRef]:
             for source in sources:
-                yield from iter_source(source, labels_from_folders=labels_from_folders)
+                yield from iter_source(
+                    source, labels_from_folders=labels_from_folders, duplicates=duplicates
+                )
 
         stream = refs()
         # Files are read, hashed and decoded on every core; the catalog is written here.
         with PhotoReader(workers) as reader:
             while batch := list(islice(stream, batch_size)):
-                self._ingest_batch(batch, reader, downloader, report)
+                self._ingest_batch(batch, reader, downloader, report, seen, duplicates)
                 if progress:
                     progress(len(batch))
         return report
 
-    def _ingest_batch(self, batch, reader, downloader, report: IngestReport) -> None:
-        from naturelens.sources.ingest import ref_result
+    def _ingest_batch(
+        self, batch, reader, downloader, report: IngestReport, seen, duplicates: str
+    ) -> None:
+        from naturelens.sources.ingest import read_files, ref_result
 
         report.seen += len(batch)
         keys = [r.ref for r in batch]
@@ -312,8 +425,9 @@ class Workspace:
         fetched = dict(downloader.fetch_many(urls)) if urls else {}
         results = [ref_result(r, fetched) for r in todo]
         reading = [res for res in results if res.path and not res.failure]
-        for res, found in zip(reading, reader.read([res.path for res in reading]), strict=True):
-            res.add(found)
+        found = read_files(reader, [res.path for res in reading], seen)
+        for res, one in zip(reading, found, strict=True):
+            res.add(one)
         known = {
             row[0]
             for row in self.db.execute(
@@ -370,49 +484,68 @@ class Workspace:
                     stamp,
                 )
             )
+            if res.failure and res.failure.startswith("duplicate id"):
+                report.duplicate_ids += 1
             if ref.label and res.photo_id and not failure:
                 class_id = self.taxonomy.match(ref.label)
                 if class_id:
-                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, None))
+                    label_rows.append((res.photo_id, class_id, ref.source, ref.ref, ref.label))
                 else:
                     problem = f"unknown class {ref.label!r}"
                     problem_rows.append((ref.ref, res.photo_id, ref.label, problem))
                     report.label_problems.append(f"{ref.ref}: {problem}")
-        db = self.db
-        if label_rows:
-            # The first label given for a photo wins; a conflicting later one is reported.
-            labelled = {
-                row[0]
-                for row in db.execute(
-                    "SELECT photo_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
-                    [[r[0] for r in label_rows]],
-                ).fetchall()
-            }
-            first = {}
-            for row in label_rows:
-                if row[0] not in labelled:
-                    first.setdefault(row[0], row)
-            label_rows = list(first.values())
+        label_rows = self._settle_labels(label_rows, duplicates, problem_rows, report)
         report.labelled += len(label_rows)
+        db = self.db
         db.execute("BEGIN TRANSACTION")
         try:
-            if photo_rows:
-                db.executemany(
-                    "INSERT INTO photos VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                    photo_rows,
-                )
-            db.executemany(
-                "INSERT OR REPLACE INTO refs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", ref_rows
-            )
+            _insert(db, "INSERT INTO photos", photo_rows, "ON CONFLICT DO NOTHING")
+            _insert(db, "INSERT OR REPLACE INTO refs", ref_rows)
+            # Conflicts were settled above: these are the label events to keep.
             label_store.add_label_events(db, label_rows, stamp)
-            if problem_rows:
-                db.executemany(
-                    "INSERT OR REPLACE INTO label_problems VALUES (?,?,?,?)", problem_rows
-                )
+            _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
             raise
+
+    def _settle_labels(self, rows, duplicates: str, problem_rows, report: IngestReport):
+        """The label rows to write, one per photo, after applying the ``duplicates`` rule
+        to labels that disagree with each other or with a label already stored.
+
+        Rows that lose are added to ``problem_rows`` and the report; with ``error`` a
+        disagreement raises :class:`WorkspaceError` before anything of the batch is written.
+        """
+        if not rows:
+            return []
+        stored = dict(
+            self.db.execute(
+                "SELECT photo_id, class_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                [sorted({r[0] for r in rows})],
+            ).fetchall()
+        )
+        chosen: dict[str, tuple] = {}
+        for photo_id, class_id, origin, ref, raw in rows:
+            before = chosen[photo_id][1] if photo_id in chosen else stored.get(photo_id)
+            if before is None or before == class_id:
+                if photo_id not in chosen and before == class_id:
+                    continue  # the same label again: nothing new to store
+                chosen[photo_id] = (photo_id, class_id, origin, ref, None)
+                continue
+            if duplicates == "error":
+                raise WorkspaceError(
+                    f"{ref}: label {raw!r} conflicts with label {before!r} already given to "
+                    "the same photo",
+                    "fix the labels, or pass --duplicates first or --duplicates last",
+                )
+            if duplicates == "first":
+                problem = f"conflicting label: {class_id!r} ignored, the photo keeps {before!r}"
+            else:
+                problem = f"conflicting label: {class_id!r} replaces {before!r}"
+                chosen[photo_id] = (photo_id, class_id, origin, ref, None)
+            problem_rows.append((ref, photo_id, raw, problem))
+            report.label_problems.append(f"{ref}: {problem}")
+        return list(chosen.values())
 
     # ------------------------------------------------------------------ photos
     def photo_ids(self, labelled: bool | None = None) -> list[str]:
@@ -530,9 +663,7 @@ class Workspace:
         processed twice.
         """
         params_json = json.dumps(params, sort_keys=True, default=str)
-        key = hashlib.sha256(
-            f"{method}|{params_json}|{self.taxonomy.label}|{self.taxonomy.digest}".encode()
-        ).hexdigest()[:12]
+        key = self._config_key(method, params_json)
         if resume:
             row = self.db.execute(
                 "SELECT run_id FROM runs WHERE config_key = ? AND status != 'done' "
@@ -556,6 +687,32 @@ class Workspace:
         )
         _LIVE_RUNS.add(run_id)
         return run_id, False
+
+    def _config_key(self, method: str, params_json: str) -> str:
+        return hashlib.sha256(
+            f"{method}|{params_json}|{self.taxonomy.label}|{self.taxonomy.digest}".encode()
+        ).hexdigest()[:12]
+
+    def finished_run(self, method: str, params: dict[str, Any]) -> str | None:
+        """The latest finished run of ``method`` with exactly ``params``, or None."""
+        key = self._config_key(method, json.dumps(params, sort_keys=True, default=str))
+        row = self.db.execute(
+            "SELECT run_id FROM runs WHERE config_key = ? AND status = 'done' "
+            "ORDER BY started_at DESC LIMIT 1",
+            [key],
+        ).fetchone()
+        return row[0] if row else None
+
+    def forget_failed_predictions(self, run_id: str) -> int:
+        """Delete the failed predictions of ``run_id`` and mark it unfinished, so that
+        resuming it sends only those photos again. Returns how many were deleted."""
+        self.run(run_id)  # raises for an unknown run
+        n = self.db.execute(
+            "SELECT count(*) FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id]
+        ).fetchone()[0]
+        self.db.execute("DELETE FROM predictions WHERE run_id = ? AND status = 'failed'", [run_id])
+        self.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
+        return int(n)
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
         _LIVE_RUNS.discard(run_id)

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from naturelens._version import __version__
+from naturelens.errors import NaturelensError
 from naturelens.workspace.stamps import now
 from naturelens.workspace.storage import ObjectFolder, arrow_path
 from naturelens.workspace.storage import folder as storage_folder
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 # listing the store (`naturelens status`) stays fast.
 
 EMBEDDINGS = "embeddings"
+
+
+class EmbeddingStoreError(NaturelensError):
+    """A stored embedding part is damaged."""
 
 
 # --------------------------------------------------------------------------- cache keys
@@ -90,7 +95,19 @@ class EmbeddingSet:
         if not parts:
             return None
         fs = arrow_path(parts[0])[1]
-        return pads.dataset([arrow_path(p)[0] for p in parts], format="parquet", filesystem=fs)
+        # Page checksums verified on every read: a damaged part is an error naming it,
+        # never silently wrong vectors.
+        scan = pads.ParquetFileFormat(
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(
+                page_checksum_verification=True
+            )
+        )
+        dataset = pads.dataset([arrow_path(p)[0] for p in parts], format=scan, filesystem=fs)
+        return _Checked(dataset, parts)
+
+    def verify(self) -> list[Path]:
+        """The parts whose pages fail their checksums or hold non-finite vectors."""
+        return [part for part in self.parts() if not _part_ok(part)]
 
     def recorded_ids(self) -> set[str]:
         """Photos with a stored vector or a stored failure."""
@@ -232,6 +249,61 @@ class EmbeddingSet:
         return PartWriter(self.folder, self.dim, part_size)
 
 
+def _part_ok(part: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        path, fs = arrow_path(part)
+        table = pq.read_table(path, filesystem=fs, page_checksum_verification=True)
+    except (OSError, pa.ArrowException):
+        return False
+    vectors = table.column("vector").combine_chunks()
+    values = vectors.flatten().to_numpy(zero_copy_only=False)
+    return bool(np.isfinite(values).all())
+
+
+class _Checked:
+    """A dataset whose reads turn a damaged part into :class:`EmbeddingStoreError`."""
+
+    def __init__(self, dataset: pads.Dataset, parts: list[Path]):
+        self.dataset, self.parts = dataset, parts
+
+    def _damaged(self, exc: Exception) -> EmbeddingStoreError:
+        bad = [p for p in self.parts if not _part_ok(p)] or self.parts
+        names = ", ".join(str(p) for p in bad[:3])
+        return EmbeddingStoreError(
+            f"stored embeddings are damaged: {names} ({type(exc).__name__}: {exc})"[:600],
+            "delete the damaged part(s) and run `naturelens embed` again; "
+            "only their photos are embedded again",
+        )
+
+    def to_table(self, **kwargs) -> pa.Table:
+        try:
+            table = self.dataset.to_table(**kwargs)
+        except (OSError, pa.ArrowException) as exc:
+            raise self._damaged(exc) from None
+        if "vector" in table.column_names:
+            _check_finite(self, table.column("vector"))
+        return table
+
+    def to_batches(self, **kwargs) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in self.dataset.to_batches(**kwargs):
+                if "vector" in batch.schema.names:
+                    _check_finite(self, batch.column("vector"))
+                yield batch
+        except (OSError, pa.ArrowException) as exc:
+            raise self._damaged(exc) from None
+
+
+def _check_finite(data: _Checked, column) -> None:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    if values.size and not np.isfinite(values).all():
+        raise data._damaged(ValueError("a stored vector is not finite"))
+
+
 def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A column of equal-length float lists (no nulls) as a float32 matrix."""
     if isinstance(column, pa.ChunkedArray):
@@ -269,6 +341,10 @@ class PartWriter:
         if not self.ids:
             return
         vectors = np.concatenate(self.vectors).astype(np.float32, copy=False)
+        for i in np.flatnonzero(~np.isfinite(vectors).all(axis=1)):
+            # A vector with NaN or inf is a failure of that photo, never a stored vector.
+            if self.failure[i] is None:
+                self.failure[i], self.detail[i] = "non-finite embedding", "NaN or inf values"
         failed = np.array([f is not None for f in self.failure])
         vectors[failed] = 0.0
         column = pa.FixedSizeListArray.from_arrays(
@@ -285,7 +361,7 @@ class PartWriter:
         name = f"part-{now():%Y%m%d%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.folder / f".{name}.tmp"
         path, fs = arrow_path(tmp)
-        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        pq.write_table(table, path, filesystem=fs, compression="zstd", write_page_checksum=True)
         tmp.replace(self.folder / name)
         self.written += len(self.ids)
         self.ids, self.vectors, self.failure, self.detail = [], [], [], []

@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from naturelens.redact import scrub_secrets
 from naturelens.workspace.core import Workspace, now
+
+# The most characters of one reply kept: a runaway answer must not fill the catalog.
+MAX_STORED_REPLY = 32_000
 
 if TYPE_CHECKING:
     from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel
@@ -102,8 +106,8 @@ class Ledger:
                     float(r["seconds"]),
                     float(r["cost"]),
                     bool(r.get("batch", False)),
-                    r.get("error"),
-                    r.get("reply", ""),
+                    scrub_secrets(r["error"]) if r.get("error") else None,
+                    _stored_reply(r.get("reply") or ""),
                     stamp,
                 )
                 for r in rows
@@ -195,6 +199,12 @@ class Ledger:
             "INSERT OR REPLACE INTO batch_jobs VALUES (?,?,?,?,?,?,?)",
             [batch_id, self.run_id, chunk_key, model, requests, status, now()],
         )
+
+
+def _stored_reply(text: str) -> str:
+    if len(text) > MAX_STORED_REPLY:
+        text = text[:MAX_STORED_REPLY] + f" [... {len(text) - MAX_STORED_REPLY} more characters]"
+    return scrub_secrets(text)
 
 
 def call_records(
