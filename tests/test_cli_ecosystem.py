@@ -15,7 +15,7 @@ from naturelens.cli import app
 from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import method_parameters
 from naturelens.models.availability import MISSING, availability, load_failure
-from naturelens.models.cards import ModelCard, all_cards
+from naturelens.models.cards import all_cards, make_card
 from naturelens.workspace.core import Prediction, Workspace
 
 
@@ -106,7 +106,7 @@ def test_models_lists_every_card_with_its_fetch_command():
 
 
 def test_a_model_that_is_not_here_fails_in_one_line_naming_the_fetch_command(tmp_path):
-    card = ModelCard("ghost", "vlm", "nobody/ghost-vlm-7b", {"backend": "transformers"}, "t")
+    card = make_card("ghost", "vlm", "nobody/ghost-vlm-7b", {"backend": "transformers"}, "t")
     assert availability(card).status == MISSING
     message = load_failure(card, OSError("long\nmulti-line\ntraceback text"))
     assert "\n" not in message and "download nobody/ghost-vlm-7b" in message

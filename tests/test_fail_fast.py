@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from naturelens.cli import app
 from naturelens.methods import make_method, run_method
-from naturelens.models.cards import ModelCard
+from naturelens.models.cards import make_card
 from naturelens.vlm import ChatRequest, VLMError, load_vlm, remote
 from naturelens.vlm.remote import RemoteVLM, ServerUnreachable, needs_api_key
 from naturelens.workspace.core import Workspace
@@ -185,7 +185,7 @@ def test_llama_cpp_server_refuses_json_schema_once_then_json_object(llama_server
             max_retries=0,
             http_client=httpx.Client(timeout=120, event_hooks={"response": [record]}),
         )
-        card = ModelCard("gemma-3-270m", "llm", "gemma-3-270m", {"backend": "openai"}, "test")
+        card = make_card("gemma-3-270m", "vlm", "gemma-3-270m", {"backend": "openai"}, "test")
         return RemoteVLM(
             card=card, model_id="gemma-3-270m", base_url=llama_server, client=client, concurrency=2
         )

@@ -245,8 +245,8 @@ def test_an_interrupted_ray_run_is_finished_locally_and_a_rerun_does_nothing(clu
 
 def test_tags_on_ray_match_the_local_tagger(cluster, twins):
     from naturelens.scale.describe import tag_on_ray
-    from naturelens.text.describe import load_descriptions
-    from naturelens.text.tagger import TAGGER, prompt_version, tag_photos
+    from naturelens.text.describe import load_descriptions, tag_photos
+    from naturelens.text.tagger import TAGGER, prompt_version
 
     local_root, ray_root = twins
     with Workspace.open(local_root) as a, Workspace.open(ray_root) as b:

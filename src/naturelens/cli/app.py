@@ -52,9 +52,7 @@ def json_mode(as_json: bool) -> None:
     console.quiet = as_json
 
 
-MAX_FAILED_HELP = (
-    "Exit with code 1 when more than this share of photos failed or named no class (1: never)."
-)
+MAX_FAILED_HELP = "Exit with code 1 when more than this share of photos failed (1: never)."
 
 
 def check_failed(failed: int, total: int, max_failed: float, what: str = "photos") -> None:

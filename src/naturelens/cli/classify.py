@@ -21,7 +21,7 @@ from naturelens.cli.app import (
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
-from naturelens.methods import METHODS
+from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
 
 
@@ -96,6 +96,8 @@ def classify(
     json_mode(as_json)
     cluster = ray_options(ray, ray_workers, ray_gpus)
     with open_workspace(workspace) as ws:
+        # Refused before anything starts (a hosted API without a key...), in one line.
+        make_method(method, **params).check_ready(ws)
         if cluster is not None:
             _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
@@ -133,7 +135,8 @@ def classify(
             }
         )
     photos = int(summary.get("photos") or 0)
-    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)
 
 
 def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:

@@ -139,4 +139,5 @@ def predict(
     if as_json:
         print_json({"run_id": run_id, "method": info["method"], "classes": counts, **summary})
     photos = int(summary.get("photos") or 0)
-    check_failed(photos - int(summary.get("classified") or 0), photos, max_failed)
+    # Only failures count: an unnamed cluster or a rejected photo is an answer.
+    check_failed(counts.get("(failed)", 0), photos, max_failed)
