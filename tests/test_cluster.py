@@ -313,7 +313,7 @@ def test_cli_names_clusters_with_a_vision_language_model(ws, tiny_root):
     assert len(preds) == 48
     # The tiny model's words are random: a cluster is named only if they name a class.
     for p in preds:
-        assert p.detail.startswith(f"cluster={int(p.scores['cluster'])} ")
+        assert p.detail.startswith(f"cluster={p.cluster} ")
         if p.status == "ok":
             assert p.class_id in (
                 "cultural_religious",
