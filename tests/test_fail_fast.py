@@ -173,6 +173,9 @@ def test_structured_mode_is_found_once_per_server(monkeypatch):
 def test_llama_cpp_server_refuses_json_schema_once_then_json_object(llama_server, no_key):
     """llama-cpp-python's server answers HTTP 500 to ``json_schema``; that costs one
     request per server, then every request goes out as ``json_object`` with the schema."""
+    from naturelens.vlm import remote
+
+    remote._SERVER_MODES.clear()  # another test of this session may have met the server
     statuses: list[tuple[str, int]] = []
 
     def record(response: httpx.Response) -> None:

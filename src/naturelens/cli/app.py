@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import duckdb
 import typer
 import typer.core
 from rich.console import Console
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
+from naturelens.workspace.catalog_errors import CatalogError
 
 # markup=False: paths, ids, titles and answers come from the user's data; a "" in a
 # file name must print as written, never be read as styling.
@@ -97,13 +97,19 @@ class ReportingGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except NaturelensError as exc:
             fail(exc.one_line(), code=exc.exit_code)
-        except duckdb.Error as exc:
-            # Found mid-command (opening checks what it can): the catalog file is damaged.
-            fail(
-                f"the workspace catalog cannot be read ({' '.join(str(exc).split())[:200]})",
-                hint="restore the newest catalog.backup-*.duckdb of the workspace folder "
-                "as catalog.duckdb",
+        except CatalogError as exc:
+            if not _interrupted(exc):
+                # Found mid-command (opening checks what it can): the catalog is damaged.
+                fail(
+                    f"the workspace catalog cannot be read ({' '.join(str(exc).split())[:200]})",
+                    hint="copy the newest catalog backup (catalog.backup-*) of the workspace "
+                    "folder over the catalog",
+                )
+            err.print(
+                "interrupted: work finished so far is kept; run the same command again to resume",
+                highlight=False,
             )
+            raise typer.Exit(INTERRUPTED) from None
         except (KeyboardInterrupt, Exception) as exc:
             if not _interrupted(exc):
                 raise
