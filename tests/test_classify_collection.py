@@ -207,7 +207,11 @@ def test_calibration_lowers_ece_and_sets_reach_coverage_on_real_features(tmp_pat
     result = classify_collection(
         # A weakly regularised probe is overconfident on overlapping classes: something to
         # calibrate.
-        ws, "probe", {"model": "efficientnet-lite0", "C": 1000.0}, shots=None, coverage=0.9
+        ws,
+        "probe",
+        {"model": "efficientnet-lite0", "C": 1000.0},
+        shots=None,
+        coverage=0.9,
     )
     est = result.estimate
     cal = est["calibration"]

@@ -155,3 +155,26 @@ def test_cards_are_typed_and_errors_name_file_and_card(tmp_path, monkeypatch):
         resolve("mine")
     path.write_text("- {name: mine, kind: vision, source: x/y, dim: 12}\n")
     assert resolve("mine").dim == 12
+
+
+def test_a_models_spec_is_remembered_until_its_config_changes(tmp_path, monkeypatch):
+    """The per-machine memo of specs read from config files gives what reading them gives,
+    and a rewritten config file is read again (a stale memo would mix embeddings)."""
+    import json
+
+    from naturelens.models import specs
+
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "cache"))
+    folder = tiny_model("dinov2", tmp_path / "tiny")
+    read = []
+    real = specs.card_preprocessing
+    monkeypatch.setattr(specs, "card_preprocessing", lambda card: read.append(1) or real(card))
+    first = specs.model_spec(str(folder))
+    assert specs.model_spec(str(folder)) == first and len(read) == 1  # second from the memo
+    assert specs.model_spec(f"{folder}@mean")["pooling"] == "mean"  # an override is its own
+    config = folder / "preprocessor_config.json"
+    settings = json.loads(config.read_text())
+    settings["image_mean"] = [0.5, 0.5, 0.5]
+    config.write_text(json.dumps(settings))
+    changed = specs.model_spec(str(folder))
+    assert changed["mean"] == [0.5, 0.5, 0.5] != first["mean"]

@@ -88,3 +88,23 @@ def test_small_commands_load_no_model_library(workspace_with_run, tmp_path, args
     result = run_cli(*args)
     assert result["code"] == 0, result["err"]
     assert result["heavy"] == []
+
+
+def test_probe_on_stored_embeddings_loads_no_torch(labelled_workspace, tiny_root):
+    """A probe whose embeddings are all stored needs scikit-learn, not the model libraries:
+    the store's key comes from the card and a per-machine memo of the model's config."""
+    from naturelens.models.embedding import embed_photos
+    from naturelens.testing.tiny_models import tiny_model
+
+    ws = labelled_workspace
+    model = str(tiny_model("dinov2", tiny_root))
+    embed_photos(ws, model, precision="fp32")
+    root = ws.root
+    ws.close()
+    args = ("classify", str(root), "--method", "probe", "--model", model, "--shots", "2")
+    first = run_cli(*args, "--seeds", "1")  # may read the model's config (the memo is per machine)
+    assert first["code"] == 0, first["err"]
+    again = run_cli(*args, "--seeds", "2")
+    assert again["code"] == 0, again["err"]
+    assert "accuracy" in again["out"]
+    assert "torch" not in again["heavy"] and "transformers" not in again["heavy"]

@@ -21,22 +21,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from naturelens.models.backbones import (
-    PRECISIONS,
-    Backbone,
-    BackboneError,
-    backbone_spec,
-    load_backbone,
-    model_spec,
-    pick_device,
-)
+from naturelens.models.specs import BackboneError, model_spec
 from naturelens.sources.images import PhotoDecodeError
 from naturelens.workspace.core import Workspace
 from naturelens.workspace.embeddings import EmbeddingSet, cache_key
+
+if TYPE_CHECKING:
+    from naturelens.models.backbones import Backbone
 
 
 def embedding_set(ws: Workspace, model: str) -> EmbeddingSet:
@@ -329,6 +324,8 @@ def embed_photos(
     EmbeddingSet
         The model's stored embeddings, with counts of what this call added.
     """
+    from naturelens.models.backbones import PRECISIONS, backbone_spec, load_backbone, pick_device
+
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if precision not in PRECISIONS:

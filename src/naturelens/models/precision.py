@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import os
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from naturelens.machine_cache import cache_dir, read_entries, write_entry
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Embeddings in a candidate precision must agree this well with fp32 (every photo of the
@@ -87,14 +86,6 @@ def candidates(device: torch.device) -> list[str]:
     return ["fp32", "bf16"]
 
 
-def cache_dir() -> Path:
-    """Where per-machine decisions are kept: ``$NATURELENS_CACHE`` or the user's cache."""
-    if os.environ.get("NATURELENS_CACHE"):
-        return Path(os.environ["NATURELENS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "naturelens"
-
-
 def machine_key(device: torch.device) -> str:
     """What makes timings of one machine differ from another's: processor, threads, torch."""
     if device.type == "cuda":
@@ -115,24 +106,8 @@ def _cpu_identity() -> str:
     return model + " " + " ".join(sorted(flags))
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # missing or damaged: measure again
-    return data if isinstance(data, dict) else {}
-
-
 def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = _read_cache(path)
-        data[key] = asdict(choice) | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # whole file or nothing, even with two processes measuring
-    except OSError:
-        pass  # a read-only home: the choice still holds for this process
+    write_entry(path, key, asdict(choice) | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def sample_input(size: int, photos: int = SAMPLE_PHOTOS, seed: int = 0) -> torch.Tensor:
@@ -234,7 +209,7 @@ def choose_precision(
     """
     path = cache or cache_dir() / CACHE_FILE
     key = f"{identity}|{machine_key(device)}"
-    found = _read_cache(path).get(key)
+    found = read_entries(path).get(key)
     if isinstance(found, dict) and found.get("precision") in DTYPES:
         return PrecisionChoice(
             found["precision"],

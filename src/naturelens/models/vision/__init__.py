@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any, ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from naturelens.errors import NaturelensError
 from naturelens.models.cards import ModelCard
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class FamilyError(NaturelensError, ValueError):
@@ -87,6 +88,8 @@ class VisionFamily:
 
     def lora_targets(self, module: nn.Module) -> list[str]:
         """Names of the linear layers LoRA adapts: attention queries and values."""
+        from torch import nn
+
         # transformers 5 names them q_proj/v_proj in every ViT; older DINOv2 query/value.
         names = {
             n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, nn.Linear)

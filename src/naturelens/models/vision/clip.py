@@ -6,16 +6,19 @@ text prompts of zero-shot classification live in.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from naturelens.models.vision import VisionFamily, register_family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def _projected(out: Any) -> torch.Tensor:
     """A tensor, or (transformers 5) the model output whose pooler output is the projection."""
+    import torch
+
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from naturelens.models.cards import ModelCard
 from naturelens.models.vision import VisionFamily, register_family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @register_family

