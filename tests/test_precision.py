@@ -55,6 +55,38 @@ def test_agreeing_candidates_are_timed_and_the_faster_kept():
 CPU = torch.device("cpu")
 
 
+def test_convolutional_models_also_time_the_channels_last_layout():
+    choice = measure(Embedder(), call, 32, CPU, layouts=True)
+    layout = f"{choice.precision}+channels_last"
+    assert layout in choice.photos_per_s and choice.cosine[layout] >= MIN_COSINE
+    # Kept exactly when it measured faster than the default layout.
+    faster = choice.photos_per_s[layout] > choice.photos_per_s[choice.precision]
+    assert choice.channels_last == faster
+
+
+def test_a_channels_last_backbone_gives_the_same_embeddings(tiny_root, photo_set, monkeypatch):
+    """Whichever layout the measurement keeps, the embeddings are the same."""
+    import numpy as np
+
+    from naturelens.models import backbones
+    from naturelens.models.precision import PrecisionChoice
+
+    model = str(tiny_model("convnext", tiny_root))
+    photos = sorted(photo_set.rglob("*.jpg"))[:4]
+    plain = load_backbone(model, precision="fp32")
+    pixels = np.stack([plain.preprocessing.decode(p.read_bytes()) for p in photos])
+    expected = plain.embed(pixels)
+    backbones.clear_loaded_models()
+    chosen = PrecisionChoice("fp32", "measured", channels_last=True)
+    monkeypatch.setattr(backbones, "resolve_precision", lambda *a, **k: chosen)
+    for training in (False, True):
+        fast = load_backbone(model, training=training)
+        assert fast.channels_last
+        assert fast.pixels_to_input(pixels).is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(fast.embed(pixels), expected, rtol=1e-4, atol=1e-5)
+    backbones.clear_loaded_models()
+
+
 def test_the_decision_is_cached_per_model_and_machine(tmp_path):
     cache = tmp_path / "precision.json"
     module = Embedder()

@@ -103,6 +103,7 @@ class Backbone(nn.Module):
         # The type inference runs in; fine-tuning keeps fp32 weights and autocasts to it.
         self.compute_dtype = torch.float32
         self.precision = PrecisionChoice("fp32", "forced")
+        self.channels_last = False  # inputs in the layout the weights were put in
 
     @property
     def device(self) -> torch.device:
@@ -137,7 +138,8 @@ class Backbone(nn.Module):
         if isinstance(pixels, np.ndarray):
             pixels = torch.from_numpy(pixels)
         pixels = pixels.to(self.device, non_blocking=True)
-        return self.preprocessing.normalise(pixels, self.dtype)
+        x = self.preprocessing.normalise(pixels, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def chunk_size(self) -> int | None:
@@ -267,7 +269,11 @@ def resolve_precision(
         backbone = _backbone(card, fp32_weights(), family, card_preprocessing(card), None)
         backbone.to(device).eval()
         return measure(
-            backbone, lambda m, x: m.features(x), backbone.preprocessing.input_size, device
+            backbone,
+            lambda m, x: m.features(x),
+            backbone.preprocessing.input_size,
+            device,
+            layouts=family.convolutional,
         )
 
     return choose_precision(f"{card.name}|{card.source}", device, measure_now)
@@ -301,6 +307,7 @@ class ModelBundle:
         backbone.compute_dtype = self.dtype
         if self.precision is not None:
             backbone.precision = self.precision
+            backbone.channels_last = self.precision.channels_last
         return backbone.eval()
 
     @property
@@ -382,6 +389,8 @@ def load_model(
         processor = AutoProcessor.from_pretrained(card.source)
     module.requires_grad_(False)
     module.to(dev, dtype).eval()
+    if choice.channels_last:
+        module.to(memory_format=torch.channels_last)
     bundle = ModelBundle(card, family, module, preprocessing, dev, dtype, processor, stamp, choice)
     _LOADED[key] = bundle
     while len(_LOADED) > _KEEP_LOADED:
@@ -450,6 +459,9 @@ def load_backbone(
     backbone.to(dev)
     backbone.compute_dtype = PRECISION_DTYPES[choice.precision]
     backbone.precision = choice
+    if choice.channels_last:
+        backbone.module.to(memory_format=torch.channels_last)
+        backbone.channels_last = True
     return backbone.eval()
 
 

@@ -51,12 +51,16 @@ class PrecisionChoice:
         Measured throughput per candidate (one dropped early: from its first photo).
     cosine
         Lowest cosine similarity to fp32 over the sample, per candidate.
+    channels_last
+        Whether a convolutional model runs with channels-last weights and inputs (timed
+        against the default layout in the chosen precision; ``precision=auto`` only).
     """
 
     precision: str
     how: str
     photos_per_s: dict[str, float] = field(default_factory=dict)
     cosine: dict[str, float] = field(default_factory=dict)
+    channels_last: bool = False
 
     def describe(self) -> str:
         """One line for the user: which precision runs and why."""
@@ -74,7 +78,8 @@ class PrecisionChoice:
         if rejected:
             why += "; " + "; ".join(rejected)
         when = "measured now" if self.how == "measured" else "measured before on this machine"
-        return f"{self.precision} (auto, {when}; {why})"
+        layout = ", channels-last" if self.channels_last else ""
+        return f"{self.precision}{layout} (auto, {when}; {why})"
 
 
 def candidates(device: torch.device) -> list[str]:
@@ -144,6 +149,7 @@ def measure(
     input_size: int,
     device: torch.device,
     options: list[str] | None = None,
+    layouts: bool = False,
 ) -> PrecisionChoice:
     """Time ``forward`` on a small batch in each precision; keep the fastest that agrees.
 
@@ -155,6 +161,10 @@ def measure(
         ``forward(module, x)`` -> embeddings (photos, dim).
     input_size
         Side of the model's square input.
+    layouts
+        Also time the chosen precision with channels-last weights and inputs (for
+        convolutional models, whose kernels often run faster in that layout), and keep
+        it when faster and in agreement.
     """
     x = sample_input(input_size).to(device)
     reference = forward(module, x).float()
@@ -186,7 +196,17 @@ def measure(
         del model
     agreeing = [n for n in rates if cosine[n] >= MIN_COSINE]
     best = max(agreeing, key=rates.__getitem__)
-    return PrecisionChoice(best, "measured", rates, cosine)
+    channels_last = False
+    if layouts:
+        cl = torch.channels_last
+        model = copy.deepcopy(module).to(DTYPES[best]).to(memory_format=cl)
+        xin = x.to(DTYPES[best]).contiguous(memory_format=cl)
+        name = f"{best}+channels_last"
+        cosine[name] = _cosines(forward(model, xin), reference)  # also the warm-up
+        rates[name] = len(x) / _time(lambda: forward(model, xin), device, float("inf"))
+        channels_last = cosine[name] >= MIN_COSINE and rates[name] > rates[best]
+        del model
+    return PrecisionChoice(best, "measured", rates, cosine, channels_last)
 
 
 def choose_precision(
@@ -210,12 +230,14 @@ def choose_precision(
     path = cache or cache_dir() / CACHE_FILE
     key = f"{identity}|{machine_key(device)}"
     found = read_entries(path).get(key)
-    if isinstance(found, dict) and found.get("precision") in DTYPES:
+    # Decisions written before layouts were measured lack ``channels_last``: measure again.
+    if isinstance(found, dict) and found.get("precision") in DTYPES and "channels_last" in found:
         return PrecisionChoice(
             found["precision"],
             "cached",
             dict(found.get("photos_per_s") or {}),
             dict(found.get("cosine") or {}),
+            bool(found["channels_last"]),
         )
     choice = measure_now()
     _write_cache(path, key, choice)

@@ -44,6 +44,9 @@ class VisionFamily:
         Poolings the family offers; the first is its default.
     has_text_tower
         Whether the model also embeds text (CLIP, SigLIP).
+    convolutional
+        Whether the model is mostly convolutions, whose layout (channels-last or not)
+        ``precision=auto`` also times.
     """
 
     name: ClassVar[str] = ""
@@ -51,6 +54,7 @@ class VisionFamily:
     packages: ClassVar[tuple[str, ...]] = ()
     poolings: ClassVar[tuple[str, ...]] = ("mean",)
     has_text_tower: ClassVar[bool] = False
+    convolutional: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ loading
     def load(self, card: ModelCard, attention: str) -> nn.Module:

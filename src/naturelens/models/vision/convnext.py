@@ -17,6 +17,7 @@ class ConvNext(VisionFamily):
     name = "convnext"
     model_types = ("convnext",)
     poolings = ("mean",)
+    convolutional = True
 
     def load(self, card: ModelCard, attention: str) -> nn.Module:
         from transformers import ConvNextModel

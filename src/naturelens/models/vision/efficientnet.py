@@ -46,6 +46,7 @@ class EfficientNetLite(VisionFamily):
     name = "efficientnet"
     packages = ("efficientnet-lite0",)
     poolings = ("mean",)
+    convolutional = True
 
     def load(self, card: ModelCard, attention: str) -> nn.Module:
         return load_efficientnet_lite0()
