@@ -252,6 +252,9 @@ def run_method(
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
+    # The catalog is held only to read and write: while the method trains or a model
+    # answers, `status`, `runs` and `report` can open it (see workspace/live.py).
+    ws.release()
     started = time.perf_counter()
     store_seconds = 0.0
     try:
@@ -276,6 +279,7 @@ def run_method(
             # (e.g. which run named a cluster run's clusters).
             fit.update(getattr(method, "run_facts_", {}))
             ws.update_run_summary(run_id, fit)
+            ws.release()
             buffer: list[Prediction] = []
             wanted = set(todo)
 
@@ -285,10 +289,14 @@ def run_method(
                 nonlocal store_seconds, last_write
                 tic = time.perf_counter()
                 ws.write_predictions(run_id, preds)
+                ws.release()
                 last_write = time.perf_counter()
                 store_seconds += last_write - tic
 
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
+                if ws.holds_catalog:
+                    # The method has read what this batch needed: let go until the write.
+                    ws.release()
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)

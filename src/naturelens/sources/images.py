@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from naturelens.errors import PhotoError
+
+if TYPE_CHECKING:
+    from naturelens.sources.budget import DecodeBudget
 
 # Refuse images above this many pixels (about 16k x 11k) before decoding them.
 MAX_PIXELS = 178_956_970
@@ -97,17 +102,23 @@ def looks_like_image(head: bytes) -> bool:
     return is_heif(head)
 
 
-def decoded_bytes(data: bytes) -> int:
-    """About how much memory decoding ``data`` takes (4 bytes a pixel, two copies);
-    0 when its header cannot be read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-    except Exception:  # noqa: BLE001 - decoding will report why
-        return 0
-    return 8 * width * height
+def decode_cost(img: Image.Image, rgb_copy: bool = True) -> int:
+    """About how many bytes decoding an opened (not yet decoded) image holds at its peak.
+
+    Read from the header alone: the pixels at the size and mode they decode to (after
+    :meth:`~PIL.Image.Image.draft`, the reduced size), plus, with ``rgb_copy``, the RGB
+    copy that :func:`decode_photo` makes. Pillow keeps three- and four-band images at
+    4 bytes a pixel; 16-bit and float images are scaled through float64 arrays.
+    """
+    pixels = img.width * img.height
+    bands = len(img.getbands())
+    if img.mode.startswith("I;16"):
+        stored = 2 + (16 if rgb_copy else 0)
+    elif img.mode in ("I", "F"):
+        stored = 4 + (16 if rgb_copy else 0)
+    else:
+        stored = 1 if bands == 1 else 4
+    return pixels * (stored + (4 if rgb_copy else 0))
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -177,7 +188,7 @@ def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
     return out
 
 
-def inspect_photo(data: bytes) -> PhotoInfo:
+def inspect_photo(data: bytes, budget: DecodeBudget | None = None) -> PhotoInfo:
     """Decode ``data`` once (to prove it is readable) and read its size and metadata.
 
     A JPEG is decoded in draft mode at 1/8 scale. libjpeg still reads and entropy-decodes
@@ -188,6 +199,14 @@ def inspect_photo(data: bytes) -> PhotoInfo:
     It does not prove that a full-size decode fits in memory (the pixel limit guards
     that) and, like a full decode, it cannot see damage that still decodes (flipped
     bits inside the entropy-coded data). Other formats are decoded in full.
+
+    Parameters
+    ----------
+    data
+        The file's bytes.
+    budget
+        When given, the decode first reserves its size (:func:`decode_cost`, from the
+        header) from this budget shared with other processes, and waits for room.
 
     Raises
     ------
@@ -203,18 +222,25 @@ def inspect_photo(data: bytes) -> PhotoInfo:
     if info.format == "JPEG":
         width, height = src.size  # as declared; draft() shrinks .size to the decoded scale
         src.draft(src.mode, (1, 1))
-        _load(src)
+        with _reserved(budget, decode_cost(src, rgb_copy=False)):
+            _load(src)
         # EXIF orientations 5-8 turn the photo on its side: the shown size is swapped.
         if exif and exif.get(0x0112) in (5, 6, 7, 8):
             width, height = height, width
         info.width, info.height = width, height
     else:
-        img = decode_photo(data)
-        info.width, info.height = img.size
+        with _reserved(budget, decode_cost(src)):
+            img = decode_photo(data)
+            info.width, info.height = img.size
+            del img  # freed before the reservation ends
     if exif:
         info.lat, info.lon = _exif_gps(exif)
         info.taken_at = _exif_time(exif)
     return info
+
+
+def _reserved(budget: DecodeBudget | None, amount: int) -> AbstractContextManager:
+    return budget.hold(amount) if budget is not None else nullcontext()
 
 
 def _ratio(value) -> float:
