@@ -54,7 +54,7 @@ from naturelens.workspace.core import Workspace
 folder, ws_dir, budget = sys.argv[1], sys.argv[2], sys.argv[3]
 me, peak, done = psutil.Process(), [0], threading.Event()
 
-def sample():  # the tree's resident memory, every 10 ms
+def sample():  # the tree's resident memory, every 5 ms
     while not done.is_set():
         total = 0
         for proc in [me, *me.children(recursive=True)]:
@@ -63,7 +63,7 @@ def sample():  # the tree's resident memory, every 10 ms
             except psutil.Error:
                 pass
         peak[0] = max(peak[0], total)
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 threading.Thread(target=sample, daemon=True).start()
 start = time.perf_counter()

@@ -112,3 +112,21 @@ def test_a_jpeg_reserves_only_its_draft_scale_decode():
     budget = Recorder()
     assert inspect_photo(data, budget).width == 1600
     assert budget.held == [draft]
+
+
+def test_ingest_takes_a_memory_budget_and_refuses_one_it_cannot_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from naturelens.cli import app
+
+    runner = CliRunner()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(_jpeg(64))
+    ws = str(tmp_path / "ws")
+    assert runner.invoke(app, ["init", ws]).exit_code == 0
+    result = runner.invoke(app, ["ingest", ws, str(folder), "--memory-budget", "lots"])
+    assert result.exit_code == 2 and "cannot read 'lots' as a size" in result.output
+    assert len(result.output.strip().splitlines()) <= 2, result.output
+    result = runner.invoke(app, ["ingest", ws, str(folder), "--memory-budget", "64MiB"])
+    assert result.exit_code == 0 and "1 new photos" in result.output, result.output

@@ -23,6 +23,7 @@ AVAILABLE_SHARE = 0.25
 # ...and never less than this: one 13,000 x 13,000 RGB photo decodes to about 0.5 GiB.
 MIN_BUDGET = 1024**3
 
+
 class MemoryBudgetError(NaturelensError, ValueError):
     """A memory budget that cannot be understood."""
 

@@ -157,6 +157,7 @@ class Workspace:
         self.taxonomy = taxonomy
         self.read_only = read_only
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -214,6 +215,7 @@ class Workspace:
         if self._db is None:
             path = self.root / "catalog.duckdb"
             self._db = self._connect(path, self.read_only)
+            self._opened_at = time.monotonic()
             version = schema.catalog_version(self._db)
             if version != schema.SCHEMA_VERSION:
                 self._db.close()
@@ -239,9 +241,10 @@ class Workspace:
             )
 
     @property
-    def holds_catalog(self) -> bool:
-        """Whether this workspace has the catalog open now (see :meth:`release`)."""
-        return self._db is not None
+    def held_seconds(self) -> float:
+        """How long this workspace has had the catalog open (0 when closed; see
+        :meth:`release`)."""
+        return time.monotonic() - self._opened_at if self._db is not None else 0.0
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         # Long jobs release the catalog between their writes, so a command that finds it
