@@ -14,11 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def arguments(doc: str, size: int) -> argparse.Namespace:
+def arguments(
+    doc: str, size: int, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """The benchmarks' common options, plus those ``extra`` adds."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--photos", type=int, default=10_000)
     parser.add_argument("--small", type=int, default=1_000)
     parser.add_argument("--size", type=int, default=size, help="side of the generated photos")
+    if extra:
+        extra(parser)
     return parser.parse_args()
 
 

@@ -161,11 +161,13 @@ def test_markup_in_paths_prints_as_text(tmp_path):
 
 class _Handler(BaseHTTPRequestHandler):
     jpeg = b""
+    requests = 0
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
+        _Handler.requests += 1
         if self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
@@ -221,19 +223,60 @@ def test_redirects_are_checked_hop_by_hop(tmp_path, server, monkeypatch):
     # Allow the first (local) hop only: the redirect to the metadata address is refused.
     dl = Downloader(tmp_path / "cache", retries=1)
     checked = []
-    original = Downloader._check_address
 
-    def check(self, url):
-        checked.append(url)
-        if url.startswith(server):
-            return
-        original(self, url)
+    def allowed(self, address):
+        checked.append(str(address))
+        return str(address) == "127.0.0.1"
 
-    monkeypatch.setattr(Downloader, "_check_address", check)
+    monkeypatch.setattr(Downloader, "_allowed", allowed)
     with pytest.raises(DownloadError) as info:
         dl.fetch(f"{server}/redirect")
     assert info.value.reason == "private address refused"
-    assert checked == [f"{server}/redirect", "http://169.254.169.254/latest/meta-data/"]
+    assert checked == ["127.0.0.1", "169.254.169.254"]
+
+
+def test_a_name_that_rebinds_to_a_private_address_is_never_connected_to(
+    tmp_path, server, monkeypatch
+):
+    # rebind.test answers a "public" address first and a private one after: the checked
+    # answer must be the one connected to. 127.0.0.2 stands in for the public server.
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])  # the private server, on 127.0.0.1
+    public = ThreadingHTTPServer(("127.0.0.2", port), _Public)
+    public.daemon_threads = True
+    threading.Thread(target=public.serve_forever, daemon=True).start()
+    real = socket.getaddrinfo
+    answers = iter(["127.0.0.2"] + ["127.0.0.1"] * 20)
+
+    def rebinding(host, port, *args, **kwargs):
+        if host == "rebind.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(Downloader, "_allowed", lambda self, address: str(address) == "127.0.0.2")
+    _Handler.requests = 0
+    dl = Downloader(tmp_path / "cache", retries=1)
+    try:
+        got = dl.fetch(f"http://rebind.test:{port}/photo.jpg")
+    finally:
+        public.shutdown()
+    assert got.read_bytes() == _Public.body
+    assert _Handler.requests == 0  # the private server was never reached
+
+
+class _Public(BaseHTTPRequestHandler):
+    body = b"\xff\xd8\xff\xe0 the public server's photo"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
 
 
 def test_every_request_has_a_total_deadline(tmp_path, server):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -566,6 +569,69 @@ def test_an_interrupted_run_sends_no_request_twice_and_the_ledger_adds_up(
     assert sum(p.tokens_out for p in preds) == totals.tokens_out
     summary = ws.run(run_id)["summary"]
     assert summary["tokens_in"] == fake.usage_in
+
+
+CLASSIFY = """
+import sys
+from naturelens.cli import main
+sys.argv = ["naturelens", *sys.argv[1:]]
+main()
+"""
+
+
+def test_status_and_runs_read_while_a_long_classify_waits_for_its_model(
+    fake, api_key, labelled_workspace, monkeypatch
+):
+    import naturelens.workspace.core as core
+
+    ws = labelled_workspace
+    n = len(ws.photo_ids())
+    ws.close()
+    asked, go = threading.Event(), threading.Event()
+    answer = fake.answer
+
+    def slow(body):  # the model answers only when the test says so
+        asked.set()
+        go.wait(timeout=600)
+        return answer(body)
+
+    fake.answer = slow
+    args = ["classify", str(ws.root), "--method", "prompt", "--model", "fake-vlm"]
+    args += ["--base-url", fake.base_url, "--prompt", "simple"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLASSIFY, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert asked.wait(timeout=600), "the classify never asked the model"
+        # While the model answers, the catalog is free: no waiting for it at all.
+        monkeypatch.setattr(core, "LOCK_WAIT_SECONDS", 0)
+        result = CliRunner().invoke(app, ["status", str(ws.root), "--json"])
+        assert result.exit_code == 0, result.output
+        (run,) = json.loads(result.output)["runs"]
+        assert run["status"] == "running" and run["method"] == "prompt"
+        result = CliRunner().invoke(app, ["runs", "list", str(ws.root), "--json"])
+        assert result.exit_code == 0 and run["run_id"] in result.output, result.output
+        # The same classify again would pay twice for the same photos: refused, naming
+        # the process that runs it.
+        monkeypatch.setattr(core, "LOCK_WAIT_SECONDS", 10)
+        again = CliRunner().invoke(app, args)
+        assert again.exit_code == 2, again.output
+        assert f"in progress in another naturelens command (process {proc.pid})" in again.output
+    finally:
+        go.set()
+        out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    from naturelens.workspace.core import Workspace
+
+    with Workspace.open(ws.root) as w:
+        (run,) = w.status()["runs"]
+        assert run["status"] == "done" and run["predicted"] == n
+    assert len(fake.requests) == n  # every photo asked once, by the first classify only
 
 
 def _priced_card(tmp_path, monkeypatch, extra: str = "") -> None:

@@ -57,10 +57,17 @@ def ingest(
         "--allow-private-urls",
         help="Fetch URLs on private, loopback and link-local addresses (your own network).",
     ),
+    memory_budget: str = typer.Option(
+        None,
+        help="Memory that the photos being decoded at once may hold, e.g. 2GB or 512MiB "
+        "(default: a quarter of the available memory, at least 1 GiB). A larger photo is "
+        "decoded alone.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Add photos to a workspace; running it again adds only what is new."""
     json_mode(as_json)
+    from naturelens.sources.budget import MemoryBudgetError
     from naturelens.sources.refs import SourceError
 
     with open_workspace(workspace) as ws:
@@ -72,8 +79,9 @@ def ingest(
                     progress=advance,
                     duplicates=duplicates,
                     allow_private_urls=allow_private_urls,
+                    memory_budget=memory_budget,
                 )
-        except SourceError as exc:
+        except (SourceError, MemoryBudgetError) as exc:
             fail(exc)
         if as_json:
             print_json(
@@ -131,9 +139,9 @@ def status(
     if summary["embeddings"]:
         console.print("Embeddings: " + ", ".join(e["model"] for e in summary["embeddings"]))
     if summary["runs"]:
-        table = Table("run", "method", "status", title="Runs")
+        table = Table("run", "method", "status", "photos predicted", title="Runs")
         for r in summary["runs"]:
-            table.add_row(r["run_id"], r["method"], r["status"])
+            table.add_row(r["run_id"], r["method"], r["status"], str(r["predicted"]))
         console.print(table)
     for f in summary.get("failure_list", []):
         console.print(f"{f['ref']}: {f['reason']} ({f['detail']})", highlight=False)

@@ -22,6 +22,10 @@ import numpy as np
 from naturelens.errors import NaturelensError, RunStopped
 from naturelens.workspace.core import Prediction, Workspace
 
+# The longest the runner keeps the catalog open at a stretch while a method predicts, so
+# that `status` (which waits 10 s for a busy catalog) gets in between writes.
+HOLD_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class PhotoSet:
@@ -252,6 +256,9 @@ def run_method(
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     done = ws.done_photo_ids(run_id) if resumed else set()
     todo = [p for p in predict_ids if p not in done]
+    # The catalog is held only to read and write: while the method trains or a model
+    # answers, `status`, `runs` and `report` can open it (see workspace/live.py).
+    ws.release()
     started = time.perf_counter()
     store_seconds = 0.0
     try:
@@ -276,6 +283,7 @@ def run_method(
             # (e.g. which run named a cluster run's clusters).
             fit.update(getattr(method, "run_facts_", {}))
             ws.update_run_summary(run_id, fit)
+            ws.release()
             buffer: list[Prediction] = []
             wanted = set(todo)
 
@@ -285,10 +293,17 @@ def run_method(
                 nonlocal store_seconds, last_write
                 tic = time.perf_counter()
                 ws.write_predictions(run_id, preds)
+                slow = tic - last_write >= HOLD_SECONDS
                 last_write = time.perf_counter()
                 store_seconds += last_write - tic
+                # A slow method lets go after each write; a fast one (reopening costs about
+                # 0.1 s) keeps the catalog across writes, but never longer than HOLD_SECONDS.
+                if slow or ws.held_seconds >= HOLD_SECONDS:
+                    ws.release()
 
             for pred in method.predict_iter(PhotoSet(ws, tuple(todo))):
+                if ws.held_seconds >= HOLD_SECONDS:
+                    ws.release()  # a method that read the catalog, then worked on
                 assert pred.photo_id in wanted, f"prediction for unexpected photo {pred.photo_id}"
                 wanted.discard(pred.photo_id)
                 buffer.append(pred)

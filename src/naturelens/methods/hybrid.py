@@ -248,6 +248,7 @@ class Hybrid(Method):
             if source is not None:
                 costs = load_descriptions(ws, source.source, chunk, source.version, ok_only=True)
             ready = [p for p in chunk if texts[p].text]
+            ws.release()  # free while a language model reads the texts
             preds = clf.predict([texts[p].text for p in ready])
             if getattr(self, "ledger_", None) is not None:  # None: no language model
                 self.ledger_.record_many(clf.calls(preds, ready))

@@ -294,6 +294,8 @@ class Prompt(Method):
             yield self._prediction(states[pid], ws)
 
     def _send(self, requests: list[ChatRequest], part: PhotoSet, purpose: str) -> list[ChatReply]:
+        # A model answers slowly: the catalog is free meanwhile (the ledger opens it again).
+        part.workspace.release()
         if not (self.batch and purpose == "classify"):
             replies = self.vlm_.chat(requests)
             self.ledger_.record_replies(self.vlm_, requests, replies)
@@ -371,6 +373,7 @@ class Prompt(Method):
                     failed[pid] = str(exc)  # "reason: detail"
             started = time.perf_counter()
             requests = [self._request(img, text, pid, "score") for pid, img in ready]
+            ws.release()  # free while the model scores
             replies = self.vlm_.score(requests, choices) if requests else []
             self.ledger_.record_replies(self.vlm_, requests, replies)
             by_id = dict(zip([pid for pid, _ in ready], replies, strict=True))

@@ -2,9 +2,12 @@
 
 A manifest is data from elsewhere, so a URL in it is not trusted: hosts that resolve to
 private, loopback, link-local or otherwise non-public addresses (a router, a cloud
-metadata service) are refused unless the user opts in, on every redirect hop too; every
-request has a total deadline, not only one per read; a body that is not an image is not
-kept.
+metadata service) are refused unless the user opts in, on every redirect hop too. The
+check happens where the connection is made (:class:`CheckedBackend`): the host name is
+resolved once and the connection goes to the address that was checked, so a name that
+answers a public address first and a private one next (DNS rebinding) is not fetched.
+Every request has a total deadline, not only one per read; a body that is not an image is
+not kept.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import ipaddress
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
+import httpcore
 import httpx
 
 from naturelens.errors import PhotoError
@@ -72,8 +76,20 @@ class Downloader:
                 client.close()
 
     def _client(self) -> httpx.Client:
-        # Redirects are followed by hand, so that every hop's address is checked.
-        return httpx.Client(timeout=self.timeout, follow_redirects=False)
+        # Every connection goes through the address check (redirect hops included), and
+        # redirects are followed by hand so each hop also gets the scheme check and the
+        # deadline. A transport of our own means connections are direct: proxies named
+        # in the environment are not used, since a proxy would resolve the name itself.
+        transport = httpx.HTTPTransport()
+        transport._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            network_backend=CheckedBackend(self._allowed),
+        )
+        return httpx.Client(timeout=self.timeout, follow_redirects=False, transport=transport)
+
+    def _allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Whether connecting to ``address`` is allowed."""
+        return self.allow_private or address.is_global
 
     def _fetch(self, url: str, target: Path, client: httpx.Client) -> Path:
         last: DownloadError | None = None
@@ -95,7 +111,7 @@ class Downloader:
 
     def _attempt(self, url: str, target: Path, client: httpx.Client, deadline: float) -> Path:
         for _ in range(MAX_REDIRECTS + 1):
-            self._check_address(url)
+            _check_scheme(url)
             with client.stream("GET", url) as response:
                 if response.is_redirect and response.headers.get("location"):
                     url = urljoin(url, response.headers["location"])
@@ -136,28 +152,6 @@ class Downloader:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _check_address(self, url: str) -> None:
-        """Refuse a URL whose host is not a public address, unless allowed."""
-        parsed = httpx.URL(url)
-        if parsed.scheme not in ("http", "https"):
-            raise DownloadError("download failed", f"not an http(s) URL: {url}")
-        if self.allow_private:
-            return
-        host = parsed.host
-        try:
-            infos = socket.getaddrinfo(host, parsed.port or 80, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            error = DownloadError("download failed", f"cannot resolve {host}: {exc}")
-            raise _Retry(error) from exc
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0].split("%")[0])
-            if not address.is_global:
-                raise DownloadError(
-                    "private address refused",
-                    f"{host} is {address}, not a public address (pass --allow-private-urls "
-                    "to fetch from your own network)",
-                )
-
     def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[str, Path | DownloadError]]:
         """Fetch URLs concurrently; yields ``(url, path or error)`` in input order."""
         with self._client() as client:
@@ -170,6 +164,67 @@ class Downloader:
 
             with ThreadPoolExecutor(self.workers) as pool:
                 yield from pool.map(one, list(urls))
+
+
+def _check_scheme(url: str) -> None:
+    if httpx.URL(url).scheme not in ("http", "https"):
+        raise DownloadError("download failed", f"not an http(s) URL: {url}")
+
+
+class CheckedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend that connects only to addresses it has checked.
+
+    The host name is resolved once, here; if any of its addresses is refused the
+    connection is refused, otherwise the default backend connects to one of the checked
+    addresses, given as a literal so that nothing resolves the name again. TLS still
+    verifies the certificate against the host name, which httpcore passes apart.
+
+    Parameters
+    ----------
+    allowed
+        Says whether an address may be connected to.
+    """
+
+    def __init__(self, allowed: Callable[[ipaddress.IPv4Address | ipaddress.IPv6Address], bool]):
+        self.allowed = allowed
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        for address in addresses:
+            ip = ipaddress.ip_address(address.split("%")[0])
+            if not self.allowed(ip):
+                raise DownloadError(
+                    "private address refused",
+                    f"{host} is {ip}, not a public address (pass --allow-private-urls "
+                    "to fetch from your own network)",
+                )
+        error: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                return self._backend.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"{host} has no address")
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise httpcore.ConnectError("downloads do not use Unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 class _Retry(Exception):

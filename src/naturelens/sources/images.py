@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from naturelens.errors import PhotoError
+
+if TYPE_CHECKING:
+    from naturelens.sources.budget import DecodeBudget
 
 # Refuse images above this many pixels (about 16k x 11k) before decoding them.
 MAX_PIXELS = 178_956_970
@@ -97,21 +102,38 @@ def looks_like_image(head: bytes) -> bool:
     return is_heif(head)
 
 
-def decoded_bytes(data: bytes) -> int:
-    """About how much memory decoding ``data`` takes (4 bytes a pixel, two copies);
-    0 when its header cannot be read."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-    except Exception:  # noqa: BLE001 - decoding will report why
-        return 0
-    return 8 * width * height
+def decode_cost(img: Image.Image, rgb_copy: bool = True) -> int:
+    """About how many bytes decoding an opened (not yet decoded) image holds at its peak.
+
+    Read from the header alone: the size and mode it decodes to (after
+    :meth:`~PIL.Image.Image.draft`, the reduced size). Measured with Pillow: decoding
+    holds about twice the pixels (Pillow keeps three- and four-band images at 4 bytes a
+    pixel); with ``rgb_copy``, :func:`decode_photo`'s conversion adds an RGB image for
+    modes other than RGB, the RGBA copy, background and blend for transparent ones, and
+    float64 arrays for 16-bit and float ones.
+    """
+    pixels = img.width * img.height
+    mode = img.mode
+    if mode.startswith("I;16"):
+        stored = 2
+    elif mode in ("I", "F") or len(img.getbands()) > 1:
+        stored = 4
+    else:
+        stored = 1
+    extra = 0
+    if rgb_copy:
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            extra = 24  # float64 scaling to 8 bits, then the RGB image
+        elif mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+            extra = 16  # RGBA copy, white background, the blend, the RGB image
+        elif mode != "RGB":
+            extra = 4
+    return pixels * (2 * stored + extra)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    img = ImageOps.exif_transpose(img)
+    # In place: the image is ours, and a copy of a large photo costs its size again.
+    ImageOps.exif_transpose(img, in_place=True)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit: scale to 8 bits rather than clip.
         arr = np.asarray(img, dtype=np.float64)
@@ -125,7 +147,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _load(img: Image.Image) -> None:
@@ -177,7 +199,7 @@ def decode_photo(data: bytes, max_side: int | None = None) -> Image.Image:
     return out
 
 
-def inspect_photo(data: bytes) -> PhotoInfo:
+def inspect_photo(data: bytes, budget: DecodeBudget | None = None) -> PhotoInfo:
     """Decode ``data`` once (to prove it is readable) and read its size and metadata.
 
     A JPEG is decoded in draft mode at 1/8 scale. libjpeg still reads and entropy-decodes
@@ -188,6 +210,14 @@ def inspect_photo(data: bytes) -> PhotoInfo:
     It does not prove that a full-size decode fits in memory (the pixel limit guards
     that) and, like a full decode, it cannot see damage that still decodes (flipped
     bits inside the entropy-coded data). Other formats are decoded in full.
+
+    Parameters
+    ----------
+    data
+        The file's bytes.
+    budget
+        When given, the decode first reserves its size (:func:`decode_cost`, from the
+        header) from this budget shared with other processes, and waits for room.
 
     Raises
     ------
@@ -203,18 +233,25 @@ def inspect_photo(data: bytes) -> PhotoInfo:
     if info.format == "JPEG":
         width, height = src.size  # as declared; draft() shrinks .size to the decoded scale
         src.draft(src.mode, (1, 1))
-        _load(src)
+        with _reserved(budget, decode_cost(src, rgb_copy=False)):
+            _load(src)
         # EXIF orientations 5-8 turn the photo on its side: the shown size is swapped.
         if exif and exif.get(0x0112) in (5, 6, 7, 8):
             width, height = height, width
         info.width, info.height = width, height
     else:
-        img = decode_photo(data)
-        info.width, info.height = img.size
+        with _reserved(budget, decode_cost(src)):
+            img = decode_photo(data)
+            info.width, info.height = img.size
+            del img  # freed before the reservation ends
     if exif:
         info.lat, info.lon = _exif_gps(exif)
         info.taken_at = _exif_time(exif)
     return info
+
+
+def _reserved(budget: DecodeBudget | None, amount: int) -> AbstractContextManager:
+    return budget.hold(amount) if budget is not None else nullcontext()
 
 
 def _ratio(value) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from naturelens.sources.budget import DecodeBudget, default_budget, parse_size
 from naturelens.sources.download import DownloadError
 from naturelens.sources.images import PhotoDecodeError, PhotoInfo, inspect_photo
 from naturelens.sources.refs import PhotoRef
@@ -51,11 +52,24 @@ class PhotoFile:
     photo_failure_detail: str | None = None
 
 
-def read_photo_file(path: str, max_bytes: int = MAX_PHOTO_BYTES) -> PhotoFile:
+# The decode budget of this worker process, shared with the others (set when it starts).
+_WORKER_BUDGET: DecodeBudget | None = None
+
+
+def _use_budget(budget: DecodeBudget) -> None:
+    global _WORKER_BUDGET
+    _WORKER_BUDGET = budget
+
+
+def read_photo_file(
+    path: str, max_bytes: int = MAX_PHOTO_BYTES, budget: DecodeBudget | None = None
+) -> PhotoFile:
     """Read, hash and inspect one photo file; problems are recorded, never raised.
 
     Only regular files are read (a device, a named pipe or a folder is a failure, never a
-    hang or an endless read), and none larger than ``max_bytes``.
+    hang or an endless read), and none larger than ``max_bytes``. The decode reserves its
+    memory from ``budget`` (default: the budget a :class:`PhotoReader` gave this worker
+    process; none outside one).
     """
     found = PhotoFile(path)
     try:
@@ -87,7 +101,7 @@ def read_photo_file(path: str, max_bytes: int = MAX_PHOTO_BYTES) -> PhotoFile:
     found.photo_id = hashlib.sha256(data).hexdigest()
     found.size = len(data)
     try:
-        found.info = inspect_photo(data)
+        found.info = inspect_photo(data, budget if budget is not None else _WORKER_BUDGET)
     except PhotoDecodeError as exc:
         found.photo_failure, found.photo_failure_detail = exc.reason, exc.detail or path
     return found
@@ -178,16 +192,24 @@ class PhotoReader:
     """Reads photo files in worker processes (or in this one, for few files or one core).
 
     Use as a context manager; the workers start on the first large enough batch and
-    serve every batch after it.
+    serve every batch after it. The photos they decode at once share one memory budget,
+    so memory is bounded by the budget, not by the number of workers.
 
     Parameters
     ----------
     workers
         Worker processes (default: every core).
+    memory_budget
+        Bytes (or a size such as ``"2GB"``) that the workers' decodes may hold at once;
+        a photo larger than the budget is decoded alone. Default: a quarter of the
+        memory available when the workers start, at least 1 GiB.
     """
 
-    def __init__(self, workers: int | None = None):
+    def __init__(self, workers: int | None = None, memory_budget: int | str | None = None):
         self.workers = max(1, workers or default_workers())
+        self.memory_budget = parse_size(memory_budget) if memory_budget is not None else None
+        # The budget shared by the workers, made with them (it reports its peak).
+        self.budget: DecodeBudget | None = None
         self._pool: Executor | None = None
 
     def read(self, paths: Sequence[str]) -> list[PhotoFile]:
@@ -199,7 +221,15 @@ class PhotoReader:
             # its database threads.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            # Made from the pool's context and handed over as each worker starts: the
+            # only way shared locks reach processes that are not forked from this one.
+            self.budget = DecodeBudget(self.memory_budget or default_budget(), context)
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=context,
+                initializer=_use_budget,
+                initargs=(self.budget,),
+            )
         chunk = max(1, len(paths) // (4 * self.workers))
         return list(self._pool.map(read_photo_file, paths, chunksize=chunk))
 

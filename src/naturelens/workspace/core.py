@@ -35,7 +35,7 @@ from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.taxonomy import Taxonomy, load_taxonomy, taxonomy_to_yaml
 from naturelens.workspace import labels as label_store
-from naturelens.workspace import schema
+from naturelens.workspace import live, schema
 from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
@@ -54,12 +54,15 @@ if TYPE_CHECKING:
 # got no class; ``training``: an ensemble's photo that a member trained on (not scored).
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed", "training")
 
-# Runs this process has started and not finished. The catalog admits one writing process,
-# so any other run still marked 'running' when a writer opens it was killed: it is marked
-# interrupted (and resumes like any interrupted run).
-_LIVE_RUNS: set[str] = set()
+# Runs this process has started and not finished, with its claim on each. A run marked
+# 'running' that no live process claims (``workspace/live.py``) was killed: a writer that
+# opens the catalog marks it interrupted (and it resumes like any interrupted run).
+_LIVE_RUNS: dict[tuple[str, str], live.RunClaim] = {}
 # How long opening a busy catalog waits for the other command to let go of it.
 LOCK_WAIT_SECONDS = float(os.environ.get("NATURELENS_LOCK_WAIT", "10"))
+# How long a job with a run in progress waits to open it again between its writes: its
+# work so far is not lost if it gives up, but the next start has to find it again.
+RUN_LOCK_WAIT_SECONDS = float(os.environ.get("NATURELENS_RUN_LOCK_WAIT", "600"))
 
 
 class WorkspaceError(NaturelensError, ValueError):
@@ -154,6 +157,7 @@ class Workspace:
         self.taxonomy = taxonomy
         self.read_only = read_only
         self._db: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -211,6 +215,7 @@ class Workspace:
         if self._db is None:
             path = self.root / "catalog.duckdb"
             self._db = self._connect(path, self.read_only)
+            self._opened_at = time.monotonic()
             version = schema.catalog_version(self._db)
             if version != schema.SCHEMA_VERSION:
                 self._db.close()
@@ -218,17 +223,36 @@ class Workspace:
                 self._upgrade(path, version)
                 self._db = self._connect(path, self.read_only)
             if not self.read_only:
-                self._db.execute(
-                    "UPDATE runs SET status = 'interrupted' "
-                    "WHERE status = 'running' AND NOT list_contains(?::VARCHAR[], run_id)",
-                    [sorted(_LIVE_RUNS)],
-                )
+                self._mark_interrupted(self._db)
         return self._db
+
+    def _mark_interrupted(self, db: duckdb.DuckDBPyConnection) -> None:
+        """Mark interrupted the runs still 'running' that no live process is running."""
+        running = db.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
+        dead = [
+            run_id
+            for (run_id,) in running
+            if (str(self.root), run_id) not in _LIVE_RUNS and live.holder(self.root, run_id) is None
+        ]
+        if dead:
+            db.execute(
+                "UPDATE runs SET status = 'interrupted' WHERE list_contains(?::VARCHAR[], run_id)",
+                [dead],
+            )
+
+    @property
+    def held_seconds(self) -> float:
+        """How long this workspace has had the catalog open (0 when closed; see
+        :meth:`release`)."""
+        return time.monotonic() - self._opened_at if self._db is not None else 0.0
 
     def _connect(self, path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         # Long jobs release the catalog between their writes, so a command that finds it
-        # busy waits a little before giving up.
-        give_up = time.monotonic() + LOCK_WAIT_SECONDS
+        # busy waits a little before giving up; a job with a run of its own in progress
+        # waits longer rather than stop part way.
+        ours = any(root == str(self.root) for root, _ in _LIVE_RUNS)
+        patience = RUN_LOCK_WAIT_SECONDS if ours else LOCK_WAIT_SECONDS
+        give_up = time.monotonic() + max(LOCK_WAIT_SECONDS, patience)
         delay = 0.05
         while True:
             try:
@@ -356,6 +380,7 @@ class Workspace:
         downloader: Downloader | None = None,
         duplicates: str = "first",
         allow_private_urls: bool = False,
+        memory_budget: int | str | None = None,
     ) -> IngestReport:
         """Add the photos of ``sources`` (folders, manifests, URL lists, URLs).
 
@@ -375,6 +400,10 @@ class Workspace:
         allow_private_urls
             Fetch URLs on private, loopback and link-local addresses too (refused by
             default: a manifest must not make naturelens reach into your network).
+        memory_budget
+            Bytes (or a size such as ``"2GB"``) that the photos decoded at once by all
+            the reading processes may hold; a larger photo is decoded alone. Default: a
+            quarter of the memory available, at least 1 GiB.
         """
         from naturelens.sources.download import Downloader
         from naturelens.sources.ingest import PhotoReader, SeenFiles
@@ -382,6 +411,7 @@ class Workspace:
 
         if duplicates not in DUPLICATE_RULES:
             raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
+        reader = PhotoReader(workers, memory_budget)  # a bad budget stops before any work
         self.backup_catalog()
         report = IngestReport()
         downloader = downloader or Downloader(
@@ -397,7 +427,7 @@ class Workspace:
 
         stream = refs()
         # Files are read, hashed and decoded on every core; the catalog is written here.
-        with PhotoReader(workers) as reader:
+        with reader:
             while batch := list(islice(stream, batch_size)):
                 self._ingest_batch(batch, reader, downloader, report, seen, duplicates)
                 if progress:
@@ -671,8 +701,8 @@ class Workspace:
                 [key],
             ).fetchone()
             if row:
+                self._claim(row[0])
                 self.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [row[0]])
-                _LIVE_RUNS.add(row[0])
                 return row[0], True
         stamp = now()
         run_id = f"{method}-{stamp:%Y%m%d-%H%M%S}-{key[:6]}"
@@ -681,12 +711,27 @@ class Workspace:
         ).fetchone()
         if n and n[0]:
             run_id = f"{run_id}-{n[0] + 1}"
+        # Claimed while this process holds the catalog, so no other process can see the
+        # run 'running' before it is claimed.
+        self._claim(run_id)
         self.db.execute(
             "INSERT INTO runs VALUES (?,?,?,?,?,?,?,NULL,'running',NULL)",
             [run_id, method, key, params_json, self.taxonomy.label, code_version(), stamp],
         )
-        _LIVE_RUNS.add(run_id)
         return run_id, False
+
+    def _claim(self, run_id: str) -> None:
+        """Mark ``run_id`` as run by this process; refuse a run another process runs."""
+        if (str(self.root), run_id) in _LIVE_RUNS:
+            return
+        got = live.claim(self.root, run_id)
+        if not isinstance(got, live.RunClaim):
+            raise WorkspaceError(
+                f"run {run_id} is in progress in another naturelens command "
+                f"(process {got or 'unknown'}); running it twice would pay twice",
+                "wait for it to finish (`naturelens status` shows it), then run this again",
+            )
+        _LIVE_RUNS[str(self.root), run_id] = got
 
     def _config_key(self, method: str, params_json: str) -> str:
         return hashlib.sha256(
@@ -715,11 +760,16 @@ class Workspace:
         return int(n)
 
     def finish_run(self, run_id: str, status: str = "done", summary: dict | None = None) -> None:
-        _LIVE_RUNS.discard(run_id)
         self.db.execute(
             "UPDATE runs SET status = ?, ended_at = ?, summary = ? WHERE run_id = ?",
             [status, now(), json.dumps(summary or {}, default=str), run_id],
         )
+        self._unclaim(run_id)
+
+    def _unclaim(self, run_id: str) -> None:
+        got = _LIVE_RUNS.pop((str(self.root), run_id), None)
+        if got is not None:
+            got.release()
 
     def update_run_summary(self, run_id: str, summary: dict) -> None:
         """Merge ``summary`` into the run's stored summary."""
@@ -895,6 +945,13 @@ class Workspace:
     def delete_run(self, run_id: str) -> dict[str, int]:
         """Remove a run with its predictions and tags; returns what was removed."""
         db = self.db
+        if (str(self.root), run_id) not in _LIVE_RUNS:
+            pid = live.holder(self.root, run_id)
+            if pid is not None:
+                raise WorkspaceError(
+                    f"run {run_id} is in progress in another naturelens command (process {pid})",
+                    "wait for it to finish, or stop it, then delete the run",
+                )
         n = db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [run_id]).fetchone()
         db.execute("BEGIN TRANSACTION")
         try:
@@ -905,6 +962,7 @@ class Workspace:
         except Exception:
             db.execute("ROLLBACK")
             raise
+        self._unclaim(run_id)
         return {"predictions": int(n[0])}
 
     def runs_using_model(self, model_dir: str) -> list[str]:
@@ -1005,6 +1063,10 @@ class Workspace:
                 "JOIN photo_view USING (photo_id) GROUP BY 1 ORDER BY 1"
             ).fetchall()
         )
+        # Photos predicted so far: a run in progress shows how far it got.
+        predicted = dict(
+            db.execute("SELECT run_id, count(*) FROM predictions GROUP BY run_id").fetchall()
+        )
         return {
             "workspace": str(self.root),
             "taxonomy": self.taxonomy.label,
@@ -1017,7 +1079,12 @@ class Workspace:
             "label_problems": one("SELECT count(*) FROM label_problems"),
             "embeddings": stored_sets(self.root, self.storage_location(EMBEDDINGS_KIND)),
             "runs": [
-                {"run_id": r["run_id"], "method": r["method"], "status": r["status"]}
+                {
+                    "run_id": r["run_id"],
+                    "method": r["method"],
+                    "status": r["status"],
+                    "predicted": predicted.get(r["run_id"], 0),
+                }
                 for r in self.runs()
             ],
         }
