@@ -80,6 +80,9 @@ class Downloader:
         # redirects are followed by hand so each hop also gets the scheme check and the
         # deadline. A transport of our own means connections are direct: proxies named
         # in the environment are not used, since a proxy would resolve the name itself.
+        # With private addresses allowed there is nothing to check: proxies are used.
+        if self.allow_private:
+            return httpx.Client(timeout=self.timeout, follow_redirects=False)
         transport = httpx.HTTPTransport()
         transport._pool = httpcore.ConnectionPool(
             ssl_context=httpx.create_ssl_context(),
