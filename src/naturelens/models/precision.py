@@ -4,8 +4,11 @@ Whether bf16 pays depends on the architecture and on the CPU, not on a flag alon
 CPUs with bf16 units the ViTs run about 3x faster in bf16, while a depthwise-convolution
 CNN (EfficientNet-Lite0) can run 6-13x *slower* in bf16 than in fp32 on a CPU without them.
 So at the first use of a model card on a CPU, a small batch is timed in each candidate
-precision; the fastest one whose embeddings agree with fp32 (cosine similarity) is kept.
-The decision is cached per card, device and machine in a small JSON file
+precision (and, for convolutional models, in each layout: channels-last or not), in
+interleaved rounds so that a busy machine slows every candidate alike; the fastest one
+whose embeddings agree with fp32 (cosine similarity) is kept if it beats fp32 by 10 %, since
+a wrong switch costs far more than a missed one. The decision is cached per card, device
+and machine in a small JSON file
 (``$NATURELENS_CACHE`` or ``~/.cache/naturelens``, file ``precision.json``), so the
 measurement is paid once. ``--precision`` still forces one. On GPUs and mps the device
 policy (:func:`naturelens.models.device.pick_dtype`) decides, unmeasured.
@@ -33,6 +36,8 @@ MIN_COSINE = 0.995
 GIVE_UP_SLOWER = 2.0
 SAMPLE_PHOTOS = 4
 ROUNDS = 3
+# Leave the default (fp32, default layout) only for a candidate this much faster.
+MARGIN = 1.1
 CACHE_FILE = "precision.json"
 
 
@@ -128,18 +133,12 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
 
 
-def _time(run: Callable[[], torch.Tensor], device: torch.device, limit: float) -> float:
-    """Best seconds over :data:`ROUNDS` rounds (fewer when one is over ``limit``)."""
-    best = float("inf")
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-        if best > limit:
-            break
-    return best
+def _seconds(run: Callable[[], torch.Tensor], device: torch.device) -> float:
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 @torch.inference_mode()
@@ -153,6 +152,12 @@ def measure(
 ) -> PrecisionChoice:
     """Time ``forward`` on a small batch in each precision; keep the fastest that agrees.
 
+    Candidates are timed in interleaved rounds and each keeps its best round, so that
+    another process taking the cores for a while slows every candidate alike instead of
+    making one look slow; and a candidate replaces the default (fp32, the default layout)
+    only when it is faster by :data:`MARGIN`, since a wrong switch can cost far more (bf16
+    emulated on a CPU without bf16 units runs many times slower) than a missed one.
+
     Parameters
     ----------
     module
@@ -162,51 +167,45 @@ def measure(
     input_size
         Side of the model's square input.
     layouts
-        Also time the chosen precision with channels-last weights and inputs (for
-        convolutional models, whose kernels often run faster in that layout), and keep
-        it when faster and in agreement.
+        Also time each precision with channels-last weights and inputs (for
+        convolutional models, whose kernels often run faster in that layout).
     """
     x = sample_input(input_size).to(device)
     reference = forward(module, x).float()
     rates: dict[str, float] = {}
     cosine: dict[str, float] = {}
-    fastest = float("inf")
-    for name in options or candidates(device):
-        model = module if name == "fp32" else copy.deepcopy(module).to(DTYPES[name])
-        xin = x.to(DTYPES[name])
-        # One photo first: a precision many times slower (bf16 emulated on a CPU without
+    runs: dict[str, Callable[[], torch.Tensor]] = {}
+    fastest = float("inf")  # the fastest one-photo estimate of a kept candidate
+    names = list(options or candidates(device))
+    if layouts:
+        names += [f"{n}+channels_last" for n in names]
+    for name in names:
+        precision, _, layout = name.partition("+")
+        model = module if name == "fp32" else copy.deepcopy(module).to(DTYPES[precision])
+        xin = x.to(DTYPES[precision])
+        if layout:
+            model = model.to(memory_format=torch.channels_last)
+            xin = xin.contiguous(memory_format=torch.channels_last)
+        # One photo first: a candidate many times slower (bf16 emulated on a CPU without
         # bf16 units) is dropped after one photo, not a whole batch. The first call also
         # warms up (kernel choice), hence twice the margin.
-        started = time.perf_counter()
-        out = forward(model, xin[:1])
-        one = time.perf_counter() - started
-        cosine[name] = 1.0 if name == "fp32" else _cosines(out, reference[:1])
-        if one * len(x) > 2 * GIVE_UP_SLOWER * fastest or cosine[name] < MIN_COSINE:
-            seconds = one * len(x)  # clearly slower, or wrong: not worth more rounds
-        else:
-            out = forward(model, xin)  # the agreement check on every photo of the sample
-            if name != "fp32":
-                cosine[name] = _cosines(out, reference)
-            seconds = _time(
-                lambda m=model, xi=xin: forward(m, xi), device, GIVE_UP_SLOWER * fastest
-            )
-        rates[name] = len(x) / seconds
-        if cosine[name] >= MIN_COSINE:
-            fastest = min(fastest, seconds)
+        one = _seconds(lambda m=model, xi=xin: forward(m, xi[:1]), device) * len(x)
+        out = forward(model, xin)  # the agreement check on every photo of the sample
+        cosine[name] = 1.0 if name == "fp32" else _cosines(out, reference)
+        rates[name] = len(x) / one
+        if cosine[name] >= MIN_COSINE and one <= 2 * GIVE_UP_SLOWER * fastest:
+            runs[name] = lambda m=model, xi=xin: forward(m, xi)
+            rates[name] = 0.0  # from the rounds below
+            fastest = min(fastest, one)
         del model
-    agreeing = [n for n in rates if cosine[n] >= MIN_COSINE]
-    best = max(agreeing, key=rates.__getitem__)
-    channels_last = False
-    if layouts:
-        cl = torch.channels_last
-        model = copy.deepcopy(module).to(DTYPES[best]).to(memory_format=cl)
-        xin = x.to(DTYPES[best]).contiguous(memory_format=cl)
-        name = f"{best}+channels_last"
-        cosine[name] = _cosines(forward(model, xin), reference)  # also the warm-up
-        rates[name] = len(x) / _time(lambda: forward(model, xin), device, float("inf"))
-        channels_last = cosine[name] >= MIN_COSINE and rates[name] > rates[best]
-        del model
-    return PrecisionChoice(best, "measured", rates, cosine, channels_last)
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            rates[name] = max(rates[name], len(x) / _seconds(run, device))
+    default = names[0]
+    clearly_faster = [n for n in runs if rates[n] > MARGIN * rates[default]]
+    best = max(clearly_faster, key=rates.__getitem__, default=default)
+    precision, _, layout = best.partition("+")
+    return PrecisionChoice(precision, "measured", rates, cosine, bool(layout))
 
 
 def choose_precision(
