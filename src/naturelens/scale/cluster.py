@@ -45,6 +45,14 @@ class RayOptions:
         CPUs each worker reserves (its torch threads).
     batch_size
         Photos per batch sent to a worker (and per batch written by the driver).
+    window
+        Photos per window: a job runs as one Ray Data pipeline per window, so the driver
+        holds the locations of, and remembers as written, one window's photos at a time
+        (a few hundred bytes each) rather than the whole job's. Each window starts its
+        workers again (each loads the model again) and lets them run dry at its end, so
+        a window should hold many minutes of work: 50,000 photos is about 15 MB on the
+        driver and, at 100 photos/s per worker, several minutes per window even for
+        dozens of workers.
     """
 
     address: str = LOCAL
@@ -52,6 +60,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     batch_size: int = 32
+    window: int = 50_000
 
     def __post_init__(self):
         if self.workers < 1:
@@ -60,6 +69,8 @@ class RayOptions:
             raise ScaleError("GPUs per worker must be >= 0 and CPUs per worker > 0")
         if self.batch_size < 1:
             raise ScaleError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.window < 1:
+            raise ScaleError(f"a window must hold at least 1 photo, not {self.window}")
 
 
 def ray_module() -> ModuleType:
