@@ -211,9 +211,7 @@ class ChatCalls:
         None: then a call in flight on a lost worker cannot be counted.
     """
 
-    def __init__(
-        self, ledger: Ledger, model: str, version: str, purpose: str, budget: Any = None
-    ):
+    def __init__(self, ledger: Ledger, model: str, version: str, purpose: str, budget: Any = None):
         self.ledger, self.budget = ledger, budget
         self.model, self.version, self.purpose = model, version, purpose
 

@@ -59,11 +59,11 @@ def start_budget(rpm: int | None, tpm: int | None) -> Any:
     return ray.remote(num_cpus=0)(_Budget).remote(rpm, tpm)
 
 
-def answers_arrived(budget: Any, photo_ids: list[str], worker: int) -> None:
-    """Tell the budget that ``worker``'s answers about ``photo_ids`` reached the driver
-    (it forgets those requests). Does not wait: Ray delivers a caller's messages to an
-    actor in order, so :func:`lost_requests` afterwards sees them."""
-    budget.arrived.remote([(p, worker) for p in photo_ids])
+def answers_arrived(budget: Any, calls: list[tuple[str, int]]) -> None:
+    """Tell the budget that the answers of these ``(photo_id, worker)`` reached the
+    driver (it forgets those requests). Does not wait: Ray delivers a caller's messages
+    to an actor in order, so :func:`lost_requests` afterwards sees them."""
+    budget.arrived.remote(calls)
 
 
 def lost_requests(budget: Any) -> list[tuple[str, int]]:
