@@ -216,10 +216,17 @@ def _cause(exc: BaseException) -> str:
         if not type(inner).__module__.startswith("ray"):
             return f"{type(inner).__name__}: {inner}"
         inner = getattr(inner, "cause", None) or inner.__cause__
-    # Else the traceback text Ray carries: its last "SomeError: message" line.
-    found = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", str(exc), re.MULTILINE)
+    # Else the traceback text Ray carries: its last "package.module.SomeError: message"
+    # line that is not Ray's own (a traceback's exception lines start the line).
+    found = [
+        (name.rsplit(".", 1)[-1], message)
+        for name, message in re.findall(r"^([A-Za-z_][\w.]*): (.+)$", str(exc), re.MULTILINE)
+        if not name.startswith("ray.")
+    ]
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return found[-1].strip() if found else (lines[-1] if lines else type(exc).__name__)
+    if found:
+        return "{}: {}".format(*found[-1])
+    return lines[-1] if lines else type(exc).__name__
 
 
 def worker_pid() -> int:
