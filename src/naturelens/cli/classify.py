@@ -18,7 +18,7 @@ from naturelens.cli.app import (
     print_json,
 )
 from naturelens.cli.progress import photo_progress
-from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WINDOW, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
@@ -77,6 +77,7 @@ def classify(
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
+    ray_window: int = RAY_WINDOW,
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
@@ -110,7 +111,7 @@ def classify(
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     json_mode(as_json)
-    cluster = ray_options(ray, ray_workers, ray_gpus)
+    cluster = ray_options(ray, ray_workers, ray_gpus, window=ray_window)
     with open_workspace(workspace) as ws:
         # Refused before anything starts (a hosted API without a key...), in one line.
         make_method(method, **params).check_ready(ws)
