@@ -5,6 +5,7 @@ generated collection; the model is a tiny DINOv2 built offline. Tests without Ra
 that the local path never needs it.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import sys
 import numpy as np
 import pyarrow.dataset as pads
 import pytest
+from test_remote import FakeOpenAI, image_keys
 from typer.testing import CliRunner
 
 from naturelens.cli import app
@@ -65,6 +67,8 @@ def test_ray_options_are_checked():
         RayOptions(workers=0)
     with pytest.raises(ScaleError):
         RayOptions(gpus_per_worker=-1)
+    with pytest.raises(ScaleError):
+        RayOptions(window=0)
 
 
 # --------------------------------------------------------------------------- on Ray
@@ -154,8 +158,19 @@ def store_rows(ws, model):
     return table.column("photo_id").to_pylist(), table.column("failure").to_pylist()
 
 
-def test_embed_and_classify_on_ray_survive_a_killed_worker(cluster, model, twins):
+def test_embed_and_classify_on_ray_survive_a_killed_worker(cluster, model, twins, monkeypatch):
     local_root, ray_root = twins
+    import naturelens.scale.pipeline as pipeline
+
+    # Each window's pipeline reads its own photos' locations: record how many.
+    windows: list[int] = []
+    rows_of = pipeline.photo_rows
+
+    def counted_rows(ws, photo_ids):
+        windows.append(len(photo_ids))
+        return rows_of(ws, photo_ids)
+
+    monkeypatch.setattr(pipeline, "photo_rows", counted_rows)
     # The local path: embed, then classify with a linear probe.
     result = runner.invoke(app, ["embed", str(local_root), "--model", model, "--batch-size", "4"])
     assert result.exit_code == 0, result.output
@@ -174,11 +189,14 @@ def test_embed_and_classify_on_ray_survive_a_killed_worker(cluster, model, twins
                 killed.append(int(batch["worker"][0]))
                 os.kill(killed[0], signal.SIGKILL)
 
-        emb = embed_on_ray(ws, model, RayOptions(workers=2, batch_size=3), on_batch=kill_one)
+        options = RayOptions(workers=2, batch_size=3, window=12)
+        emb = embed_on_ray(ws, model, options, on_batch=kill_one)
         assert killed
         assert emb.computed + emb.failed == len(ids)
         stored, failures = store_rows(ws, model)
         assert sorted(stored) == sorted(ids)  # every photo once: none missing, none twice
+        # 30 photos in windows of 12: three pipelines, the driver never holding more.
+        assert windows == [12, 12, 6]
         assert sum(f is not None for f in failures) == 1  # the photo whose file is gone
 
     # classify --ray: the store is complete, so the probe only reads it.
@@ -376,7 +394,12 @@ def test_prompt_on_ray_asks_each_photo_once_and_the_run_turns_answers_into_predi
 
 
 def test_workers_share_one_rate_limit(cluster):
-    from naturelens.scale.limiter import SharedRateLimiter, start_budget
+    from naturelens.scale.limiter import (
+        SharedRateLimiter,
+        answers_arrived,
+        lost_requests,
+        start_budget,
+    )
 
     budget = start_budget(rpm=4, tpm=None)
 
@@ -390,7 +413,14 @@ def test_workers_share_one_rate_limit(cluster):
     # Six requests against one budget of 4 per minute: exactly four get through now.
     assert granted == 4
     assert all(pause > 0 for worker in answers for pause in worker if pause != 0.0)
-    assert start_budget(None, None) is None
+
+    # Without limits it still keeps account of the requests it let through.
+    unlimited = SharedRateLimiter(start_budget(None, None))
+    assert [unlimited.reserve(10, f"p{i}") for i in range(3)] == [0.0] * 3
+    me = os.getpid()
+    answers_arrived(unlimited.budget, [("p0", me), ("p2", me + 1)])  # p2: another worker's
+    assert lost_requests(unlimited.budget) == [("p1", me), ("p2", me)]
+    assert lost_requests(unlimited.budget) == []  # forgotten once reported
 
 
 def test_a_worker_error_reaches_the_user_as_one_line(cluster, twins):
@@ -411,3 +441,106 @@ def test_a_method_without_per_photo_work_is_refused_on_ray(cluster, twins):
     result = runner.invoke(app, ["classify", str(root), "-m", "ensemble", "--ray"])
     assert result.exit_code == 2
     assert "does not run on Ray" in result.output and "Traceback" not in result.output
+
+
+def answer_by_image(classes):
+    """A fake model's answer that depends on the photo only: the same on any path."""
+
+    def answer(body):
+        (key,) = image_keys(body)
+        label = classes[int(key, 16) % len(classes)]
+        return json.dumps({"label": label, "confidence": 0.8, "reason": "seen"})
+
+    return answer
+
+
+def test_classify_prompt_on_ray_from_the_command_line(cluster, twins):
+    local_root, ray_root = twins
+    fake = FakeOpenAI()
+    try:
+        with Workspace.open(local_root) as ws:
+            fake.answer = answer_by_image(sorted(ws.taxonomy.all_ids))
+        args = ["-m", "prompt", "--model", "fake-vlm", "--base-url", fake.base_url]
+        result = runner.invoke(app, ["classify", str(local_root), *args])
+        assert result.exit_code == 0, result.output
+        asked_locally = len(fake.requests)
+        result = runner.invoke(
+            app, ["classify", str(ray_root), *args, "--ray", "--ray-workers", "2"]
+        )
+        assert result.exit_code == 0, result.output
+        on_ray = fake.requests[asked_locally:]
+        # Refused settings are one line each, before anything starts.
+        for extra in (["--mode", "score"], ["-p", "batch=true"]):
+            refused = runner.invoke(app, ["classify", str(ray_root), *args, *extra, "--ray"])
+            assert refused.exit_code == 2, refused.output
+            assert "Traceback" not in refused.output
+    finally:
+        fake.close()
+    with Workspace.open(local_root) as a, Workspace.open(ray_root) as b:
+        run_a, run_b = a.run(), b.run()
+        assert run_a["params"] == run_b["params"]  # the same run identity
+        preds_a = {p.photo_id: p for p in a.predictions(run_a["run_id"])}
+        preds_b = {p.photo_id: p for p in b.predictions(run_b["run_id"])}
+        assert preds_a.keys() == preds_b.keys() == set(a.photo_ids())
+        for pid, pa in preds_a.items():
+            assert (pa.status, pa.class_id) == (preds_b[pid].status, preds_b[pid].class_id)
+        calls = b.db.execute(
+            "SELECT photo_id, error FROM calls WHERE run_id = ?", [run_b["run_id"]]
+        ).fetchall()
+        answered = sorted(pid for pid, error in calls if error is None)
+        with_file = sorted(p for p, pred in preds_b.items() if pred.status == "ok")
+        assert answered == with_file and len(calls) == len(on_ray) == len(with_file)
+
+
+def test_a_worker_killed_mid_request_is_in_the_ledger(cluster, twins):
+    import psutil
+
+    from naturelens.scale.describe import describe_on_ray
+    from naturelens.scale.limiter import LOST
+    from naturelens.text.describe import load_descriptions
+    from naturelens.workspace.ledger import Ledger
+
+    fake = FakeOpenAI()
+    port = fake.server.server_address[1]
+    killed = []
+
+    def answer(body):  # the third request: its sender is killed before the answer goes
+        if len(fake.requests) == 3:
+            senders = {
+                c.pid
+                for c in psutil.net_connections("tcp")
+                if c.raddr and c.raddr.port == port and c.pid not in (None, os.getpid())
+            }
+            for pid in senders:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(senders)
+        return "A stone chapel on a hill."
+
+    fake.answer = answer
+    _, root = twins
+    try:
+        with Workspace.open(root) as ws:
+            ids = ws.photo_ids(labelled=True)[:6]
+            report = describe_on_ray(
+                ws,
+                "fake-vlm",
+                RayOptions(workers=1, batch_size=2),
+                base_url=fake.base_url,
+                photo_ids=ids,
+                concurrency=1,
+            )
+            described = load_descriptions(ws, report.source, ids, report.prompt_version)
+            rows = ws.db.execute("SELECT photo_id, error FROM calls").fetchall()
+            tokens = Ledger(ws).totals().tokens_in
+    finally:
+        fake.close()
+    assert len(killed) == 1  # the one worker, mid-request
+    assert described.keys() == set(ids)  # none missing
+    assert report.described == len(ids) and report.failed == 0  # none written twice
+    # The ledger counts every request the server received, those cut off included (the
+    # dead worker's answers that had not reached the driver were asked again).
+    sent = [image_keys(body)[0] for body in fake.requests]
+    lost = [error for _, error in rows if error is not None]
+    assert len(rows) == len(sent) and len(lost) == len(sent) - len(set(sent)) >= 1
+    assert all(error.startswith(LOST) for error in lost)
+    assert tokens == sum(d.tokens_in for d in described.values())  # lost calls: none known

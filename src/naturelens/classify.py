@@ -65,6 +65,7 @@ def classify_collection(
     fresh: bool = False,
     progress: Callable | None = None,
     on_split: Callable | None = None,
+    ray: Any = None,
 ) -> Classification:
     """Classify every photo of ``ws`` with a method and estimate its accuracy.
 
@@ -93,6 +94,12 @@ def classify_collection(
     on_split
         Called with each evaluation split's result (a
         :class:`naturelens.evaluation.compare.RunResult`) as soon as it is scored.
+    ray
+        A :class:`~naturelens.scale.RayOptions`: the method's per-photo model work runs
+        on that Ray cluster first (:func:`naturelens.scale.prepare_on_ray`): every
+        photo's embedding or description before the estimate, or the prompt method's
+        questions, answered into the collection run's ledger before the run continues
+        here. None: everything on this machine.
     """
     params = dict(params or {})
     if coverage is not None:
@@ -100,6 +107,14 @@ def classify_collection(
     if seeds is not None and seeds < 1:
         raise MethodError("--seeds must be at least 1")
     method = make_method(method_name, **params)
+    stores = False
+    if ray is not None:
+        from naturelens.scale.methods import STORES, check_on_ray
+
+        check_on_ray(method)  # before any work, in one line
+        stores = method_name in STORES
+        if stores:  # every run below, evaluation runs included, reads them
+            _on_ray(ws, method, ws.photo_ids(), [], ray, None, True, progress)
     gold = ws.labels()
     learns = method.needs_labels
     notes: list[str] = []
@@ -140,6 +155,11 @@ def classify_collection(
             "saved for `naturelens predict` and the estimate is stored with it"
         )
     extra = {"purpose": "collection", **({"shots": shots} if shots else {})}
+    if ray is not None and not stores:
+        # The answers go into the collection run's ledger; the run then goes on here,
+        # resumed whatever ``fresh`` says (it is the run just started).
+        _on_ray(ws, method, targets, train, ray, extra, not fresh, progress)
+        fresh = False
     run_id = _run(ws, method, targets, train, extra, fresh, progress)
     predictions = ws.predictions(run_id)
     if not learns and gold and want_estimate:
@@ -367,6 +387,17 @@ def _run(ws, method, targets, train, extra, fresh, progress) -> str:
         return run_method(
             ws, method, targets, train, extra_params=extra, progress=advance, resume=not fresh
         )
+
+
+def _on_ray(ws, method, targets, train, ray, extra, resume, progress) -> None:
+    from naturelens.scale.methods import prepare_on_ray
+
+    total = len(targets) + len(train)  # disjoint: the collection run predicts no training photo
+    if progress is None:
+        prepare_on_ray(ws, method, targets, train, ray, extra, resume)
+        return
+    with progress(f"{method.name} on Ray", total) as advance:
+        prepare_on_ray(ws, method, targets, train, ray, extra, resume, advance)
 
 
 def retry_failed(ws: Workspace, run_id: str, progress: Callable | None = None) -> str:

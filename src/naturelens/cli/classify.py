@@ -18,7 +18,7 @@ from naturelens.cli.app import (
     print_json,
 )
 from naturelens.cli.progress import photo_progress
-from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WINDOW, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 from naturelens.methods import METHODS, make_method
 from naturelens.methods.params import ParamError, parse_params
@@ -77,6 +77,7 @@ def classify(
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
+    ray_window: int = RAY_WINDOW,
 ) -> None:
     """Classify every photo of the workspace with a method, and estimate how well.
 
@@ -84,7 +85,8 @@ def classify(
     every other photo; the accuracy estimate comes from the labelled photos (k-shot draws
     over --seeds, otherwise cross-validation) and is stored with the run. Methods that do not
     learn predict every photo and are scored on the labelled ones. With --ray, the per-photo
-    model work of probe, zeroshot and hybrid (embeddings, descriptions) runs on Ray first.
+    model work runs on Ray first: the embeddings or descriptions of probe, zeroshot and
+    hybrid, or the questions of prompt (answers kept in the run's ledger).
 
     Examples:
 
@@ -109,12 +111,10 @@ def classify(
     options = {"model": model, "prompt": prompt, "mode": mode, "base_url": base_url}
     params = {k: v for k, v in options.items() if v is not None} | method_params(param)
     json_mode(as_json)
-    cluster = ray_options(ray, ray_workers, ray_gpus)
+    cluster = ray_options(ray, ray_workers, ray_gpus, window=ray_window)
     with open_workspace(workspace) as ws:
         # Refused before anything starts (a hosted API without a key...), in one line.
         make_method(method, **params).check_ready(ws)
-        if cluster is not None:
-            _fill_stores_on_ray(ws, method, params, cluster)
         result = classify_collection(
             ws,
             method,
@@ -127,6 +127,7 @@ def classify(
             fresh=fresh,
             progress=photo_progress,
             on_split=lambda r: print_split(ws, r),
+            ray=cluster,
         )
         summary = ws.run(result.run_id)["summary"]
         counts = print_class_counts(ws, result.run_id)
@@ -152,22 +153,6 @@ def classify(
     photos = int(summary.get("photos") or 0)
     # Only failures count: an unnamed cluster or a rejected photo is an answer.
     check_failed(counts.get("(failed)", 0), photos, max_failed)
-
-
-def _fill_stores_on_ray(ws, name: str, params: dict, cluster) -> None:
-    """The embeddings or descriptions every run of the method reads, made on Ray once."""
-    from naturelens.methods import make_method
-    from naturelens.scale.methods import STORES, prepare_on_ray
-
-    if name not in STORES:
-        fail(
-            f"method {name!r} does not run on Ray from classify",
-            hint=f"--ray runs {', '.join(STORES)} here; run {name} without --ray",
-        )
-    method = make_method(name, **params)
-    photos = ws.photo_ids()
-    with photo_progress(f"{name} on Ray", len(photos)) as advance:
-        prepare_on_ray(ws, method, photos, [], cluster, progress=advance)
 
 
 def print_split(ws, result) -> None:

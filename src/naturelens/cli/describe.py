@@ -10,7 +10,7 @@ from rich.table import Table
 
 from naturelens.cli.app import app, console, err, fail
 from naturelens.cli.progress import photo_progress
-from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WINDOW, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def describe(
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
+    ray_window: int = RAY_WINDOW,
 ) -> None:
     """Have a vision-language model describe every photo (resumable)."""
     from naturelens.text.describe import DescribeReport, description_sets, done_ids, source_name
@@ -94,7 +95,7 @@ def describe(
                     ws, DescribeReport(source_name(model), version, skipped=len(ids)), show
                 )
                 return
-            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
+            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size, ray_window)
             limits = {k: v for k, v in (("rpm", rpm), ("tpm", tpm)) if v is not None}
             if cluster is not None:
                 from naturelens.scale.describe import describe_on_ray
@@ -139,6 +140,7 @@ def tag(
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
+    ray_window: int = RAY_WINDOW,
 ) -> None:
     """Tag every photo with its top ImageNet classes (offline EfficientNet-Lite0; resumable)."""
     from naturelens.text.describe import tag_photos
@@ -146,7 +148,7 @@ def tag(
 
     with open_workspace(workspace) as ws:
         ids = ws.photo_ids()
-        cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
+        cluster = ray_options(ray, ray_workers, ray_gpus, batch_size, ray_window)
         if cluster is not None:
             from naturelens.scale.describe import tag_on_ray
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from naturelens.scale.cluster import WINDOW
+
 RAY = typer.Option(
     None,
     "--ray",
@@ -12,15 +14,28 @@ RAY = typer.Option(
 )
 RAY_WORKERS = typer.Option(2, help="With --ray: model workers (each loads the model once).")
 RAY_GPUS = typer.Option(0.0, help="With --ray: GPUs per worker (0.5 puts two on a GPU).")
+RAY_WINDOW = typer.Option(
+    WINDOW,
+    help="With --ray: photos per window (one Ray pipeline each; the driver holds one "
+    "window at a time, and workers load the model again for each).",
+)
 
 
-def ray_options(address: str | None, workers: int, gpus: float, batch_size: int = 32):
+def ray_options(
+    address: str | None, workers: int, gpus: float, batch_size: int = 32, window: int = WINDOW
+):
     """The :class:`~naturelens.scale.RayOptions` of a command's flags; None without --ray."""
     if address is None:
         return None
     from naturelens.scale.cluster import RayOptions
 
-    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus, batch_size=batch_size)
+    return RayOptions(
+        address=address,
+        workers=workers,
+        gpus_per_worker=gpus,
+        batch_size=batch_size,
+        window=window,
+    )
 
 
 def bare_ray_flag(args: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from naturelens.cli.app import (
 )
 from naturelens.cli.classify import print_class_counts
 from naturelens.cli.progress import photo_progress
-from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WORKERS, ray_options
+from naturelens.cli.scale import RAY, RAY_GPUS, RAY_WINDOW, RAY_WORKERS, ray_options
 from naturelens.cli.workspace import open_workspace
 
 
@@ -43,6 +43,7 @@ def embed(
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
+    ray_window: int = RAY_WINDOW,
 ) -> None:
     """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
     from naturelens.models.backbones import BackboneError
@@ -54,7 +55,7 @@ def embed(
             total = len(missing_photo_ids(ws, model))
             if retry_failed:
                 total += len(embedding_set(ws, model).failures(ws.photo_ids()))
-            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size)
+            cluster = ray_options(ray, ray_workers, ray_gpus, batch_size, ray_window)
             with photo_progress(f"embed {model}", total) as advance:
                 if cluster is not None:
                     from naturelens.scale.embed import embed_on_ray

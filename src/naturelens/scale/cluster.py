@@ -15,6 +15,7 @@ from types import ModuleType
 from naturelens.errors import NaturelensError
 
 LOCAL = "local"
+WINDOW = 200_000  # photos per window, see RayOptions
 _ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$")
 
 
@@ -45,6 +46,14 @@ class RayOptions:
         CPUs each worker reserves (its torch threads).
     batch_size
         Photos per batch sent to a worker (and per batch written by the driver).
+    window
+        Photos per window: a job runs as one Ray Data pipeline per window, so the driver
+        holds the locations of, and remembers as written, one window's photos at a time
+        (a few hundred bytes each, about 0.1 GB for 200,000) rather than the whole job's.
+        Each window starts its workers again (each loads the model again) and lets them
+        run dry at its end, so a window should hold minutes of work: 200,000 photos are
+        minutes for an API at its rate limit or for VLMs on GPUs; a backbone embedding
+        thousands of photos per second per GPU wants a larger window.
     """
 
     address: str = LOCAL
@@ -52,6 +61,7 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     batch_size: int = 32
+    window: int = WINDOW
 
     def __post_init__(self):
         if self.workers < 1:
@@ -60,6 +70,8 @@ class RayOptions:
             raise ScaleError("GPUs per worker must be >= 0 and CPUs per worker > 0")
         if self.batch_size < 1:
             raise ScaleError(f"batch size must be at least 1, not {self.batch_size}")
+        if self.window < 1:
+            raise ScaleError(f"a window must hold at least 1 photo, not {self.window}")
 
 
 def ray_module() -> ModuleType:

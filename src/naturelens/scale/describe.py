@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 
 from naturelens.scale.cluster import RayOptions, connect
-from naturelens.scale.limiter import SharedRateLimiter, start_budget
+from naturelens.scale.limiter import (
+    LOST,
+    SharedRateLimiter,
+    answers_arrived,
+    lost_requests,
+    start_budget,
+)
 from naturelens.scale.pipeline import (
     DETAIL,
     FAILURE,
     WORKER,
-    first_time,
+    first_rows,
     reason,
     run_photo_pipeline,
     worker_pid,
@@ -36,6 +42,7 @@ from naturelens.text.describe import (
     write_descriptions,
 )
 from naturelens.workspace.core import Workspace
+from naturelens.workspace.ledger import Ledger
 
 
 def _decode_all(batch: dict[str, np.ndarray], max_side: int | None):
@@ -189,6 +196,69 @@ def ledger_row(batch: dict, i: int, model: str, version: str, purpose: str) -> d
     )
 
 
+class ChatCalls:
+    """The driver's account of the calls a :class:`ChatWorker` job makes: every call in
+    the ledger once, including those whose worker was lost before the answer came back.
+
+    Parameters
+    ----------
+    ledger
+        Where the calls go (a run's ledger for the prompt method).
+    model, version, purpose
+        The model's name, the prompt's version, what the calls are for.
+    budget
+        The shared budget actor the workers ask before each request (remote models), or
+        None: then a call in flight on a lost worker cannot be counted.
+    """
+
+    def __init__(self, ledger: Ledger, model: str, version: str, purpose: str, budget: Any = None):
+        self.ledger, self.budget = ledger, budget
+        self.model, self.version, self.purpose = model, version, purpose
+
+    def arrived(self, batch: dict[str, np.ndarray]) -> list[int]:
+        """Record the calls behind a batch of answers; returns its rows to write (the
+        photos' first arrival).
+
+        A photo that arrives again (Ray ran a lost worker's batch again after the first
+        copy had arrived) is not written twice, but its call was sent again and is
+        recorded.
+        """
+        asked = [i for i, a in enumerate(batch["asked"]) if a]
+        self.ledger.record_many(
+            [ledger_row(batch, i, self.model, self.version, self.purpose) for i in asked]
+        )
+        if self.budget is not None:
+            pids = [str(p) for p in batch["photo_id"]]
+            answers_arrived(self.budget, list(zip(pids, map(int, batch[WORKER]), strict=True)))
+        return first_rows(batch)
+
+    def record_lost(self) -> None:
+        """Record the requests sent whose answers never reached the driver (call when a
+        window's pipeline is over): sent, so counted, with no tokens or cost known."""
+        if self.budget is None:
+            return
+        from naturelens.vlm.remote import RemoteVLM
+
+        lost = lost_requests(self.budget)
+        self.ledger.record_many(
+            [
+                dict(
+                    model=self.model,
+                    backend=RemoteVLM.backend,
+                    tokens_in=0,
+                    tokens_out=0,
+                    seconds=0.0,
+                    cost=0.0,
+                    photo_id=photo_id,
+                    purpose=self.purpose,
+                    prompt_version=self.version,
+                    error=f"{LOST} (worker process {worker})",
+                )
+                for photo_id, worker in lost
+            ]
+        )
+
+
 def vlm_name(ws: Workspace, model: str, base_url: str | None) -> tuple[str, bool]:
     """The name load_vlm gives ``model`` (what its answers are stored under), and whether
     it is remote."""
@@ -208,12 +278,13 @@ def chat_worker_args(
     tpm: int | None,
     **prompt: Any,
 ) -> dict[str, Any]:
-    """A :class:`ChatWorker`'s arguments, with one rate-limit budget on the cluster for all
-    workers when the model is remote (this joins the cluster)."""
+    """A :class:`ChatWorker`'s arguments, with one budget on the cluster for all workers
+    when the model is remote (this joins the cluster): it keeps ``rpm`` and ``tpm``, and
+    the requests sent, for :class:`ChatCalls`."""
     _, remote = vlm_name(ws, model, base_url)
     if not remote and (rpm or tpm):
         raise ValueError("rpm and tpm limit remote models (an OpenAI-compatible server)")
-    if remote and (rpm or tpm):
+    if remote:
         connect(options)
     return dict(
         model=model,
@@ -231,42 +302,34 @@ def _store(
     source: str,
     version: str,
     report: DescribeReport,
-    model: str,
     progress: Callable[[int], None] | None,
     on_batch: Callable[[dict], None] | None,
+    calls: ChatCalls | None = None,
 ) -> DescribeReport:
     """Write the workers' answers as they arrive: descriptions, and API calls in the ledger."""
-    from naturelens.workspace.ledger import Ledger
-
-    ledger: Ledger | None = None
-    written: set[str] = set()
     for batch in batches:
         if on_batch is not None:
             on_batch(batch)
-        keep = first_time(batch, written)
-        rows, calls = [], []
+        # The calls first, so what was paid for is kept.
+        keep = calls.arrived(batch) if calls is not None else first_rows(batch)
+        rows = []
         for i in keep:
-            pid = str(batch["photo_id"][i])
             extra = str(batch["extra"][i])
-            d = Description(
-                pid,
-                source,
-                version,
-                str(batch["text"][i]),
-                str(batch["status"][i]),
-                str(batch["detail"][i]),
-                extra=json.loads(extra) if extra else None,
-                tokens_in=int(batch["tokens_in"][i]),
-                tokens_out=int(batch["tokens_out"][i]),
-                seconds=float(batch["seconds"][i]),
-                cost=float(batch["cost"][i]),
+            rows.append(
+                Description(
+                    str(batch["photo_id"][i]),
+                    source,
+                    version,
+                    str(batch["text"][i]),
+                    str(batch["status"][i]),
+                    str(batch["detail"][i]),
+                    extra=json.loads(extra) if extra else None,
+                    tokens_in=int(batch["tokens_in"][i]),
+                    tokens_out=int(batch["tokens_out"][i]),
+                    seconds=float(batch["seconds"][i]),
+                    cost=float(batch["cost"][i]),
+                )
             )
-            rows.append(d)
-            if "asked" in batch and bool(batch["asked"][i]):
-                calls.append(ledger_row(batch, i, model, version, "describe"))
-        if calls:  # first, so what was paid for is kept
-            ledger = ledger or Ledger(ws)
-            ledger.record_many(calls)
         write_descriptions(ws, rows)
         report.count(rows)
         if progress and keep:
@@ -290,14 +353,14 @@ def tag_on_ray(
         raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
     source, version = get_card(TAGGER, kind="tagger").name, prompt_version(top_k)
     report = DescribeReport(source=source, prompt_version=version)
-    ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
+    ids = list(dict.fromkeys(photo_ids)) if photo_ids is not None else ws.photo_ids()
     done = done_ids(ws, source, version)
     todo = [p for p in ids if p not in done]
     report.skipped = len(ids) - len(todo)
     batches = run_photo_pipeline(
         ws, todo, TagWorker, dict(top_k=top_k, batch_size=options.batch_size), options
     )
-    return _store(ws, batches, source, version, report, source, progress, on_batch)
+    return _store(ws, batches, source, version, report, progress, on_batch)
 
 
 def describe_on_ray(
@@ -328,7 +391,7 @@ def describe_on_ray(
     version = template.version_tag
     source, _ = vlm_name(ws, model, base_url)  # descriptions are stored under this name
     report = DescribeReport(source=source, prompt_version=version)
-    ids = list(photo_ids) if photo_ids is not None else ws.photo_ids()
+    ids = list(dict.fromkeys(photo_ids)) if photo_ids is not None else ws.photo_ids()
     done = done_ids(ws, source, version)
     todo = [p for p in ids if p not in done]
     report.skipped = len(ids) - len(todo)
@@ -348,5 +411,8 @@ def describe_on_ray(
         version=version,
         purpose="describe",
     )
-    batches = run_photo_pipeline(ws, todo, ChatWorker, worker, options)
-    return _store(ws, batches, source, version, report, source, progress, on_batch)
+    calls = ChatCalls(Ledger(ws), source, version, "describe", worker["budget"])
+    batches = run_photo_pipeline(
+        ws, todo, ChatWorker, worker, options, on_window_end=calls.record_lost
+    )
+    return _store(ws, batches, source, version, report, progress, on_batch, calls)

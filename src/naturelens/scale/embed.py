@@ -22,7 +22,7 @@ from naturelens.models.embedding import (
     precision_name,
 )
 from naturelens.scale.cluster import RayOptions
-from naturelens.scale.pipeline import WORKER, first_time, reason, run_photo_pipeline, worker_pid
+from naturelens.scale.pipeline import WORKER, first_rows, reason, run_photo_pipeline, worker_pid
 from naturelens.workspace.core import Workspace
 from naturelens.workspace.embeddings import PartWriter, cache_key
 
@@ -99,7 +99,6 @@ def embed_on_ray(
     preprocessing = card_preprocessing(card)  # decoding needs the card, not the weights
     side = preprocessing.input_size
     writer: PartWriter | None = None
-    written: set[str] = set()
     batches = run_photo_pipeline(
         ws,
         todo,
@@ -119,7 +118,7 @@ def embed_on_ray(
         for batch in batches:
             if on_batch is not None:
                 on_batch(batch)
-            keep = first_time(batch, written)
+            keep = first_rows(batch)
             if not keep:
                 continue
             if writer is None:

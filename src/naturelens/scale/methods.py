@@ -23,6 +23,32 @@ ON_RAY = ("probe", "zeroshot", "hybrid", "prompt")
 STORES = ("probe", "zeroshot", "hybrid")
 
 
+def check_on_ray(method: Method) -> None:
+    """Refuse, before any work starts, a method (or a setting of it) that Ray cannot run.
+
+    Raises
+    ------
+    ScaleError
+        For a method without per-photo work Ray can take over, a zero-shot method that
+        embeds directly, or a prompt method Ray cannot ask for.
+    """
+    from naturelens.scale.prompt import check_prompt_on_ray
+
+    name = method.name
+    if name not in ON_RAY:
+        raise ScaleError(
+            f"method {name!r} does not run on Ray",
+            hint=f"--ray runs {', '.join(ON_RAY)}; run {name} without --ray",
+        )
+    if name == "zeroshot" and method.embeddings != "store":
+        raise ScaleError(
+            "zeroshot on Ray reads image embeddings from the store",
+            hint="drop -p embeddings=direct",
+        )
+    if name == "prompt":
+        check_prompt_on_ray(method)
+
+
 def prepare_on_ray(
     ws: Workspace,
     method: Method,
@@ -51,6 +77,7 @@ def prepare_on_ray(
     from naturelens.scale.embed import embed_on_ray
     from naturelens.scale.prompt import prompt_on_ray
 
+    check_on_ray(method)
     ids = list(dict.fromkeys([*train_ids, *predict_ids]))
     name = method.name
     if name == "prompt":
@@ -69,32 +96,23 @@ def prepare_on_ray(
         )
         return None
     if name == "zeroshot":
-        if method.embeddings != "store":
-            raise ScaleError(
-                "zeroshot on Ray reads image embeddings from the store",
-                hint="drop -p embeddings=direct",
-            )
         embed_on_ray(ws, method.model, options, ids, device=method.device, progress=progress)
         return None
-    if name == "hybrid":
-        source = method.description_source()
-        if source is None or not method.describe_missing:
-            return None  # title and tags only, or descriptions that must already exist
-        if source.describer == source.TAGS:
-            tag_on_ray(ws, options, ids, top_k=source.top_k, progress=progress)
-        else:
-            describe_on_ray(
-                ws,
-                source.describer,
-                options,
-                base_url=source.base_url,
-                prompt=source.prompt,
-                photo_ids=ids,
-                max_tokens=source.max_tokens,
-                progress=progress,
-            )
-        return None
-    raise ScaleError(
-        f"method {name!r} does not run on Ray",
-        hint=f"--ray runs {', '.join(ON_RAY)}; run {name} without --ray",
-    )
+    assert name == "hybrid", name
+    source = method.description_source()
+    if source is None or not method.describe_missing:
+        return None  # title and tags only, or descriptions that must already exist
+    if source.describer == source.TAGS:
+        tag_on_ray(ws, options, ids, top_k=source.top_k, progress=progress)
+    else:
+        describe_on_ray(
+            ws,
+            source.describer,
+            options,
+            base_url=source.base_url,
+            prompt=source.prompt,
+            photo_ids=ids,
+            max_tokens=source.max_tokens,
+            progress=progress,
+        )
+    return None

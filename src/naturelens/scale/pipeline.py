@@ -11,9 +11,13 @@
 
 Workers only compute. The driver is the one process that writes, and it writes a photo's
 result only once: a batch that Ray runs again after a worker died (Ray restarts the
-worker and retries its batches) is dropped for the photos already written. Together with
-the stores' own resume (photos already done are not sent), a run that is killed, or that
-loses a worker, ends with every photo exactly once.
+worker and retries its batches) is marked as a repeat for the photos already written.
+Together with the stores' own resume (photos already done are not sent), a run that is
+killed, or that loses a worker, ends with every photo exactly once.
+
+A job runs as a series of windows, one Ray Data pipeline each over a bounded number of
+photos, so that what the driver holds besides the list of photo ids (the photos'
+locations, Ray's dataset of them, the set of photos written) does not grow with the job.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from naturelens.workspace.storage import photo_location, read_bytes
 FAILURE, DETAIL = "failure", "detail"
 # The model worker's process id, so a driver can tell which worker made a batch.
 WORKER = "worker"
+# Added by the driver: whether the row is its photo's first arrival (write it) or a copy
+# from a batch Ray ran again after a worker died (write nothing but what it cost).
+FIRST = "first"
 
 
 def photo_rows(ws: Workspace, photo_ids: Sequence[str], chunk: int = 4096) -> list[dict]:
@@ -99,36 +106,69 @@ def run_photo_pipeline(
     options: RayOptions,
     decode: Callable[[bytes], np.ndarray] | None = None,
     pixel_shape: tuple[int, ...] | None = None,
+    on_window_end: Callable[[], None] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Run ``worker`` over the photos on Ray; yield its output batches as they arrive.
+
+    The photos go through in windows of ``options.window``, one Ray Data pipeline each:
+    a window's photos are all written before the next window starts.
 
     Parameters
     ----------
     photo_ids
-        Photos to process (the caller leaves out those already done).
+        Photos to process, each once (the caller leaves out those already done).
     worker
         A callable class: ``worker(**worker_kwargs)`` loads the model (once per worker
-        process), ``worker(batch)`` maps a batch of columns ``photo_id``, ``failure``,
-        ``detail`` and ``pixels`` (with ``decode``) or ``bytes`` to output columns, with
-        one row per photo.
+        process and window), ``worker(batch)`` maps a batch of columns ``photo_id``,
+        ``failure``, ``detail`` and ``pixels`` (with ``decode``) or ``bytes`` to output
+        columns, with one row per photo.
     decode
         Photo bytes -> uint8 pixels of ``pixel_shape``, run as its own stage; without
         it the worker gets the bytes.
+    on_window_end
+        Called on the driver once a window's last batch has been yielded: every answer
+        of that window that will ever reach the driver has then arrived.
 
     Yields
     ------
     dict
-        Output batches (numpy columns), in no particular order. A photo may appear in
-        two batches when Ray retried work of a worker that died: the caller keeps the
-        first.
+        Output batches (numpy columns), in no particular order, with a boolean column
+        ``first``: False for a photo that arrived before (Ray ran a dead worker's batch
+        again), whose result the caller must not write twice.
     """
     if not photo_ids:
         return
     ray = connect(options)
+    stages = (worker, worker_kwargs, options, decode, pixel_shape)
+    for start in range(0, len(photo_ids), options.window):
+        # Ray retries a batch only within its own pipeline, so the photos written need
+        # remembering for one window only.
+        written: set[str] = set()
+        window = photo_ids[start : start + options.window]
+        for batch in _window_batches(ray, ws, window, *stages):
+            first = [_first_time(str(p), written) for p in batch["photo_id"]]
+            batch[FIRST] = np.array(first, dtype=bool)
+            yield batch
+        if on_window_end is not None:
+            on_window_end()
+
+
+def _window_batches(
+    ray: Any,
+    ws: Workspace,
+    photo_ids: Sequence[str],
+    worker: type,
+    worker_kwargs: dict[str, Any],
+    options: RayOptions,
+    decode: Callable[[bytes], np.ndarray] | None,
+    pixel_shape: tuple[int, ...] | None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One window's Ray Data pipeline: read -> decode -> the worker pool."""
     rows = photo_rows(ws, photo_ids)
     size = options.batch_size
     blocks = max(1, min(len(rows) // size + 1, 4 * options.workers * 8))
     data = ray.data.from_items(rows, override_num_blocks=blocks)
+    del rows  # Ray holds its own copy
     data = data.map_batches(read_photos, batch_size=size, batch_format="numpy", num_cpus=0.25)
     if decode is not None:
         assert pixel_shape is not None
@@ -160,6 +200,13 @@ def run_photo_pipeline(
         raise ScaleError(f"a Ray worker failed: {_cause(exc)}") from None
 
 
+def _first_time(photo_id: str, written: set[str]) -> bool:
+    if photo_id in written:
+        return False
+    written.add(photo_id)
+    return True
+
+
 def _cause(exc: BaseException) -> str:
     """The worker's own error inside Ray's wrapping: ``"ValueError: ..."``."""
     seen: set[int] = set()
@@ -169,10 +216,17 @@ def _cause(exc: BaseException) -> str:
         if not type(inner).__module__.startswith("ray"):
             return f"{type(inner).__name__}: {inner}"
         inner = getattr(inner, "cause", None) or inner.__cause__
-    # Else the traceback text Ray carries: its last "SomeError: message" line.
-    found = re.findall(r"^\s*(\w+(?:Error|Exception): .+)$", str(exc), re.MULTILINE)
+    # Else the traceback text Ray carries: its last "package.module.SomeError: message"
+    # line that is not Ray's own (a traceback's exception lines start the line).
+    found = [
+        (name.rsplit(".", 1)[-1], message)
+        for name, message in re.findall(r"^([A-Za-z_][\w.]*): (.+)$", str(exc), re.MULTILINE)
+        if not name.startswith("ray.")
+    ]
     lines = [line for line in str(exc).splitlines() if line.strip()]
-    return found[-1].strip() if found else (lines[-1] if lines else type(exc).__name__)
+    if found:
+        return "{}: {}".format(*found[-1])
+    return lines[-1] if lines else type(exc).__name__
 
 
 def worker_pid() -> int:
@@ -185,12 +239,7 @@ def reason(value: Any) -> str | None:
     return str(value) if isinstance(value, str) and value else None
 
 
-def first_time(batch: dict[str, np.ndarray], written: set[str]) -> list[int]:
-    """Rows of ``batch`` whose photo has not been written yet (marks them written)."""
-    keep = []
-    for i, pid in enumerate(batch["photo_id"]):
-        pid = str(pid)
-        if pid not in written:
-            written.add(pid)
-            keep.append(i)
-    return keep
+def first_rows(batch: dict[str, np.ndarray]) -> list[int]:
+    """Rows of a batch from :func:`run_photo_pipeline` whose photo arrived for the first
+    time: the results to write."""
+    return [i for i, first in enumerate(batch[FIRST]) if first]

@@ -15,9 +15,33 @@ from typing import Any
 
 from naturelens.methods.base import run_params
 from naturelens.scale.cluster import RayOptions, ScaleError
-from naturelens.scale.describe import ChatWorker, chat_worker_args, ledger_row, vlm_name
-from naturelens.scale.pipeline import first_time, run_photo_pipeline
+from naturelens.scale.describe import ChatCalls, ChatWorker, chat_worker_args, vlm_name
+from naturelens.scale.pipeline import run_photo_pipeline
 from naturelens.workspace.core import Workspace
+
+# Photos whose earlier calls are read from the ledger at a time.
+_CHUNK = 10_000
+
+
+def check_prompt_on_ray(method: Any) -> None:
+    """Refuse, before anything starts, a prompt method that Ray cannot ask for.
+
+    Raises
+    ------
+    ScaleError
+        For score mode, the Batch API, or a prompt with in-context examples.
+    """
+    from naturelens.prompts import load_prompt
+
+    if method.mode != "generate" or method.batch:
+        raise ScaleError(
+            "prompt on Ray asks for generated answers",
+            hint="run mode=score or batch=true without --ray",
+        )
+    if load_prompt(method.prompt).example_answer and method.shots > 0:
+        raise ScaleError(
+            "prompt on Ray does not show in-context examples yet", hint="run without --ray"
+        )
 
 
 def prompt_on_ray(
@@ -33,36 +57,45 @@ def prompt_on_ray(
     """Ask a :class:`~naturelens.methods.prompt.Prompt` method's questions on Ray.
 
     Starts (or resumes) the run that ``run_method`` will continue with the same
-    ``predict_ids``, ``train_ids`` and ``extra_params``, and fills its ledger.
+    ``predict_ids``, ``train_ids`` and ``extra_params`` (and ``resume=True``), and fills
+    its ledger.
 
     Returns
     -------
     str
-        The run id.
+        The run id (a finished identical run's, when it predicted every photo already).
+
+    Raises
+    ------
+    ScaleError
+        For a method Ray cannot ask for (:func:`check_prompt_on_ray`), or a new run
+        (``resume=False``) where a finished identical run exists.
     """
     from naturelens.prompts import load_prompt
     from naturelens.vlm.answers import answer_schema
     from naturelens.workspace.ledger import Ledger
 
-    if method.mode != "generate" or method.batch:
-        raise ScaleError(
-            "prompt on Ray asks for generated answers",
-            hint="run mode=score or batch=true without --ray",
-        )
+    check_prompt_on_ray(method)
     template = load_prompt(method.prompt)
-    if template.example_answer and method.shots > 0:
-        raise ScaleError(
-            "prompt on Ray does not show in-context examples yet", hint="run without --ray"
-        )
     params = run_params(method, predict_ids, train_ids, extra_params)
+    finished = ws.finished_run(method.name, params)
+    if finished is not None and set(predict_ids) <= ws.done_photo_ids(finished):
+        if resume:
+            return finished  # run_method will answer from it: nothing to ask
+        # A new run would be answered here, then run_method (which must resume to go on
+        # with it) would take the finished one instead.
+        raise ScaleError(
+            f"run {finished} already classified these photos with these settings",
+            hint="run without --fresh to reuse it, or without --ray to classify them again",
+        )
     run_id, resumed = ws.start_run(method.name, params, resume=resume)
     version = template.version_tag
     name, _ = vlm_name(ws, method.model, method.base_url)
     ledger = Ledger(ws, run_id)
     done = ws.done_photo_ids(run_id) if resumed else set()
-    history = ledger.history([p for p in predict_ids if p not in done], version, name)
-    answered = {pid for pid, calls in history.items() if any(c["error"] is None for c in calls)}
-    todo = [p for p in dict.fromkeys(predict_ids) if p not in done and p not in answered]
+    todo = [p for p in dict.fromkeys(predict_ids) if p not in done]
+    if resumed:
+        todo = _not_answered(ledger, todo, version, name)
     if not todo:
         return run_id
     vlm_options = method.vlm_options(ws)
@@ -82,11 +115,24 @@ def prompt_on_ray(
         purpose="classify",
         json_schema=answer_schema(ws.taxonomy.all_ids),
     )
-    written: set[str] = set()
-    for batch in run_photo_pipeline(ws, todo, ChatWorker, worker, options):
-        fresh = first_time(batch, written)
-        asked = [i for i in fresh if bool(batch["asked"][i])]
-        ledger.record_many([ledger_row(batch, i, name, version, "classify") for i in asked])
+    calls = ChatCalls(ledger, name, version, "classify", worker["budget"])
+    batches = run_photo_pipeline(
+        ws, todo, ChatWorker, worker, options, on_window_end=calls.record_lost
+    )
+    for batch in batches:
+        fresh = calls.arrived(batch)
         if progress:
             progress(len(fresh))
     return run_id
+
+
+def _not_answered(ledger: Any, photo_ids: list[str], version: str, model: str) -> list[str]:
+    """The photos without an answer in the run's ledger, read a chunk at a time (the
+    ledger keeps every reply's text)."""
+    todo = []
+    for start in range(0, len(photo_ids), _CHUNK):
+        chunk = photo_ids[start : start + _CHUNK]
+        history = ledger.history(chunk, version, model)
+        answered = {p for p, calls in history.items() if any(c["error"] is None for c in calls)}
+        todo += [p for p in chunk if p not in answered]
+    return todo

@@ -104,7 +104,9 @@ class RateLimiter:
     """Keeps requests and tokens within per-minute budgets (a sliding 60-second window).
 
     ``acquire(tokens)`` blocks until one more request of ``tokens`` fits. None means no
-    limit. A single request larger than the token budget waits for an empty window.
+    limit. A single request larger than the token budget waits for an empty window. The
+    photo a request is about is passed along for budgets that keep account of it (the
+    one a Ray cluster shares); this one does not need it.
     """
 
     def __init__(
@@ -119,7 +121,7 @@ class RateLimiter:
         self._window: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
 
-    def reserve(self, tokens: int) -> float:
+    def reserve(self, tokens: int, photo_id: str | None = None) -> float:
         """Take room for one request of ``tokens`` now if it fits: returns 0.0. Otherwise
         take nothing and return the seconds to wait before asking again."""
         with self._lock:
@@ -134,10 +136,10 @@ class RateLimiter:
                 return 0.0
             return min(1.0, max(0.05, 60.0 - (t - self._window[0][0])))
 
-    def acquire(self, tokens: int) -> float:
+    def acquire(self, tokens: int, photo_id: str | None = None) -> float:
         """Wait for room; returns the seconds waited."""
         waited = 0.0
-        while pause := self.reserve(tokens):
+        while pause := self.reserve(tokens, photo_id):
             self._sleep(pause)
             waited += pause
         return waited
@@ -176,9 +178,9 @@ class RemoteVLM(VisionLanguageModel):
         Connection failures or timeouts in a row, across all requests, after which the
         server counts as unreachable and :class:`ServerUnreachable` stops the run.
     limiter
-        Something with :class:`RateLimiter`'s ``acquire(tokens)``, to share one budget
-        between several models (the workers of a cluster); default: a ``RateLimiter``
-        of ``rpm`` and ``tpm`` of this model alone.
+        Something with :class:`RateLimiter`'s ``acquire(tokens, photo_id)``, to share
+        one budget between several models (the workers of a cluster); default: a
+        ``RateLimiter`` of ``rpm`` and ``tpm`` of this model alone.
     """
 
     model_id: str = ""
@@ -348,7 +350,7 @@ class RemoteVLM(VisionLanguageModel):
         while True:
             if self._unreachable or self._halted:
                 raise ServerUnreachable(self._unreachable or f"{self.name}: stopped")
-            self._limiter.acquire(estimate)
+            self._limiter.acquire(estimate, request.photo_id)
             discovery = self._discover_mode(request)
             if discovery is not None:
                 discovery.acquire()
