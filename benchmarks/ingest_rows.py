@@ -45,9 +45,9 @@ class _Forgetful(reading.SeenFiles):
 
 
 def _run(folder: Path, name: str, manifest: Path, baseline: bool) -> tuple[int, float]:
-    saved = core._insert, core.SeenFiles
+    saved = core._insert, reading.SeenFiles
     if baseline:
-        core._insert, core.SeenFiles = _executemany, _Forgetful
+        core._insert, reading.SeenFiles = _executemany, _Forgetful
     try:
         ws = Workspace.create(folder / name, "flips")
         start = time.perf_counter()
@@ -55,7 +55,7 @@ def _run(folder: Path, name: str, manifest: Path, baseline: bool) -> tuple[int, 
         seconds = time.perf_counter() - start
         ws.close()
     finally:
-        core._insert, core.SeenFiles = saved
+        core._insert, reading.SeenFiles = saved
     assert report.failed == 0
     return report.seen, seconds
 
