@@ -47,24 +47,38 @@ async function api(path, options = {}) {
 
 // ------------------------------------------------------------------ labelling + undo
 const undoStack = [];
+// Labels and undos run one after another, in the order pressed: an undo pressed right
+// after a label waits for that label to be stored (and on the stack), so it takes back
+// that label, not the one before it.
+let labelQueue = Promise.resolve();
 
-async function label(photoIds, classId, source) {
-  const labels = {};
-  for (const pid of photoIds) labels[pid] = classId;
-  const user = $("user").value.trim() || null;
-  const out = await api("/api/labels", { body: { labels, user, source } });
-  undoStack.push(out.previous);
-  status(`labelled ${photoIds.length} photo(s) ${className(classId)}`);
-  return out;
+function queued(work) {
+  const run = labelQueue.then(work);
+  labelQueue = run.catch(() => {});
+  return run;
 }
 
-async function undo() {
-  const previous = undoStack.pop();
-  if (!previous) { status("nothing to undo"); return; }
-  const user = $("user").value.trim() || null;
-  await api("/api/labels", { body: { labels: previous, user, source: "undo" } });
-  status(`undid the last label of ${Object.keys(previous).length} photo(s)`);
-  for (const g of Object.values(grids)) g.refreshLabels(previous);
+function label(photoIds, classId, source) {
+  return queued(async () => {
+    const labels = {};
+    for (const pid of photoIds) labels[pid] = classId;
+    const user = $("user").value.trim() || null;
+    const out = await api("/api/labels", { body: { labels, user, source } });
+    undoStack.push(out.previous);
+    status(`labelled ${photoIds.length} photo(s) ${className(classId)}`);
+    return out;
+  });
+}
+
+function undo() {
+  return queued(async () => {
+    const previous = undoStack.pop();
+    if (!previous) { status("nothing to undo"); return; }
+    const user = $("user").value.trim() || null;
+    await api("/api/labels", { body: { labels: previous, user, source: "undo" } });
+    status(`undid the last label of ${Object.keys(previous).length} photo(s)`);
+    for (const g of Object.values(grids)) g.refreshLabels(previous);
+  });
 }
 
 // ------------------------------------------------------------------ grids
