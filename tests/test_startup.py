@@ -35,10 +35,10 @@ print("@@" + json.dumps({{"code": code, "heavy": heavy}}))
 """
 
 
-def run_cli(*args: str) -> dict:
+def run_cli(*args: str, heavy: tuple[str, ...] = HEAVY) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER.format(heavy=HEAVY), *args],
+        [sys.executable, "-c", RUNNER.format(heavy=heavy), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -54,6 +54,14 @@ def test_importing_the_command_line_loads_no_model_library():
     assert result["code"] == 0
     assert "status" in result["out"] and "runs" in result["out"]
     assert result["heavy"] == []
+
+
+def test_help_and_taxonomies_do_not_load_the_catalog():
+    """Commands that open no workspace load neither the database nor numpy."""
+    for args in (("--help",), ("taxonomy", "list")):
+        result = run_cli(*args, heavy=("duckdb", "numpy", "pyarrow"))
+        assert result["code"] == 0, result["err"]
+        assert result["heavy"] == [], args
 
 
 @pytest.fixture

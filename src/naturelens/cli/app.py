@@ -20,7 +20,7 @@ from rich.console import Console
 
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
-from naturelens.workspace.catalog_errors import CatalogError
+from naturelens.workspace.catalog_errors import is_catalog_error
 
 # markup=False: paths, ids, titles and answers come from the user's data; a "" in a
 # file name must print as written, never be read as styling.
@@ -97,22 +97,16 @@ class ReportingGroup(typer.core.TyperGroup):
             return super().invoke(ctx)
         except NaturelensError as exc:
             fail(exc.one_line(), code=exc.exit_code)
-        except CatalogError as exc:
+        except (KeyboardInterrupt, Exception) as exc:
             if not _interrupted(exc):
+                if not is_catalog_error(exc):
+                    raise
                 # Found mid-command (opening checks what it can): the catalog is damaged.
                 fail(
                     f"the workspace catalog cannot be read ({' '.join(str(exc).split())[:200]})",
                     hint="copy the newest catalog backup (catalog.backup-*) of the workspace "
                     "folder over the catalog",
                 )
-            err.print(
-                "interrupted: work finished so far is kept; run the same command again to resume",
-                highlight=False,
-            )
-            raise typer.Exit(INTERRUPTED) from None
-        except (KeyboardInterrupt, Exception) as exc:
-            if not _interrupted(exc):
-                raise
             err.print(
                 "interrupted: work finished so far is kept; run the same command again to resume",
                 highlight=False,

@@ -19,7 +19,6 @@ from naturelens.cli.app import (
 )
 from naturelens.cli.progress import photo_progress
 from naturelens.cli.workspace import open_workspace
-from naturelens.workspace.core import WorkspaceError
 
 
 def _agreement(workspace: Path, as_json: bool) -> None:
@@ -327,6 +326,7 @@ def report(
 ) -> None:
     """Write an HTML report: distribution, galleries, disagreements, scores, map."""
     from naturelens.report.html import ReportError, ReportOptions, build_report
+    from naturelens.workspace.core import WorkspaceError
 
     options = ReportOptions(
         run_id=run, title=title, cell_km=cell_km, gallery_limit=gallery_limit,
@@ -363,6 +363,7 @@ def export(
     or R (sf).
     """
     from naturelens.report.export import ExportError, export_photo_user_days, export_run
+    from naturelens.workspace.core import WorkspaceError
 
     json_mode(as_json)
     with open_workspace(workspace, read_only=True) as ws:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -11,10 +12,15 @@ from rich.table import Table
 from naturelens.cli.app import app, console, err, fail, json_mode, print_json, taxonomy_app
 from naturelens.cli.progress import photo_progress
 from naturelens.taxonomy import TaxonomyError, builtin_taxonomies, load_taxonomy
-from naturelens.workspace.core import Workspace, WorkspaceError
+
+if TYPE_CHECKING:
+    from naturelens.workspace.core import Workspace
 
 
 def open_workspace(path: Path, read_only: bool = False) -> Workspace:
+    # The catalog's libraries load when a command opens a workspace, not for --help.
+    from naturelens.workspace.core import Workspace, WorkspaceError
+
     try:
         return Workspace.open(path, read_only=read_only)
     except (WorkspaceError, TaxonomyError) as exc:
@@ -28,6 +34,8 @@ def init(
     taxonomy: str = typer.Option("flips", help="Built-in taxonomy name or a taxonomy YAML file."),
 ) -> None:
     """Make a new workspace for a taxonomy."""
+    from naturelens.workspace.core import Workspace, WorkspaceError
+
     try:
         ws = Workspace.create(workspace, taxonomy)
     except (WorkspaceError, TaxonomyError) as exc:

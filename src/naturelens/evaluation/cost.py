@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from naturelens.workspace.core import Workspace
-from naturelens.workspace.ledger import Ledger
+if TYPE_CHECKING:
+    from naturelens.workspace.core import Workspace
 
 
 def spend_summary(workspace: Workspace) -> list[dict[str, Any]]:
     """What was spent, per run and model: calls, errors, tokens, seconds, cost."""
+    from naturelens.workspace.ledger import Ledger
+
     return Ledger(workspace).spend()
 
 
@@ -60,6 +62,8 @@ def estimate_cost(
     template = load_prompt(prompt)
     tax = workspace.taxonomy
     ids = list(photo_ids) if photo_ids is not None else workspace.photo_ids()
+    from naturelens.workspace.ledger import Ledger
+
     measured = Ledger(workspace).measured_tokens(card.name, template.version_tag)
     if measured is not None:
         per_in, per_out = measured
