@@ -103,7 +103,11 @@ class Backbone(nn.Module):
         # The type inference runs in; fine-tuning keeps fp32 weights and autocasts to it.
         self.compute_dtype = torch.float32
         self.precision = PrecisionChoice("fp32", "forced")
-        self.channels_last = False  # inputs in the layout the weights were put in
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the weights were put in the channels-last layout (inputs follow)."""
+        return self.precision.channels_last
 
     @property
     def device(self) -> torch.device:
@@ -307,7 +311,6 @@ class ModelBundle:
         backbone.compute_dtype = self.dtype
         if self.precision is not None:
             backbone.precision = self.precision
-            backbone.channels_last = self.precision.channels_last
         return backbone.eval()
 
     @property
@@ -461,7 +464,6 @@ def load_backbone(
     backbone.precision = choice
     if choice.channels_last:
         backbone.module.to(memory_format=torch.channels_last)
-        backbone.channels_last = True
     return backbone.eval()
 
 

@@ -190,8 +190,8 @@ def measure(
         # bf16 units) is dropped after one photo, not a whole batch. The first call also
         # warms up (kernel choice), hence twice the margin.
         one = _seconds(lambda m=model, xi=xin: forward(m, xi[:1]), device) * len(x)
-        out = forward(model, xin)  # the agreement check on every photo of the sample
-        cosine[name] = 1.0 if name == "fp32" else _cosines(out, reference)
+        # The agreement check on every photo of the sample (fp32 is the reference).
+        cosine[name] = 1.0 if name == "fp32" else _cosines(forward(model, xin), reference)
         rates[name] = len(x) / one
         if cosine[name] >= MIN_COSINE and one <= 2 * GIVE_UP_SLOWER * fastest:
             runs[name] = lambda m=model, xi=xin: forward(m, xi)

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 POOLINGS = ("cls", "mean", "cls+mean", "image_embeds")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+# Card fields that settle the preprocessing without the model's processor config.
+PREPROCESSING_FIELDS = ("input_size", "resize", "mean", "std")
 # transformers' resample codes (PIL's enum values) in preprocessor_config.json
 _RESAMPLE_CODES = {2: "bilinear", 3: "bicubic"}
 
@@ -173,8 +175,8 @@ def _preprocessor_config(source: str) -> dict[str, Any]:
 
 def card_preprocessing(card: ModelCard) -> Preprocessing:
     """The card's preprocessing, with fields it lacks read from the model's processor config."""
-    needed = ("input_size", "resize", "mean", "std")
-    pc = {} if all(k in card.fields for k in needed) else _preprocessor_config(card.source)
+    settled = all(k in card.fields for k in PREPROCESSING_FIELDS)
+    pc = {} if settled else _preprocessor_config(card.source)
 
     def size_of(value: Any) -> int | tuple[int, int] | None:
         if value is None:
@@ -305,9 +307,8 @@ def _config_stamp(card: ModelCard, override: str | None) -> str | None:
     """What the spec of ``card`` depends on when its config files are read: the card and
     those files' identity (path, size, change time; a hub download's path names its
     commit). None when the card alone settles the spec, or the files are not at hand."""
-    needed = ("input_size", "resize", "mean", "std")
     if card.source.startswith("package:") or (
-        all(k in card.fields for k in needed) and card.get("pooling") and not override
+        all(k in card.fields for k in PREPROCESSING_FIELDS) and card.get("pooling") and not override
     ):
         return None
     files = []
