@@ -144,11 +144,12 @@ def test_tag_command_and_the_default_hybrid_from_the_cli(ws):
 def test_the_demo_classifies_the_sample_photos_offline(tmp_path):
     from naturelens.demo import SAMPLES, run_demo
 
-    console = Console(record=True, width=160)
+    console = Console(record=True, width=160, markup=False)  # as the CLI's console
     ws = run_demo(tmp_path / "demo", console)
     ws.close()
     text = console.export_text()
     assert "offline pipeline" in text
+    assert "[bold]" not in text and "[/]" not in text  # styles apply, never print as text
     shown = [f"{pkg}-{Path(rel).name}" for pkg, rel, *_ in SAMPLES]
     present = [name for name in shown if name in text]
     assert len(present) >= 10  # the photos the installed packages ship

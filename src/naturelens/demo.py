@@ -14,6 +14,7 @@ from importlib import util
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from naturelens.workspace.core import Workspace
@@ -94,9 +95,12 @@ def run_demo(root: Path, console: Console | None = None) -> Workspace:
         else Workspace.create(root, "flips")
     )
     report = ws.ingest([manifest])
+    # Styles are ours (markup on), text from data is escaped: the CLI's console reads no
+    # markup by default, so that a photo name can never restyle or break the output.
     console.print(
-        f"[bold]Demo workspace[/] {root}: {report.added} new photos, "
-        f"{report.skipped} already there, {report.failed} failures."
+        f"[bold]Demo workspace[/] {escape(str(root))}: {report.added} new photos, "
+        f"{report.skipped} already there, {report.failed} failures.",
+        markup=True,
     )
     status = ws.status()
     table = Table(
@@ -119,7 +123,9 @@ def _write_report(ws: Workspace, console: Console) -> Path:
     from naturelens.report.html import build_report
 
     path = build_report(ws, ws.root / "report.html")
-    console.print(f"Report: [bold]{path.resolve()}[/] (open it in a browser)")
+    console.print(
+        f"Report: [bold]{escape(str(path.resolve()))}[/] (open it in a browser)", markup=True
+    )
     return path
 
 
@@ -133,7 +139,10 @@ def _classify_offline(ws: Workspace, console: Console) -> str:
     )
     run_id = run_offline_pipeline(ws)
     rows = pipeline_results(ws, run_id)
-    console.print(f"[bold]run {run_id}[/]: photo -> class (confidence), gold label, top tags")
+    console.print(
+        f"[bold]run {escape(run_id)}[/]: photo -> class (confidence), gold label, top tags",
+        markup=True,
+    )
     correct = labelled = 0
     for r in sorted(rows, key=lambda r: r["photo"]):
         cls = r["class_id"] if r["status"] == "ok" else f"({r['status']}: {r['detail']})"
@@ -145,10 +154,14 @@ def _classify_offline(ws: Workspace, console: Console) -> str:
             labelled += 1
             correct += r["label"] == r["class_id"]
             gold = (
-                " [green]✓[/]" if r["label"] == r["class_id"] else f" [red]✗ gold {r['label']}[/]"
+                " [green]✓[/]"
+                if r["label"] == r["class_id"]
+                else f" [red]✗ gold {escape(r['label'])}[/]"
             )
         console.print(
-            f"  {r['photo']} -> [bold]{cls}[/]{conf}{gold}  [dim]{tags}[/]", highlight=False
+            f"  {escape(r['photo'])} -> [bold]{escape(cls)}[/]{conf}{gold}  [dim]{escape(tags)}[/]",
+            highlight=False,
+            markup=True,
         )
     if labelled:
         console.print(f"{correct} of {labelled} gold-labelled photos classified correctly.")
