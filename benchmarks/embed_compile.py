@@ -1,15 +1,19 @@
 """The ViT's attention and compilation on the CPU: what the engine runs against the options.
 
-DINOv2-small architecture (random weights: the real model's compute), fp32, one batch of
-decoded 224 px photos, the model alone (no decoding). Three ways to run it, interleaved in
-rounds, each as a fraction of the matrix-multiply roofline measured in the same round:
+DINOv2-small architecture (random weights: the real model's compute), one batch of
+decoded 224 px photos, the model alone (no decoding). The ways to run it, interleaved in
+rounds, each as a fraction of the matrix-multiply roofline in its own precision, measured
+in the same round:
 
-- ``engine``: what ``load_backbone`` gives on a CPU (its eager-style attention);
-- ``sdpa``: transformers' scaled-dot-product attention;
-- ``compiled``: the engine's module through ``torch.compile`` (inductor; its compile time
-  is reported apart).
+- ``plain fp32``: ``load_backbone(precision="fp32")``, the attention it loads with on a CPU
+  (eager-style);
+- ``sdpa fp32``: transformers' scaled-dot-product attention;
+- ``auto``: ``load_backbone()`` as a user gets it: precision and attention measured at
+  first use on this machine (an empty decision cache; the choice is printed);
+- ``compiled fp32``: the plain module through ``torch.compile`` (inductor; its compile time
+  is reported apart; ``--no-compile`` leaves it out).
 
-    python benchmarks/embed_compile.py [--batch 32] [--rounds 3]
+    python benchmarks/embed_compile.py [--batch 32] [--rounds 3] [--no-compile]
 """
 
 from __future__ import annotations
@@ -47,32 +51,41 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["NATURELENS_CACHE"] = str(Path(tmp) / "cache")  # auto measures afresh
         folder = make_model(Path(tmp) / "dinov2-small")
         flops = model_flops_per_photo(folder)
         x = torch.randn(args.batch, 3, 224, 224)
-        engine = load_backbone(str(folder), precision="fp32").module
+        plain = load_backbone(str(folder), precision="fp32").module
         sdpa = AutoModel.from_pretrained(folder, attn_implementation="sdpa").eval()
         started = time.perf_counter()
-        compiled = torch.compile(engine)
-        with torch.inference_mode():
-            compiled(pixel_values=x)
-        print(f"torch.compile: {time.perf_counter() - started:.0f} s to compile")
+        auto = load_backbone(str(folder))
+        print(f"auto: {auto.precision.describe()} ({time.perf_counter() - started:.0f} s)")
         ways = {
-            "engine": lambda v: engine(pixel_values=v),
-            "sdpa": lambda v: sdpa(pixel_values=v),
-            "compiled": lambda v: compiled(pixel_values=v),
+            "plain fp32": (torch.float32, lambda v: plain(pixel_values=v)),
+            "sdpa fp32": (torch.float32, lambda v: sdpa(pixel_values=v)),
+            "auto": (auto.dtype, lambda v: auto.module(pixel_values=v.to(auto.dtype))),
         }
+        if not args.no_compile:
+            started = time.perf_counter()
+            compiled = torch.compile(plain)
+            with torch.inference_mode():
+                compiled(pixel_values=x)
+            print(f"torch.compile: {time.perf_counter() - started:.0f} s to compile")
+            ways["compiled fp32"] = (torch.float32, lambda v: compiled(pixel_values=v))
+        dtypes = {dtype for dtype, _ in ways.values()}
         for r in range(args.rounds):
-            roof = matmul_flops(torch.float32)
-            rates = {name: photos_per_s(f, x) for name, f in ways.items()}
-            roof = max(roof, matmul_flops(torch.float32))
+            roof = {dtype: matmul_flops(dtype) for dtype in dtypes}
+            rates = {name: photos_per_s(f, x) for name, (_, f) in ways.items()}
+            roof = {dtype: max(v, matmul_flops(dtype)) for dtype, v in roof.items()}
+            roofs = ", ".join(f"{str(d)[6:]} {v / 1e9:.0f}" for d, v in roof.items())
             cells = ", ".join(
-                f"{n} {v:.2f} photos/s ({v * flops / roof:.2f} of roofline)"
+                f"{n} {v:.2f} photos/s ({v * flops / roof[ways[n][0]]:.2f} of roofline)"
                 for n, v in rates.items()
             )
-            print(f"round {r}: roofline {roof / 1e9:.0f} GFLOP/s; {cells}", flush=True)
+            print(f"round {r}: roofline GFLOP/s {roofs}; {cells}", flush=True)
     return 0
 
 

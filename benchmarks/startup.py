@@ -7,7 +7,12 @@ Commands: ``--help``, ``status``, ``runs list``,
 ``taxonomy list``, ``export`` of a stored run, and a probe on cached embeddings
 (``classify --method probe --shots 4 --fresh`` on 48 photos whose vectors are stored).
 
-    python benchmarks/startup.py [--baseline main] [--repeats 5]
+By default the commands run as on a user's machine: Python writes its bytecode cache, and
+each command runs once per side before the timed runs (that first run compiles the
+modules and fills the per-machine caches). ``--no-bytecode`` sets
+``PYTHONDONTWRITEBYTECODE`` instead, so every run compiles every module it imports.
+
+    python benchmarks/startup.py [--baseline main] [--repeats 5] [--no-bytecode]
 """
 
 from __future__ import annotations
@@ -56,9 +61,13 @@ def prepare(root: Path) -> tuple[Path, str]:
     return root / "ws", model
 
 
-def timed(src: Path, args: list[str]) -> tuple[float, float]:
+def timed(src: Path, args: list[str], bytecode: bool) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system) of one command in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(src))
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    else:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CLI, *args], env=env, capture_output=True)
@@ -73,6 +82,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="main")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--no-bytecode", action="store_true", help="compile every module on every run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -103,15 +115,23 @@ def main() -> int:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        print(f"baseline {args.baseline} ({sha}) vs this checkout; median of {args.repeats} runs")
+        bytecode = not args.no_bytecode
+        condition = "bytecode cached, one untimed run first" if bytecode else "no bytecode cache"
+        print(
+            f"baseline {args.baseline} ({sha}) vs this checkout; median of {args.repeats} runs;"
+            f" {condition}"
+        )
         print(
             f"{'command':28} {'baseline wall/cpu s':>20} {'ours wall/cpu s':>18} {'wall ratio':>10}"
         )
         for name, cli in commands.items():
             sides = {"baseline": [], "ours": []}
+            if bytecode:
+                for src in (baseline, ours):
+                    timed(src, cli, bytecode)
             for _ in range(args.repeats):
                 for side, src in (("baseline", baseline), ("ours", ours)):
-                    sides[side].append(timed(src, cli))
+                    sides[side].append(timed(src, cli, bytecode))
             med = {
                 side: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r))
                 for side, r in sides.items()

@@ -93,6 +93,66 @@ def test_a_channels_last_backbone_gives_the_same_embeddings(tiny_root, photo_set
     backbones.clear_loaded_models()
 
 
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_transformers_time_each_attention_and_run_the_one_kept(tiny_root, kind, tmp_path):
+    from naturelens.models import backbones
+
+    backbones.clear_loaded_models()
+    model = str(tiny_model(kind, tiny_root))
+    cache = tmp_path / "precision.json"
+    real = backbones.choose_precision
+    backbones.choose_precision = lambda *a: real(*a, cache=cache)  # an empty cache
+    try:
+        auto = load_backbone(model)
+    finally:
+        backbones.choose_precision = real
+    choice = auto.precision
+    assert choice.how == "measured"
+    assert f"{choice.precision}+sdpa" in choice.photos_per_s
+    assert choice.attention in ("naturelens_cpu", "sdpa")
+    assert auto.module.config._attn_implementation == choice.attention
+    assert "attention" in choice.describe()
+    assert json.loads(cache.read_text()).popitem()[1]["attention"] == choice.attention
+    backbones.clear_loaded_models()
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "clip"])
+def test_either_attention_gives_the_same_embeddings(tiny_root, photo_set, monkeypatch, kind):
+    """Whichever attention the measurement keeps, image and text embeddings are the same."""
+    import numpy as np
+
+    from naturelens.models import backbones
+    from naturelens.models.cards import resolve
+    from naturelens.models.precision import PrecisionChoice
+
+    backbones.clear_loaded_models()
+    model = str(tiny_model(kind, tiny_root))
+    photos = sorted(photo_set.rglob("*.jpg"))[:4]
+    plain = load_backbone(model, precision="fp32")
+    assert plain.module.config._attn_implementation != "sdpa"
+    pixels = np.stack([plain.preprocessing.decode(p.read_bytes()) for p in photos])
+    expected = plain.embed(pixels)
+    card = resolve(model)
+    bundle = backbones.load_model(card, precision="fp32")
+    text = None
+    if bundle.has_text_tower:
+        words = ["a lake", "a person hiking"]
+        tokens = bundle.tokenizer(words, padding=True, return_tensors="pt")
+        text = bundle.text_features(tokens)
+    backbones.clear_loaded_models()
+    chosen = PrecisionChoice("fp32", "measured", attention="sdpa")
+    monkeypatch.setattr(backbones, "resolve_precision", lambda *a, **k: chosen)
+    for training in (False, True):
+        fast = load_backbone(model, training=training)
+        assert fast.module.config._attn_implementation == "sdpa"
+        np.testing.assert_allclose(fast.embed(pixels), expected, rtol=1e-4, atol=1e-5)
+    if text is not None:
+        sdpa = backbones.load_model(card)
+        assert sdpa.module.config._attn_implementation == "sdpa"
+        torch.testing.assert_close(sdpa.text_features(tokens), text, rtol=1e-4, atol=1e-5)
+    backbones.clear_loaded_models()
+
+
 def test_the_decision_is_cached_per_model_and_machine(tmp_path):
     cache = tmp_path / "precision.json"
     module = Embedder()

@@ -220,7 +220,8 @@ def _plain_attention(
 
 @lru_cache(maxsize=1)
 def _cpu_attention() -> str:
-    """The attention for CPUs: eager-style (sdpa measured slower for these ViTs in bf16)."""
+    """The attention models load with on CPUs: eager-style (sdpa measured slower for these
+    ViTs in bf16 on a CPU with bf16 units); ``precision=auto`` times sdpa against it."""
     try:
         from transformers import AttentionInterface
     except ImportError:  # older transformers
@@ -243,6 +244,30 @@ def _load_weights(card: ModelCard, family: VisionFamily, device: torch.device) -
         return family.load(card, attention)
     except OSError as exc:
         raise not_loadable(card, exc) from exc
+
+
+def _attentions(module: nn.Module) -> tuple[str, ...]:
+    """The attention implementations worth timing for ``module``, the loaded one first.
+
+    The plain (eager-style) attention and torch's sdpa each win on some CPUs and
+    precisions, so ``precision=auto`` times both; models without attention, or whose
+    attention transformers cannot switch after loading, have none to choose.
+    """
+    config = getattr(module, "config", None)
+    try:
+        switchable = config is not None and type(module)._can_set_attn_implementation()
+    except (AttributeError, TypeError, OSError):
+        switchable = False
+    if not switchable or config._attn_implementation == "sdpa":
+        return ()
+    return (config._attn_implementation, "sdpa")
+
+
+def _set_attention(module: nn.Module, attention: str) -> None:
+    """Run ``module`` (a model or a :class:`Backbone`) with ``attention``."""
+    model = module.module if isinstance(module, Backbone) else module
+    if attention and model.config._attn_implementation != attention:
+        model.set_attn_implementation(attention)
 
 
 # --------------------------------------------------------------------------- precision
@@ -278,6 +303,8 @@ def resolve_precision(
             backbone.preprocessing.input_size,
             device,
             layouts=family.convolutional,
+            attentions=() if family.convolutional else _attentions(backbone.module),
+            set_attention=_set_attention,
         )
 
     return choose_precision(f"{card.name}|{card.source}", device, measure_now)
@@ -394,6 +421,7 @@ def load_model(
     module.to(dev, dtype).eval()
     if choice.channels_last:
         module.to(memory_format=torch.channels_last)
+    _set_attention(module, choice.attention)
     bundle = ModelBundle(card, family, module, preprocessing, dev, dtype, processor, stamp, choice)
     _LOADED[key] = bundle
     while len(_LOADED) > _KEEP_LOADED:
@@ -464,6 +492,7 @@ def load_backbone(
     backbone.precision = choice
     if choice.channels_last:
         backbone.module.to(memory_format=torch.channels_last)
+    _set_attention(backbone.module, choice.attention)
     return backbone.eval()
 
 

@@ -4,11 +4,12 @@ Whether bf16 pays depends on the architecture and on the CPU, not on a flag alon
 CPUs with bf16 units the ViTs run about 3x faster in bf16, while a depthwise-convolution
 CNN (EfficientNet-Lite0) can run 6-13x *slower* in bf16 than in fp32 on a CPU without them.
 So at the first use of a model card on a CPU, a small batch is timed in each candidate
-precision (and, for convolutional models, in each layout: channels-last or not), in
-interleaved rounds so that a busy machine slows every candidate alike; the fastest one
-whose embeddings agree with fp32 (cosine similarity) is kept if it beats fp32 by 10 %, since
-a wrong switch costs far more than a missed one. The decision is cached per card, device
-and machine in a small JSON file
+precision (and, for convolutional models, in each layout: channels-last or not; for
+transformers, with each attention implementation, since which is faster also differs by
+CPU and precision), in interleaved rounds so that a busy machine slows every candidate
+alike; the fastest one whose embeddings agree with fp32 (cosine similarity) is kept if it
+beats fp32 by 10 %, since a wrong switch costs far more than a missed one. The decision is
+cached per card, device and machine in a small JSON file
 (``$NATURELENS_CACHE`` or ``~/.cache/naturelens``, file ``precision.json``), so the
 measurement is paid once. ``--precision`` still forces one. On GPUs and mps the device
 policy (:func:`naturelens.models.device.pick_dtype`) decides, unmeasured.
@@ -20,7 +21,7 @@ import copy
 import hashlib
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,8 @@ ROUNDS = 3
 # Leave the default (fp32, default layout) only for a candidate this much faster.
 MARGIN = 1.1
 CACHE_FILE = "precision.json"
+# How the attention implementations are named to users.
+ATTENTION_NAMES = {"sdpa": "torch sdpa", "naturelens_cpu": "plain"}
 
 
 @dataclass
@@ -59,6 +62,9 @@ class PrecisionChoice:
     channels_last
         Whether a convolutional model runs with channels-last weights and inputs (timed
         against the default layout in the chosen precision; ``precision=auto`` only).
+    attention
+        The transformers attention implementation a model with attention runs with
+        (timed against each other; ``precision=auto`` only); empty: the one it loads with.
     """
 
     precision: str
@@ -66,6 +72,7 @@ class PrecisionChoice:
     photos_per_s: dict[str, float] = field(default_factory=dict)
     cosine: dict[str, float] = field(default_factory=dict)
     channels_last: bool = False
+    attention: str = ""
 
     def describe(self) -> str:
         """One line for the user: which precision runs and why."""
@@ -84,6 +91,8 @@ class PrecisionChoice:
             why += "; " + "; ".join(rejected)
         when = "measured now" if self.how == "measured" else "measured before on this machine"
         layout = ", channels-last" if self.channels_last else ""
+        if self.attention:
+            layout += f", {ATTENTION_NAMES.get(self.attention, self.attention)} attention"
         return f"{self.precision}{layout} (auto, {when}; {why})"
 
 
@@ -149,6 +158,8 @@ def measure(
     device: torch.device,
     options: list[str] | None = None,
     layouts: bool = False,
+    attentions: Sequence[str] = (),
+    set_attention: Callable[[torch.nn.Module, str], None] | None = None,
 ) -> PrecisionChoice:
     """Time ``forward`` on a small batch in each precision; keep the fastest that agrees.
 
@@ -169,6 +180,9 @@ def measure(
     layouts
         Also time each precision with channels-last weights and inputs (for
         convolutional models, whose kernels often run faster in that layout).
+    attentions
+        The attention implementations to time, the one ``module`` runs with first (for
+        models with attention); ``set_attention(copy, name)`` switches a copy to another.
     """
     x = sample_input(input_size).to(device)
     reference = forward(module, x).float()
@@ -176,16 +190,21 @@ def measure(
     cosine: dict[str, float] = {}
     runs: dict[str, Callable[[], torch.Tensor]] = {}
     fastest = float("inf")  # the fastest one-photo estimate of a kept candidate
-    names = list(options or candidates(device))
+    precisions = list(options or candidates(device))
+    names = list(precisions)
     if layouts:
-        names += [f"{n}+channels_last" for n in names]
+        names += [f"{n}+channels_last" for n in precisions]
+    if set_attention is not None:
+        names += [f"{n}+{a}" for a in attentions[1:] for n in precisions]
     for name in names:
-        precision, _, layout = name.partition("+")
+        precision, _, variant = name.partition("+")
         model = module if name == "fp32" else copy.deepcopy(module).to(DTYPES[precision])
         xin = x.to(DTYPES[precision])
-        if layout:
+        if variant == "channels_last":
             model = model.to(memory_format=torch.channels_last)
             xin = xin.contiguous(memory_format=torch.channels_last)
+        elif variant:
+            set_attention(model, variant)
         # One photo first: a candidate many times slower (bf16 emulated on a CPU without
         # bf16 units) is dropped after one photo, not a whole batch. The first call also
         # warms up (kernel choice), hence twice the margin.
@@ -204,8 +223,13 @@ def measure(
     default = names[0]
     clearly_faster = [n for n in runs if rates[n] > MARGIN * rates[default]]
     best = max(clearly_faster, key=rates.__getitem__, default=default)
-    precision, _, layout = best.partition("+")
-    return PrecisionChoice(precision, "measured", rates, cosine, bool(layout))
+    precision, _, variant = best.partition("+")
+    attention = ""
+    if attentions:
+        attention = variant if variant and variant != "channels_last" else attentions[0]
+    return PrecisionChoice(
+        precision, "measured", rates, cosine, variant == "channels_last", attention
+    )
 
 
 def choose_precision(
@@ -229,14 +253,20 @@ def choose_precision(
     path = cache or cache_dir() / CACHE_FILE
     key = f"{identity}|{machine_key(device)}"
     found = read_entries(path).get(key)
-    # Decisions written before layouts were measured lack ``channels_last``: measure again.
-    if isinstance(found, dict) and found.get("precision") in DTYPES and "channels_last" in found:
+    # Decisions written before layouts or attention were measured lack those: measure again.
+    if (
+        isinstance(found, dict)
+        and found.get("precision") in DTYPES
+        and "channels_last" in found
+        and "attention" in found
+    ):
         return PrecisionChoice(
             found["precision"],
             "cached",
             dict(found.get("photos_per_s") or {}),
             dict(found.get("cosine") or {}),
             bool(found["channels_last"]),
+            str(found["attention"] or ""),
         )
     choice = measure_now()
     _write_cache(path, key, choice)

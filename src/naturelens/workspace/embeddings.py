@@ -20,9 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-
 from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.workspace.stamps import now
@@ -30,11 +27,13 @@ from naturelens.workspace.storage import ObjectFolder, arrow_path
 from naturelens.workspace.storage import folder as storage_folder
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.dataset as pads
 
-# pyarrow's compute, dataset and parquet modules (and the pandas that dataset pulls in)
-# take most of a second to import: loaded where vectors are read or written, so that
-# listing the store (`naturelens status`) stays fast.
+# numpy and pyarrow (and the pandas that pyarrow's dataset module pulls in) are loaded
+# where vectors are read or written, so that listing the store (`naturelens status`)
+# imports neither.
 
 EMBEDDINGS = "embeddings"
 
@@ -128,6 +127,7 @@ class EmbeddingSet:
 
     def failures(self, photo_ids: Iterable[str] | None = None) -> dict[str, str]:
         """Photos that could not be embedded -> reason (``reason: detail``)."""
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         data = self._dataset()
@@ -152,6 +152,7 @@ class EmbeddingSet:
         return out
 
     def _with_vectors(self, photo_ids: list[str]) -> set[str]:
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         data = self._dataset()
@@ -169,6 +170,7 @@ class EmbeddingSet:
 
         Reads only the rows asked for (all when ``photo_ids`` is None); each photo once.
         """
+        import pyarrow as pa
         import pyarrow.compute as pc
 
         data = self._dataset()
@@ -195,6 +197,8 @@ class EmbeddingSet:
 
     def load(self, photo_ids: Sequence[str]) -> tuple[list[str], np.ndarray]:
         """The wanted photos that have vectors, in the order asked, and their matrix."""
+        import numpy as np
+
         order = {pid: i for i, pid in enumerate(dict.fromkeys(photo_ids))}
         found_ids: list[str] = []
         chunks: list[np.ndarray] = []
@@ -250,6 +254,8 @@ class EmbeddingSet:
 
 
 def _part_ok(part: Path) -> bool:
+    import numpy as np
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -278,6 +284,8 @@ class _Checked:
         )
 
     def to_table(self, **kwargs) -> pa.Table:
+        import pyarrow as pa
+
         try:
             table = self.dataset.to_table(**kwargs)
         except (OSError, pa.ArrowException) as exc:
@@ -287,6 +295,8 @@ class _Checked:
         return table
 
     def to_batches(self, **kwargs) -> Iterator[pa.RecordBatch]:
+        import pyarrow as pa
+
         try:
             for batch in self.dataset.to_batches(**kwargs):
                 if "vector" in batch.schema.names:
@@ -297,6 +307,9 @@ class _Checked:
 
 
 def _check_finite(data: _Checked, column) -> None:
+    import numpy as np
+    import pyarrow as pa
+
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     values = column.flatten().to_numpy(zero_copy_only=False)
@@ -306,6 +319,9 @@ def _check_finite(data: _Checked, column) -> None:
 
 def _matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A column of equal-length float lists (no nulls) as a float32 matrix."""
+    import numpy as np
+    import pyarrow as pa
+
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if len(column) == 0:
@@ -336,6 +352,8 @@ class PartWriter:
 
     def flush(self) -> None:
         """Write what is buffered as one part."""
+        import numpy as np
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self.ids:

@@ -22,11 +22,13 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import pyarrow.fs as pafs
-
 from naturelens.errors import NaturelensError
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
 _lock = threading.Lock()
 
@@ -43,6 +45,8 @@ def is_uri(location: str | Path) -> bool:
 
 @lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
@@ -57,6 +61,8 @@ def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
 
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """The file system holding ``location`` and the path inside it."""
+    import pyarrow.fs as pafs  # loaded on use: a local workspace's `status` needs none
+
     if not is_uri(location):
         return pafs.LocalFileSystem(), os.path.abspath(location)
     parts = urlsplit(str(location))
@@ -124,9 +130,13 @@ class ObjectFolder:
         return self.fs.get_file_info(self.path).type
 
     def exists(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._type() != pafs.FileType.NotFound
 
     def is_dir(self) -> bool:
+        import pyarrow.fs as pafs
+
         return self._type() == pafs.FileType.Directory
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
@@ -134,6 +144,8 @@ class ObjectFolder:
 
     def glob(self, pattern: str) -> list[ObjectFolder]:
         """Objects directly in this folder whose name matches ``pattern``."""
+        import pyarrow.fs as pafs
+
         found = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return [
             self / info.base_name
@@ -142,6 +154,8 @@ class ObjectFolder:
         ]
 
     def iterdir(self) -> list[ObjectFolder]:
+        import pyarrow.fs as pafs
+
         found = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
         return [self / info.base_name for info in found]
 
