@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -94,18 +95,16 @@ def test_a_channels_last_backbone_gives_the_same_embeddings(tiny_root, photo_set
 
 
 @pytest.mark.parametrize("kind", ["dinov2", "clip"])
-def test_transformers_time_each_attention_and_run_the_one_kept(tiny_root, kind, tmp_path):
+def test_transformers_time_each_attention_and_run_the_one_kept(
+    tiny_root, kind, tmp_path, monkeypatch
+):
     from naturelens.models import backbones
 
     backbones.clear_loaded_models()
     model = str(tiny_model(kind, tiny_root))
-    cache = tmp_path / "precision.json"
-    real = backbones.choose_precision
-    backbones.choose_precision = lambda *a: real(*a, cache=cache)  # an empty cache
-    try:
-        auto = load_backbone(model)
-    finally:
-        backbones.choose_precision = real
+    cache = tmp_path / "precision.json"  # an empty decision cache
+    monkeypatch.setattr(backbones, "choose_precision", partial(choose_precision, cache=cache))
+    auto = load_backbone(model)
     choice = auto.precision
     assert choice.how == "measured"
     assert f"{choice.precision}+sdpa" in choice.photos_per_s
