@@ -11,7 +11,10 @@ in the same round:
 - ``auto``: ``load_backbone()`` as a user gets it: precision and attention measured at
   first use on this machine (an empty decision cache; the choice is printed);
 - ``compiled fp32``: the plain module through ``torch.compile`` (inductor; its compile time
-  is reported apart; ``--no-compile`` leaves it out).
+  is reported apart; ``--no-compile`` leaves it out);
+- ``auto compiled``: ``auto`` through the engine's compiled path
+  (:class:`naturelens.models.compiled.CompiledEmbedder`: ``torch.compile`` with frozen
+  weights, batches of ``--batch`` photos; ``--no-compile`` leaves it out).
 
     python benchmarks/embed_compile.py [--batch 32] [--rounds 3] [--no-compile]
 """
@@ -47,6 +50,7 @@ def main() -> int:
     from transformers import AutoModel
 
     from naturelens.models.backbones import load_backbone
+    from naturelens.models.compiled import CompiledEmbedder
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -75,6 +79,12 @@ def main() -> int:
                 compiled(pixel_values=x)
             print(f"torch.compile: {time.perf_counter() - started:.0f} s to compile")
             ways["compiled fp32"] = (torch.float32, lambda v: compiled(pixel_values=v))
+            started = time.perf_counter()
+            frozen = CompiledEmbedder(auto, args.batch)
+            with torch.inference_mode(), frozen.inductor.patch(freezing=True):
+                frozen.forward(x.to(auto.dtype))
+            print(f"auto compiled: {time.perf_counter() - started:.0f} s to compile")
+            ways["auto compiled"] = (auto.dtype, lambda v: frozen.forward(v.to(auto.dtype)))
         dtypes = {dtype for dtype, _ in ways.values()}
         for r in range(args.rounds):
             roof = {dtype: matmul_flops(dtype) for dtype in dtypes}

@@ -40,6 +40,11 @@ def embed(
     ),
     workers: int = typer.Option(None, help="Photo-decoding threads (default: by device)."),
     retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
+    compile: str = typer.Option(
+        "auto",
+        help="auto (torch.compile the model when, measured on this machine, the job is long "
+        "enough to repay compiling), on or off.",
+    ),
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,
@@ -79,12 +84,15 @@ def embed(
                         progress=advance,
                         workers=workers,
                         retry_failed=retry_failed,
+                        compile=compile,
                     )
         except (CardError, BackboneError, ImportError, ValueError) as exc:
             fail(exc)
         failures = emb.failures()
         if emb.precision:
             console.print(f"precision: {emb.precision}", highlight=False)
+        if emb.compiled:
+            console.print(f"model: {emb.compiled}", highlight=False)
         console.print(
             f"{emb.computed} photos embedded, {emb.failed} failed now, "
             f"{len(emb)} stored in total ({len(failures)} failures recorded) -> {emb.folder}"

@@ -15,6 +15,7 @@ the store.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,7 +84,11 @@ def decode_for(
     return backbone.preprocessing.decode(data)
 
 
-def embed_batches(batch: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
+def embed_batches(
+    batch: dict[str, Any],
+    backbone: Backbone,
+    embed: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Embed one batch of photos: the engine's unit of work.
 
     Parameters
@@ -94,6 +99,9 @@ def embed_batches(batch: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
         or None per row) marks photos that failed upstream.
     backbone
         A loaded :class:`Backbone`.
+    embed
+        What computes the embeddings of a stack of pixels (default ``backbone.embed``; the
+        engine may pass its compiled version).
 
     Returns
     -------
@@ -121,7 +129,7 @@ def embed_batches(batch: dict[str, Any], backbone: Backbone) -> dict[str, Any]:
     vectors = np.full((n, backbone.dim), np.nan, dtype=np.float32)
     good = [i for i in range(n) if not failure[i]]
     if good:
-        vectors[good] = backbone.embed(np.stack([pixels[i] for i in good]))
+        vectors[good] = (embed or backbone.embed)(np.stack([pixels[i] for i in good]))
     return {"photo_id": ids, "vector": vectors, "failure": failure, "detail": detail}
 
 
@@ -293,6 +301,7 @@ def embed_photos(
     part_size: int = 1024,
     retry_failed: bool = False,
     backbone: Backbone | None = None,
+    compile: str = "auto",
 ) -> EmbeddingSet:
     """Compute the embeddings of photos that do not have one yet, and store them.
 
@@ -318,6 +327,10 @@ def embed_photos(
         Try photos that failed before again (their file may have been fixed).
     backbone
         An already loaded backbone for ``model`` (avoids loading it again).
+    compile
+        ``auto`` (compile the model with ``torch.compile`` when measurement on this machine
+        says the job is long enough to repay it: :mod:`naturelens.models.compiled`), ``on``
+        or ``off``.
 
     Returns
     -------
@@ -325,11 +338,14 @@ def embed_photos(
         The model's stored embeddings, with counts of what this call added.
     """
     from naturelens.models.backbones import PRECISIONS, backbone_spec, load_backbone, pick_device
+    from naturelens.models.compiled import COMPILE_MODES, compile_for_job
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if precision not in PRECISIONS:
         raise BackboneError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if compile not in COMPILE_MODES:
+        raise BackboneError(f"compile must be one of {COMPILE_MODES}, not {compile!r}")
     if backbone is None and device is not None:
         pick_device(device)  # a bad --device fails now, not after the work is found done
     emb = embedding_set(ws, model)
@@ -342,6 +358,10 @@ def embed_photos(
     emb.precision = backbone.precision.describe()
     if cache_key(spec) != emb.key:
         raise ValueError(f"backbone {spec['model']!r} does not produce embeddings for {model!r}")
+    started = time.perf_counter()
+    embed, compiled = compile_for_job(backbone, len(todo), batch_size, compile)
+    emb.compiled = compiled.describe()
+    emb.compile_seconds = time.perf_counter() - started
     emb.start({**spec, "precision": precision_name(backbone)}, backbone.dim)
     writer = emb.writer(part_size)
     try:
@@ -356,6 +376,7 @@ def embed_photos(
                     "detail": [None] * n_ok + [f[2] for f in batch.failed],
                 },
                 backbone,
+                embed,
             )
             writer.add(out)
             emb.computed += n_ok

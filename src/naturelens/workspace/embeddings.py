@@ -69,6 +69,10 @@ class EmbeddingSet:
         Photos embedded / failed by the :func:`embed_photos` call that returned this set.
     precision
         Which precision that call ran in, and why (empty when nothing was computed).
+    compiled
+        Whether that call ran the compiled model, and why (empty when nothing was computed).
+    compile_seconds
+        What compiling (and measuring whether to) cost that call.
     """
 
     folder: Path | ObjectFolder
@@ -79,6 +83,8 @@ class EmbeddingSet:
     failed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     precision: str = ""
+    compiled: str = ""
+    compile_seconds: float = 0.0
 
     @property
     def key(self) -> str:
