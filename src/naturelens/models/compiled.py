@@ -169,7 +169,10 @@ def compile_for_job(
     before = CompileChoice.from_cache(read_entries(path).get(key))
     if before is not None:
         return _from_cache(backbone, chunk, photos, before)
-    eager = _rate(lambda x: backbone.embed(x), _sample(backbone, chunk))
+    # The precision measurement's rate, when there was one, saves timing a sample now.
+    eager = max(backbone.precision.photos_per_s.values(), default=0.0)
+    if eager <= 0:
+        eager = _rate(backbone.embed, _sample(backbone, chunk))
     if photos / eager < MIN_JOB_SECONDS:
         why = (
             f"about {max(1, round(photos / eager))} s of work; whether compiling pays is "
