@@ -157,14 +157,22 @@ class Backbone(nn.Module):
         return 4 * torch.get_num_threads()
 
     @torch.inference_mode()
-    def embed(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
-        """float32 embeddings (B, dim) of uint8 pixels (B, H, W, 3)."""
-        step = self.chunk_size or len(pixels)
+    def embed(
+        self,
+        pixels: torch.Tensor | np.ndarray,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        step: int | None = None,
+    ) -> np.ndarray:
+        """float32 embeddings (B, dim) of uint8 pixels (B, H, W, 3), ``step`` photos per
+        ``forward`` pass (default: :meth:`features` in passes of :attr:`chunk_size`; the
+        compiled model runs through here too)."""
+        forward = forward or self.features
+        step = step or self.chunk_size or len(pixels)
         out = []
         with self.autocast():
             for start in range(0, len(pixels), max(1, step)):
                 x = self.pixels_to_input(pixels[start : start + step])
-                out.append(self.features(x).float().cpu().numpy())
+                out.append(forward(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     # --------------------------------------------------------------- for fine-tuning

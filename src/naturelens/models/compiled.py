@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,13 @@ import numpy as np
 import torch
 
 from naturelens.machine_cache import cache_dir, read_entries, write_entry
-from naturelens.models.precision import MARGIN, MIN_COSINE, machine_key
+from naturelens.models.precision import (
+    MARGIN,
+    MIN_COSINE,
+    lowest_cosine,
+    machine_key,
+    sample_pixels,
+)
 from naturelens.models.specs import BackboneError
 
 if TYPE_CHECKING:
@@ -98,28 +104,32 @@ class CompiledEmbedder:
     """``backbone.embed`` through ``torch.compile``, always on batches of ``chunk`` photos."""
 
     def __init__(self, backbone: Backbone, chunk: int):
-        self.backbone = backbone
-        self.chunk = chunk
         from torch._inductor import config
 
-        self.forward = torch.compile(backbone.features, dynamic=False)
+        self.backbone = backbone
+        self.chunk = chunk
         self.inductor = config
+        self.compiled = torch.compile(backbone.features, dynamic=False)
 
-    @torch.inference_mode()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled embeddings of up to ``chunk`` normalised inputs, by the compiled model."""
+        n = len(x)
+        if n < self.chunk:  # blank photos make up the shape; their rows are dropped
+            x = torch.cat([x, x.new_zeros((self.chunk - n, *x.shape[1:]))])
+        # Freezing is read when the graph is compiled (the first call); passed as a
+        # torch.compile option it is not (measured: 77 photos/s against 100).
+        with self.inductor.patch(freezing=True):
+            return self.compiled(x)[:n]
+
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """float32 embeddings (B, dim) of uint8 pixels (B, H, W, 3), like ``Backbone.embed``."""
-        out = []
-        for start in range(0, len(pixels), self.chunk):
-            x = self.backbone.pixels_to_input(pixels[start : start + self.chunk])
-            n = len(x)
-            if n < self.chunk:  # blank photos make up the shape; their rows are dropped
-                x = torch.cat([x, x.new_zeros((self.chunk - n, *x.shape[1:]))])
-            # Freezing is read when the graph is compiled (the first call); passed as a
-            # torch.compile option it is not (measured: 77 photos/s against 100).
-            with self.inductor.patch(freezing=True):
-                y = self.forward(x)
-            out.append(y[:n].float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.backbone.dim), np.float32)
+        return self.backbone.embed(pixels, self.features, self.chunk)
+
+
+def check_mode(mode: str) -> None:
+    """Reject a ``compile`` value other than auto, on and off."""
+    if mode not in COMPILE_MODES:
+        raise BackboneError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
 
 
 def compiled_chunk(backbone: Backbone, batch_size: int) -> int:
@@ -143,8 +153,7 @@ def compile_for_job(
     (embed, choice)
         ``embed(pixels)`` -> embeddings, and the :class:`CompileChoice` behind it.
     """
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"compile must be one of {COMPILE_MODES}, not {mode!r}")
+    check_mode(mode)
     if mode == "off":
         return backbone.embed, CompileChoice(False, "forced", "as asked")
     chunk = compiled_chunk(backbone, batch_size)
@@ -159,9 +168,8 @@ def compile_for_job(
             raise BackboneError(
                 f"{backbone.card.name} compiled {choice.reason}; embed with --compile off"
             )
-        choice.how, choice.compiled = "forced", True
-        choice.reason = f"as asked; measured now: {choice.reason}"
-        return compiled.embed, choice
+        reason = f"as asked; measured now: {choice.reason}"
+        return compiled.embed, replace(choice, compiled=True, how="forced", reason=reason)
     if backbone.device.type != "cpu":
         return backbone.embed, CompileChoice(False, "skipped", "auto compiles on CPUs only")
     path = cache or cache_dir() / CACHE_FILE
@@ -181,7 +189,7 @@ def compile_for_job(
         return backbone.embed, CompileChoice(False, "skipped", why, eager)
     compiled, choice = _measure(backbone, chunk)
     write_entry(path, key, asdict(choice), keep=64)
-    told = CompileChoice(**{**asdict(choice), "reason": f"measured now: {choice.reason}"})
+    told = replace(choice, reason=f"measured now: {choice.reason}")
     if compiled is None or not choice.compiled:
         return backbone.embed, told
     return compiled.embed, told
@@ -199,18 +207,14 @@ def _from_cache(
     if saving <= before.compile_s:
         why = f"it would save {saving:.0f} s on {photos} photos; measured before: {rates}"
         return backbone.embed, CompileChoice(False, "cached", why)
-    compiled = CompiledEmbedder(backbone, chunk)
-    sample = _sample(backbone, chunk)
-    started = time.perf_counter()
     try:
-        agree = _cosine(compiled.embed(sample), backbone.embed(sample))  # compiles
+        compiled, compile_s, agree = _compile(backbone, chunk, _sample(backbone, chunk))
     except Exception as exc:  # the compiler's failures are many and not ours: run eagerly
         return backbone.embed, CompileChoice(False, "cached", f"compiling failed: {_line(exc)}")
     if agree < MIN_COSINE:
         why = f"compiled embeddings disagree with eager ones (cosine {agree:.4f})"
         return backbone.embed, CompileChoice(False, "cached", why)
     why = f"saves about {saving:.0f} s on {photos} photos; measured before: {rates}"
-    compile_s = time.perf_counter() - started
     return compiled.embed, CompileChoice(
         True,
         "cached",
@@ -225,14 +229,10 @@ def _from_cache(
 def _measure(backbone: Backbone, chunk: int) -> tuple[CompiledEmbedder | None, CompileChoice]:
     """Compile, then time compiled against eager on a sample in interleaved rounds."""
     sample = _sample(backbone, chunk)
-    started = time.perf_counter()
     try:
-        compiled = CompiledEmbedder(backbone, chunk)
-        first = compiled.embed(sample)  # compiles
+        compiled, compile_s, agree = _compile(backbone, chunk, sample)
     except Exception as exc:  # the compiler's failures are many and not ours: run eagerly
         return None, CompileChoice(False, "measured", f"compiling failed: {_line(exc)}")
-    compile_s = time.perf_counter() - started
-    agree = _cosine(first, backbone.embed(sample))
     if agree < MIN_COSINE:
         why = f"disagrees with eager embedding (cosine {agree:.4f})"
         return compiled, CompileChoice(False, "measured", why, 0, 0, compile_s, agree)
@@ -245,6 +245,18 @@ def _measure(backbone: Backbone, chunk: int) -> tuple[CompiledEmbedder | None, C
     if not faster:
         why += "; not faster enough to keep"
     return compiled, CompileChoice(faster, "measured", why, eager, fast, compile_s, agree)
+
+
+def _compile(
+    backbone: Backbone, chunk: int, sample: np.ndarray
+) -> tuple[CompiledEmbedder, float, float]:
+    """Compile on ``sample``: the compiled model, the seconds it took, and the lowest cosine
+    similarity of its embeddings to eager ones."""
+    started = time.perf_counter()
+    compiled = CompiledEmbedder(backbone, chunk)
+    first = compiled.embed(sample)  # compiles
+    compile_s = time.perf_counter() - started
+    return compiled, compile_s, lowest_cosine(first, backbone.embed(sample))
 
 
 def _cache_key(backbone: Backbone, chunk: int) -> str:
@@ -265,13 +277,9 @@ def _cache_key(backbone: Backbone, chunk: int) -> str:
 
 
 def _sample(backbone: Backbone, photos: int) -> np.ndarray:
-    """Photo-like uint8 pixels at the model's input size."""
-    size = backbone.preprocessing.input_size
-    rng = np.random.default_rng(0)
-    coarse = rng.integers(0, 256, (photos, 8, 8, 3), dtype=np.uint8)
-    pixels = coarse.repeat(size // 8 + 1, axis=1).repeat(size // 8 + 1, axis=2)[:, :size, :size]
-    noise = rng.integers(-12, 13, pixels.shape)
-    return np.clip(pixels + noise, 0, 255).astype(np.uint8)
+    """Photo-like uint8 pixels (photos, H, W, 3) at the model's input size."""
+    values = sample_pixels(backbone.preprocessing.input_size, photos)
+    return (values * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def _rate(embed: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warm: bool = True) -> float:
@@ -280,13 +288,6 @@ def _rate(embed: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warm: bool =
     started = time.perf_counter()
     embed(x)
     return len(x) / (time.perf_counter() - started)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    dots = (a64 * b64).sum(1)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return float((dots / np.maximum(norms, 1e-12)).min())
 
 
 def _line(exc: BaseException) -> str:

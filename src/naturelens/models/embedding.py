@@ -338,14 +338,13 @@ def embed_photos(
         The model's stored embeddings, with counts of what this call added.
     """
     from naturelens.models.backbones import PRECISIONS, backbone_spec, load_backbone, pick_device
-    from naturelens.models.compiled import COMPILE_MODES, compile_for_job
+    from naturelens.models.compiled import check_mode, compile_for_job
 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if precision not in PRECISIONS:
         raise BackboneError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    if compile not in COMPILE_MODES:
-        raise BackboneError(f"compile must be one of {COMPILE_MODES}, not {compile!r}")
+    check_mode(compile)  # a bad value fails now, not after the work is found done
     if backbone is None and device is not None:
         pick_device(device)  # a bad --device fails now, not after the work is found done
     emb = embedding_set(ws, model)

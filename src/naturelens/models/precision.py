@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from naturelens.machine_cache import cache_dir, read_entries, write_entry
@@ -129,16 +130,24 @@ def _write_cache(path: Path, key: str, choice: PrecisionChoice) -> None:
     write_entry(path, key, asdict(choice) | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-def sample_input(size: int, photos: int = SAMPLE_PHOTOS, seed: int = 0) -> torch.Tensor:
-    """Photo-like fp32 input (photos, 3, size, size): smooth colour fields with some texture."""
+def sample_pixels(size: int, photos: int = SAMPLE_PHOTOS, seed: int = 0) -> torch.Tensor:
+    """Photo-like values in [0, 1] (photos, 3, size, size): smooth colour fields with some
+    texture."""
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand((photos, 3, 8, 8), generator=gen)
     x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic")
     x = x + 0.05 * torch.randn((photos, 3, size, size), generator=gen)
-    return (x.clamp(0, 1) - 0.5) / 0.25
+    return x.clamp(0, 1)
 
 
-def _cosines(a: torch.Tensor, b: torch.Tensor) -> float:
+def sample_input(size: int, photos: int = SAMPLE_PHOTOS, seed: int = 0) -> torch.Tensor:
+    """:func:`sample_pixels` normalised like a model's input."""
+    return (sample_pixels(size, photos, seed) - 0.5) / 0.25
+
+
+def lowest_cosine(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """The lowest cosine similarity between matching rows of two sets of embeddings."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
 
 
@@ -210,7 +219,7 @@ def measure(
         # warms up (kernel choice), hence twice the margin.
         one = _seconds(lambda m=model, xi=xin: forward(m, xi[:1]), device) * len(x)
         # The agreement check on every photo of the sample (fp32 is the reference).
-        cosine[name] = 1.0 if name == "fp32" else _cosines(forward(model, xin), reference)
+        cosine[name] = 1.0 if name == "fp32" else lowest_cosine(forward(model, xin), reference)
         rates[name] = len(x) / one
         if cosine[name] >= MIN_COSINE and one <= 2 * GIVE_UP_SLOWER * fastest:
             runs[name] = lambda m=model, xi=xin: forward(m, xi)
