@@ -7,6 +7,7 @@ that the local path never needs it.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -259,6 +260,32 @@ def test_an_interrupted_ray_run_is_finished_locally_and_a_rerun_does_nothing(clu
         assert again.computed == again.failed == 0
         stored, _ = store_rows(ws, model)
         assert sorted(stored) == sorted(ids)
+
+
+def test_embed_on_ray_compiles_in_every_worker_when_asked(cluster, model, twins):
+    local_root, ray_root = twins
+    with Workspace.open(local_root) as a:
+        embed_photos(a, model, compile="off")
+        ids, eager = embedding_set(a, model).load(a.photo_ids())
+    # 30 photos in batches of 4 on two workers: each worker's last batch may be short,
+    # and is padded to the compiled shape.
+    flags = ["--model", model, "--batch-size", "4", "--ray", "--ray-workers", "2"]
+    result = runner.invoke(app, ["embed", str(ray_root), *flags, "--compile", "on"])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if ln.startswith("model: "))
+    workers = re.match(r"model: compiled in (\d+) of (\d+) workers", line)
+    if workers:  # every worker that embedded compiled
+        assert workers[1] == workers[2], line
+    else:  # one worker did it all
+        assert line.startswith("model: compiled (as asked"), line
+    with Workspace.open(ray_root) as b:
+        ids_b, compiled = embedding_set(b, model).load(ids)
+    assert ids_b == ids  # every photo with a vector, in the same order
+    cosine = (eager * compiled).sum(1) / np.linalg.norm(eager, axis=1)
+    assert (cosine / np.linalg.norm(compiled, axis=1)).min() > 0.999  # none shifted
+    refused = runner.invoke(app, ["embed", str(ray_root), *flags, "--compile", "maybe"])
+    assert refused.exit_code == 2 and "compile must be one of" in refused.output
+    assert "Traceback" not in refused.output
 
 
 def test_tags_on_ray_match_the_local_tagger(cluster, twins):

@@ -73,6 +73,7 @@ def embed(
                         precision=precision,
                         progress=advance,
                         retry_failed=retry_failed,
+                        compile=compile,
                     )
                 else:
                     emb = embed_photos(

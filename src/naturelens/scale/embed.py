@@ -37,6 +37,10 @@ class EmbedWorker:
     key
         The store's cache key; a worker whose backbone would give other embeddings
         (another version of the weights on that node) refuses to start.
+    compile, photos, batch_size
+        Whether to compile the model (``auto``, ``on``, ``off``: see
+        :mod:`naturelens.models.compiled`), for a share of ``photos`` photos in batches
+        of ``batch_size``: each worker decides for its own share, on its own node.
     """
 
     def __init__(
@@ -46,8 +50,12 @@ class EmbedWorker:
         device: str | None = None,
         precision: str = "auto",
         workspace: str | None = None,
+        compile: str = "off",
+        photos: int = 0,
+        batch_size: int = 32,
     ):
         from naturelens.models.backbones import backbone_spec, load_backbone
+        from naturelens.models.compiled import compile_for_job
 
         root = Path(workspace) if workspace and Path(workspace).is_dir() else None
         self.backbone = load_backbone(model, device=device, precision=precision, workspace=root)
@@ -55,11 +63,14 @@ class EmbedWorker:
         if found != key:
             raise ValueError(f"worker's {model!r} gives embeddings {found}, the store is {key}")
         self.precision = precision_name(self.backbone)
+        self.embed, choice = compile_for_job(self.backbone, photos, batch_size, compile)
+        self.compiled = choice.describe()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out = embed_batches(batch, self.backbone)
+        out = embed_batches(batch, self.backbone, self.embed)
         n = len(out["photo_id"])
         out["precision"] = [self.precision] * n
+        out["compiled"] = [self.compiled] * n
         out[WORKER] = np.full(n, worker_pid())
         return out
 
@@ -75,6 +86,7 @@ def embed_on_ray(
     part_size: int = 1024,
     retry_failed: bool = False,
     on_batch: Callable[[dict[str, np.ndarray]], None] | None = None,
+    compile: str = "auto",
 ) -> EmbeddingSet:
     """Compute the missing embeddings of ``model`` on Ray and store them.
 
@@ -85,12 +97,18 @@ def embed_on_ray(
     on_batch
         Called on the driver with each output batch before it is written (progress
         displays, tests that stop a worker part-way).
+    compile
+        ``auto``, ``on`` or ``off``, as for ``embed_photos``; each worker decides for its
+        share of a window's photos. ``EmbeddingSet.compiled`` says what the workers did.
 
     Returns
     -------
     EmbeddingSet
         The store, with counts of what this call added.
     """
+    from naturelens.models.compiled import check_mode
+
+    check_mode(compile)  # a bad value fails now, not on every worker
     emb = embedding_set(ws, model)
     todo = photos_to_embed(ws, emb, photo_ids, retry_failed)
     if not todo:
@@ -99,6 +117,7 @@ def embed_on_ray(
     preprocessing = card_preprocessing(card)  # decoding needs the card, not the weights
     side = preprocessing.input_size
     writer: PartWriter | None = None
+    compiled: dict[int, str] = {}  # what each worker said of compiling
     batches = run_photo_pipeline(
         ws,
         todo,
@@ -109,6 +128,10 @@ def embed_on_ray(
             device=device,
             precision=precision,
             workspace=str(ws.root.resolve()),
+            compile=compile,
+            # Each window starts its workers afresh, so a worker's job is its share of one.
+            photos=-(-min(len(todo), options.window) // options.workers),
+            batch_size=options.batch_size,
         ),
         options,
         decode=preprocessing.decode,
@@ -121,6 +144,9 @@ def embed_on_ray(
             keep = first_rows(batch)
             if not keep:
                 continue
+            if int(batch[WORKER][0]) not in compiled:
+                compiled[int(batch[WORKER][0])] = str(batch["compiled"][0])
+                emb.compiled = _compiled_line(list(compiled.values()))
             if writer is None:
                 spec = {**_spec(ws, model), "precision": str(batch["precision"][0])}
                 emb.start(spec, int(batch["vector"].shape[1]))
@@ -147,6 +173,14 @@ def embed_on_ray(
         if writer is not None:
             writer.flush()
     return emb
+
+
+def _compiled_line(lines: list[str]) -> str:
+    """What the workers did, for the user: how many compiled, and the first one's why."""
+    if len(lines) == 1:
+        return lines[0]
+    compiled = sum(line.startswith("compiled") for line in lines)
+    return f"compiled in {compiled} of {len(lines)} workers; the first: {lines[0]}"
 
 
 def _spec(ws: Workspace, model: str) -> dict[str, Any]:
