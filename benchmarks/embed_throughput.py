@@ -194,7 +194,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from naturelens.models.backbones import pick_device, pick_dtype
+    from naturelens.models.backbones import load_backbone
     from naturelens.workspace.core import Workspace
 
     work = args.work or Path(tempfile.mkdtemp(prefix="naturelens-bench-"))
@@ -207,8 +207,13 @@ def main() -> None:
     ws = Workspace.create(ws_root, "flips")
     ws.ingest([photos])
     ws.close()
-    dtype = pick_dtype(args.precision, pick_device("cpu"))
+    # The roofline in the precision that runs: the engine's own decision (with auto,
+    # measured now or cached, as the engine will find it).
+    decided = load_backbone(str(model), device="cpu", precision=args.precision)
+    dtype = decided.dtype
     dname = str(dtype).replace("torch.", "")
+    print(f"precision: {decided.precision.describe()}")
+    del decided
     flops = model_flops_per_photo(model)
     baseline = Baseline(model)
     print(f"{len(paths)} JPEGs of 640x480 in {photos}; torch threads {torch.get_num_threads()}")

@@ -167,6 +167,19 @@ def test_the_decision_is_cached_per_model_and_machine(tmp_path):
     assert len(json.loads(cache.read_text())) == 2
 
 
+def test_capping_the_instruction_sets_is_another_machine(tmp_path, monkeypatch):
+    cache = tmp_path / "precision.json"
+    measure_now = lambda: measure(Embedder(), call, 32, CPU)  # noqa: E731
+    assert choose_precision("card|src", CPU, measure_now, cache).how == "measured"
+    # oneDNN limited to AVX2 runs bf16 many times slower: the decision is not reused.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert choose_precision("card|src", CPU, measure_now, cache).how == "measured"
+    assert choose_precision("card|src", CPU, measure_now, cache).how == "cached"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert choose_precision("card|src", CPU, measure_now, cache).how == "cached"
+    assert len(json.loads(cache.read_text())) == 2
+
+
 def test_a_damaged_cache_file_is_measured_again(tmp_path):
     cache = tmp_path / "precision.json"
     cache.write_text("{not json")

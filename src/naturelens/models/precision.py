@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,14 @@ ROUNDS = 3
 # Leave the default (fp32, default layout) only for a candidate this much faster.
 MARGIN = 1.1
 CACHE_FILE = "precision.json"
+# Environment variables that cap the instruction sets oneDNN, MKL and torch's own kernels
+# use (a machine key includes them).
+ISA_LIMITS = (
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ATEN_CPU_CAPABILITY",
+)
 # How the attention implementations are named to users.
 ATTENTION_NAMES = {"sdpa": "torch sdpa", "naturelens_cpu": "plain"}
 
@@ -113,6 +122,8 @@ def machine_key(device: torch.device) -> str:
     else:
         hardware = _cpu_identity()
     parts = [device.type, hardware, str(torch.get_num_threads()), torch.__version__]
+    # Caps on the instruction sets the math libraries use change their speed too.
+    parts += [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
