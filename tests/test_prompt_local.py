@@ -182,6 +182,8 @@ def test_cli_prompt_styles_and_score_mode_end_to_end(kind, tiny_root, small_work
             ]
             result = runner.invoke(app, args)
             assert result.exit_code == 0, (prompt, mode, result.output)
+            # Which precision the local model ran in, and why (measured once per machine).
+            assert "precision: fp32" in result.output or "precision: bf16" in result.output
             ws = Workspace.open(root)
             run = ws.run()
             assert run["status"] == "done" and run["params"]["method"]["prompt"] == prompt
@@ -220,6 +222,35 @@ def test_cli_prompt_styles_and_score_mode_end_to_end(kind, tiny_root, small_work
                 )
                 assert all(0 < c[4] <= 8 for c in calls)
             ws.close()
+
+
+def test_a_local_model_runs_in_the_precision_measured_once(tiny_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "cache"))
+    source = str(tiny_model("llava", tiny_root))
+    first = load_vlm(source, batch_size=2)
+    choice = first.precision
+    assert choice.how == "measured" and set(choice.photos_per_s) == {"fp32", "bf16"}
+    assert choice.cosine["bf16"] > 0.9  # logits compared, position by position
+    weights = {"fp32": torch.float32, "bf16": torch.bfloat16}[choice.precision]
+    assert first.model.dtype == weights and first.autocast == (choice.precision == "bf16")
+    photo = synthetic_photo(0, 0, size=64)
+    request = ChatRequest([photo], "Which class?", max_tokens=4)
+    assert first.chat([request])[0].error is None
+    # Loaded again: the decision is remembered, the weights load in it directly.
+    again = load_vlm(source, batch_size=2)
+    assert again.precision.how == "cached" and again.precision.precision == choice.precision
+    assert again.model.dtype == weights
+    # A caller's own choice is not measured.
+    assert load_vlm(source, dtype="float32").precision is None
+    # Too little memory to hold fp32 weights beside: not measured, nothing remembered.
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "other"))
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 1})())
+    tight = load_vlm(source, batch_size=2)
+    assert tight.precision.how == "policy" and "not measured" in tight.precision.describe()
+    assert tight.chat([request])[0].error is None
+    assert not (tmp_path / "other" / "precision.json").exists()
 
 
 def test_icl_shows_labelled_examples_from_fit(tiny_root, labelled_workspace):

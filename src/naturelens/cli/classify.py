@@ -130,6 +130,8 @@ def classify(
             ray=cluster,
         )
         summary = ws.run(result.run_id)["summary"]
+        if summary.get("precision"):
+            console.print(f"precision: {summary['precision']}", highlight=False)
         counts = print_class_counts(ws, result.run_id)
         console.print(
             f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"

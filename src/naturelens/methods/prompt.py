@@ -200,6 +200,8 @@ class Prompt(Method):
             )
         if self.batch and not self._remote():
             raise MethodError("batch=true is for remote models (the OpenAI Batch API)")
+        precision = getattr(self.vlm_, "precision", None)  # a local model's, and why
+        self.run_facts_ = {"precision": precision.describe()} if precision else {}
         self.ledger_ = context.ledger
         self.examples_: list[tuple[object, str]] = []
         if self.template_.example_answer and self.shots > 0:

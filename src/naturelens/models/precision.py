@@ -252,6 +252,75 @@ def measure(
     )
 
 
+@torch.inference_mode()
+def measure_autocast(forward: Callable[[], torch.Tensor], device: torch.device) -> PrecisionChoice:
+    """fp32 against bf16 autocast, both on the same fp32 weights, for models too large to
+    copy (vision-language models).
+
+    ``forward()`` runs the model on a fixed sample and returns its logits. bf16 is kept
+    when its logits agree with fp32's at every position (cosine) and it runs
+    :data:`MARGIN` faster. Autocast casts the weights at every product, so bf16 weights
+    run at least as fast as measured here: the test errs towards fp32.
+    """
+
+    def bf16() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return forward()
+
+    reference = forward().float()  # also the warm-up
+    first = _seconds(bf16, device)  # bf16's warm-up, and its estimate if it is dropped
+    got = bf16().float()
+    width = reference.shape[-1]
+    cosine = {
+        "fp32": 1.0,
+        "bf16": lowest_cosine(got.reshape(-1, width), reference.reshape(-1, width)),
+    }
+    rates = {"fp32": 0.0, "bf16": 1.0 / first}
+    runs = {"fp32": forward}
+    if cosine["bf16"] >= MIN_COSINE and first <= 2 * GIVE_UP_SLOWER * _seconds(forward, device):
+        runs["bf16"] = bf16
+        rates["bf16"] = 0.0  # from the rounds below
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            rates[name] = max(rates[name], 1.0 / _seconds(run, device))
+    faster = "bf16" in runs and rates["bf16"] > MARGIN * rates["fp32"]
+    return PrecisionChoice("bf16" if faster else "fp32", "measured", rates, cosine)
+
+
+def cached_choice(
+    identity: str, device: torch.device, cache: Path | None = None
+) -> PrecisionChoice | None:
+    """The decision measured before for ``identity`` on this machine, or None."""
+    found = read_entries(cache or cache_dir() / CACHE_FILE).get(_key(identity, device))
+    # Decisions written before layouts or attention were measured lack those: measure again.
+    if not (
+        isinstance(found, dict)
+        and found.get("precision") in DTYPES
+        and "channels_last" in found
+        and "attention" in found
+    ):
+        return None
+    return PrecisionChoice(
+        found["precision"],
+        "cached",
+        dict(found.get("photos_per_s") or {}),
+        dict(found.get("cosine") or {}),
+        bool(found["channels_last"]),
+        str(found["attention"] or ""),
+    )
+
+
+def remember(
+    identity: str, device: torch.device, choice: PrecisionChoice, cache: Path | None = None
+) -> None:
+    """Keep a measured decision for ``identity`` on this machine."""
+    _write_cache(cache or cache_dir() / CACHE_FILE, _key(identity, device), choice)
+
+
+def _key(identity: str, device: torch.device) -> str:
+    return f"{identity}|{machine_key(device)}"
+
+
 def choose_precision(
     identity: str,
     device: torch.device,
@@ -270,24 +339,9 @@ def choose_precision(
     cache
         The JSON file of decisions (default: ``precision.json`` in :func:`cache_dir`).
     """
-    path = cache or cache_dir() / CACHE_FILE
-    key = f"{identity}|{machine_key(device)}"
-    found = read_entries(path).get(key)
-    # Decisions written before layouts or attention were measured lack those: measure again.
-    if (
-        isinstance(found, dict)
-        and found.get("precision") in DTYPES
-        and "channels_last" in found
-        and "attention" in found
-    ):
-        return PrecisionChoice(
-            found["precision"],
-            "cached",
-            dict(found.get("photos_per_s") or {}),
-            dict(found.get("cosine") or {}),
-            bool(found["channels_last"]),
-            str(found["attention"] or ""),
-        )
+    found = cached_choice(identity, device, cache)
+    if found is not None:
+        return found
     choice = measure_now()
-    _write_cache(path, key, choice)
+    remember(identity, device, choice, cache)
     return choice

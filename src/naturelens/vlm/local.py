@@ -31,6 +31,14 @@ from PIL import Image
 
 from naturelens.models.cards import ModelCard
 from naturelens.models.device import cpu_supports_bf16, pick_device, pick_dtype
+from naturelens.models.precision import (
+    DTYPES,
+    PrecisionChoice,
+    cached_choice,
+    measure_autocast,
+    remember,
+    sample_pixels,
+)
 from naturelens.vlm.base import ChatReply, ChatRequest, ScoreReply, VisionLanguageModel, VLMError
 from naturelens.vlm.constrain import LabelConstraint, LabelPrefixTree, schema_labels
 from naturelens.vlm.prefix import CachedPrefix, PrefixStore, PromptSplit, split_prompt
@@ -38,6 +46,12 @@ from naturelens.vlm.prefix import CachedPrefix, PrefixStore, PromptSplit, split_
 # Models whose rotary positions are 3-D and computed by the model from the images: they
 # must not be given plain 1-D position ids.
 _OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+# The request a local model's precision is measured on: a photo and a question.
+_SAMPLE_QUESTION = (
+    "Which of these best describes what people do or feel in this photo: hiking, "
+    "birdwatching, swimming, a view of the landscape, or none of these? Answer in one word."
+)
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 @dataclass
@@ -49,7 +63,10 @@ class LocalVLM(VisionLanguageModel):
     device
         ``cuda``, ``cpu`` ... (default: a GPU when there is one).
     dtype
-        Weights type on a GPU: ``bfloat16``, ``float16`` or ``float32`` (default: the card's).
+        Weights type: ``bfloat16``, ``float16`` or ``float32``. Default on a GPU: the card's;
+        on a CPU: measured at first use on this machine (fp32 against bf16, logits compared;
+        see :func:`naturelens.models.precision.measure_autocast`) and remembered; the
+        decision is :attr:`precision`.
     batch_size
         Requests per forward pass.
     max_side
@@ -57,7 +74,8 @@ class LocalVLM(VisionLanguageModel):
         processor sees them (the processor then resizes to the model's own input size).
     autocast
         Run under bf16 autocast on CPU (about 2-3x faster on CPUs with bf16 units; on
-        CPUs without them bf16 is emulated and slower). Default: where the CPU has them.
+        CPUs without them bf16 is emulated and slower). Default: when bf16 is the measured
+        precision; set it (or ``dtype``) to skip the measurement.
     share_prefix
         Put the prompt text before the photo and compute its KV cache once for all photos
         (False: the photo first, then the text, each request run whole).
@@ -78,7 +96,21 @@ class LocalVLM(VisionLanguageModel):
 
         device = pick_device(self.device)
         self.device = str(device)
-        torch_dtype = pick_dtype(self.dtype, device, self.card)
+        # On a CPU, bf16 or fp32 is decided by measurement unless the caller decided.
+        measured = (
+            device.type == "cpu"
+            and self.dtype in (None, "auto")
+            and self.autocast is None
+            and self.model is None
+        )
+        identity = f"vlm|{self.card.name}|{self.card.source}"
+        self.precision: PrecisionChoice | None = None
+        if measured:
+            self.precision = cached_choice(identity, device)
+        if self.precision is not None:
+            torch_dtype = DTYPES[self.precision.precision]
+        else:
+            torch_dtype = pick_dtype(self.dtype, device, self.card)
         if self.autocast is None:
             self.autocast = self.device == "cpu" and cpu_supports_bf16()
         source = self.card.source
@@ -107,6 +139,37 @@ class LocalVLM(VisionLanguageModel):
         self.prefixes = PrefixStore()
         self._system_turn = self.share_prefix and self._accepts_system_turn()
         self._trees: dict[tuple[str, ...], LabelPrefixTree] = {}
+        if measured and self.precision is None:
+            self.precision = self._measure_precision(identity, device)
+        if self.precision is not None:
+            self.autocast = self.precision.precision == "bf16"
+
+    def _measure_precision(self, identity: str, device: torch.device) -> PrecisionChoice:
+        """Time fp32 against bf16 on a sample request; keep the weights in the winner."""
+        import psutil
+
+        loaded = self.model.dtype
+        params = sum(p.numel() for p in self.model.parameters())
+        extra = params * (4 - loaded.itemsize)  # bytes to hold the weights in fp32
+        if extra > psutil.virtual_memory().available // 2:
+            return PrecisionChoice(_NAMES.get(loaded, "fp32"), "policy")  # not measured
+        self.model.float()
+        photo = Image.fromarray(
+            (sample_pixels(224, photos=1)[0] * 255).byte().permute(1, 2, 0).numpy()
+        )
+        inputs = self.encode([ChatRequest([photo], _SAMPLE_QUESTION)])
+        choice = measure_autocast(lambda: self.model(**inputs).logits, device)
+        remember(identity, device, choice)
+        if choice.precision == "bf16":
+            self.model.to(torch.bfloat16)
+        elif loaded != torch.float32:  # cast down at load: read the fp32 weights again
+            from transformers import AutoModelForImageTextToText
+
+            self.model = None
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.card.source, dtype=torch.float32
+            ).eval()
+        return choice
 
     def _accepts_system_turn(self) -> bool:
         """Whether the chat template renders a system turn (some templates refuse one)."""
