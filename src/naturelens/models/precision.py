@@ -253,36 +253,33 @@ def measure(
 
 
 @torch.inference_mode()
-def measure_autocast(forward: Callable[[], torch.Tensor], device: torch.device) -> PrecisionChoice:
-    """fp32 against bf16 autocast, both on the same fp32 weights, for models too large to
-    copy (vision-language models).
+def measure_pair(
+    fp32: Callable[[], torch.Tensor],
+    bf16: Callable[[], torch.Tensor],
+    device: torch.device,
+    photos: int = 1,
+) -> PrecisionChoice:
+    """fp32 against bf16 for a model whose copies the caller holds (vision-language models).
 
-    ``forward()`` runs the model on a fixed sample and returns its logits. bf16 is kept
-    when its logits agree with fp32's at every position (cosine) and it runs
-    :data:`MARGIN` faster. Autocast casts the weights at every product, so bf16 weights
-    run at least as fast as measured here: the test errs towards fp32.
+    ``fp32()`` and ``bf16()`` run the model's fp32 and bf16 copy on the same fixed sample
+    of ``photos`` photos and return its outputs (one row per photo). bf16 is kept when its
+    rows agree with fp32's (cosine) and it runs :data:`MARGIN` faster, timed in
+    interleaved rounds.
     """
-
-    def bf16() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return forward()
-
-    reference = forward().float()  # also the warm-up
+    reference = fp32().float()  # also the warm-up
     first = _seconds(bf16, device)  # bf16's warm-up, and its estimate if it is dropped
     got = bf16().float()
     width = reference.shape[-1]
-    cosine = {
-        "fp32": 1.0,
-        "bf16": lowest_cosine(got.reshape(-1, width), reference.reshape(-1, width)),
-    }
-    rates = {"fp32": 0.0, "bf16": 1.0 / first}
-    runs = {"fp32": forward}
-    if cosine["bf16"] >= MIN_COSINE and first <= 2 * GIVE_UP_SLOWER * _seconds(forward, device):
+    agree = lowest_cosine(got.reshape(-1, width), reference.reshape(-1, width))
+    cosine = {"fp32": 1.0, "bf16": agree}
+    rates = {"fp32": 0.0, "bf16": photos / first}
+    runs = {"fp32": fp32}
+    if agree >= MIN_COSINE and first <= 2 * GIVE_UP_SLOWER * _seconds(fp32, device):
         runs["bf16"] = bf16
         rates["bf16"] = 0.0  # from the rounds below
     for _ in range(ROUNDS):
         for name, run in runs.items():
-            rates[name] = max(rates[name], 1.0 / _seconds(run, device))
+            rates[name] = max(rates[name], photos / _seconds(run, device))
     faster = "bf16" in runs and rates["bf16"] > MARGIN * rates["fp32"]
     return PrecisionChoice("bf16" if faster else "fp32", "measured", rates, cosine)
 

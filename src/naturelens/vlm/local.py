@@ -35,7 +35,7 @@ from naturelens.models.precision import (
     DTYPES,
     PrecisionChoice,
     cached_choice,
-    measure_autocast,
+    measure_pair,
     remember,
     sample_pixels,
 )
@@ -46,11 +46,9 @@ from naturelens.vlm.prefix import CachedPrefix, PrefixStore, PromptSplit, split_
 # Models whose rotary positions are 3-D and computed by the model from the images: they
 # must not be given plain 1-D position ids.
 _OWN_POSITIONS = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
-# The request a local model's precision is measured on: a photo and a question.
-_SAMPLE_QUESTION = (
-    "Which of these best describes what people do or feel in this photo: hiking, "
-    "birdwatching, swimming, a view of the landscape, or none of these? Answer in one word."
-)
+# A local model's precision is measured on the shipped "extended" prompt over the
+# Cultural Ecosystem Services classes (about 800 text tokens of definitions), in score mode.
+SAMPLE_PROMPT, SAMPLE_TAXONOMY, SAMPLE_PHOTOS = "extended", "ces11", 2
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
@@ -65,7 +63,7 @@ class LocalVLM(VisionLanguageModel):
     dtype
         Weights type: ``bfloat16``, ``float16`` or ``float32``. Default on a GPU: the card's;
         on a CPU: measured at first use on this machine (fp32 against bf16, logits compared;
-        see :func:`naturelens.models.precision.measure_autocast`) and remembered; the
+        see :func:`naturelens.models.precision.measure_pair`) and remembered; the
         decision is :attr:`precision`.
     batch_size
         Requests per forward pass.
@@ -145,30 +143,51 @@ class LocalVLM(VisionLanguageModel):
             self.autocast = self.precision.precision == "bf16"
 
     def _measure_precision(self, identity: str, device: torch.device) -> PrecisionChoice:
-        """Time fp32 against bf16 on a sample request; keep the weights in the winner."""
+        """Time an fp32 copy against a bf16 copy on a sample request; keep the faster."""
+        import copy
+
         import psutil
 
         loaded = self.model.dtype
         params = sum(p.numel() for p in self.model.parameters())
-        extra = params * (4 - loaded.itemsize)  # bytes to hold the weights in fp32
+        extra = params * (6 - loaded.itemsize)  # bytes to hold both copies at once
         if extra > psutil.virtual_memory().available // 2:
             return PrecisionChoice(_NAMES.get(loaded, "fp32"), "policy")  # not measured
-        self.model.float()
-        photo = Image.fromarray(
-            (sample_pixels(224, photos=1)[0] * 255).byte().permute(1, 2, 0).numpy()
-        )
-        inputs = self.encode([ChatRequest([photo], _SAMPLE_QUESTION)])
-        choice = measure_autocast(lambda: self.model(**inputs).logits, device)
+        other = torch.bfloat16 if loaded == torch.float32 else torch.float32
+        models = {_NAMES[loaded]: self.model, _NAMES[other]: copy.deepcopy(self.model).to(other)}
+        stores = {name: PrefixStore() for name in models}
+        # The sample runs a real prompt through the real score path (the prompt's KV cache
+        # computed once, then photo and answers): which precision is faster depends on the
+        # prompt's length (a short question's forward pass favoured fp32 on a CPU where
+        # bf16 ran this prompt 2x faster), so a short sample would mislead.
+        from naturelens.prompts import load_prompt
+        from naturelens.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy(SAMPLE_TAXONOMY)
+        text = load_prompt(SAMPLE_PROMPT).render(taxonomy, mode="score")
+        answers = taxonomy.all_ids
+        photos = sample_pixels(224, SAMPLE_PHOTOS).mul(255).byte().permute(0, 2, 3, 1).numpy()
+        requests = [ChatRequest([Image.fromarray(p)], text) for p in photos]
+
+        def run(name: str) -> torch.Tensor:
+            self.model, self.prefixes, self.autocast = models[name], stores[name], name == "bf16"
+            replies = self.score(requests, answers)
+            return torch.tensor([[r.probs.get(a, float("nan")) for a in answers] for r in replies])
+
+        choice = measure_pair(lambda: run("fp32"), lambda: run("bf16"), device, len(requests))
+        self.prefixes = PrefixStore()
         remember(identity, device, choice)
-        if choice.precision == "bf16":
-            self.model.to(torch.bfloat16)
-        elif loaded != torch.float32:  # cast down at load: read the fp32 weights again
+        if choice.precision == "fp32" and loaded != torch.float32:
+            # The fp32 copy was made from weights cast down at load: read them again.
             from transformers import AutoModelForImageTextToText
 
+            models.clear()
             self.model = None
             self.model = AutoModelForImageTextToText.from_pretrained(
                 self.card.source, dtype=torch.float32
             ).eval()
+        else:
+            self.model = models[choice.precision]
         return choice
 
     def _accepts_system_turn(self) -> bool:
