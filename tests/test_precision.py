@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 
 from naturelens.cli import app
 from naturelens.models.backbones import load_backbone
-from naturelens.models.precision import MARGIN, MIN_COSINE, choose_precision, measure
+from naturelens.models.precision import (
+    MARGIN,
+    MIN_COSINE,
+    choose_precision,
+    measure,
+    measure_pair,
+)
 from naturelens.testing.tiny_models import tiny_model
 
 
@@ -58,6 +64,19 @@ def test_agreeing_candidates_are_timed_and_the_faster_kept():
 
 
 CPU = torch.device("cpu")
+
+
+def test_a_pair_of_copies_keeps_bf16_only_when_it_agrees_and_is_faster():
+    rows = torch.softmax(torch.randn(2, 11, generator=torch.Generator().manual_seed(0)), -1)
+    close = rows.to(torch.bfloat16)
+    agreeing = measure_pair(lambda: rows, lambda: close, CPU, photos=2)
+    assert agreeing.cosine["bf16"] >= MIN_COSINE and set(agreeing.photos_per_s) == {"fp32", "bf16"}
+    rates = agreeing.photos_per_s  # whichever won, by the rule
+    assert (agreeing.precision == "bf16") == (rates["bf16"] > MARGIN * rates["fp32"])
+    # Scrambled answers in bf16 are never kept, however fast.
+    scrambled = measure_pair(lambda: rows, lambda: rows.flip(-1), CPU, photos=2)
+    assert scrambled.precision == "fp32" and scrambled.cosine["bf16"] < MIN_COSINE
+    assert "bf16 disagrees with fp32" in scrambled.describe()
 
 
 def test_convolutional_models_also_time_the_channels_last_layout():

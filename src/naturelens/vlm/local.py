@@ -62,9 +62,10 @@ class LocalVLM(VisionLanguageModel):
         ``cuda``, ``cpu`` ... (default: a GPU when there is one).
     dtype
         Weights type: ``bfloat16``, ``float16`` or ``float32``. Default on a GPU: the card's;
-        on a CPU: measured at first use on this machine (fp32 against bf16, logits compared;
-        see :func:`naturelens.models.precision.measure_pair`) and remembered; the
-        decision is :attr:`precision`.
+        on a CPU: measured at first use on this machine (an fp32 against a bf16 copy in score
+        mode on a real prompt, class probabilities compared; see
+        :func:`naturelens.models.precision.measure_pair`) and remembered; the decision is
+        :attr:`precision`.
     batch_size
         Requests per forward pass.
     max_side
