@@ -81,6 +81,7 @@ def test_describe_with_a_local_vlm_is_stored_and_resumable(ws, tiny_root):
         w.photo_path(victim).write_bytes(b"<html>404</html>")
     out = cli("describe", ws, "--model", llava, "--max-tokens", "6", "--show", "2")
     assert "35 described, 0 already done, 1 failed" in flat(out.output)
+    assert "precision: fp32 (auto, " in out.output or "precision: bf16 (auto, " in out.output
     with Workspace.open(ws) as w:
         descs = load_descriptions(w, "llava", prompt_version="describe@1.0")
         assert len(descs) == 36

@@ -129,6 +129,8 @@ def describe(
                 vlm=vlm,
             )
         _print_report(ws, report, show)
+        if getattr(vlm, "precision", None):  # a local model's, and why
+            console.print(f"precision: {vlm.precision.describe()}", highlight=False)
 
 
 @app.command()
