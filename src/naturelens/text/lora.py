@@ -135,10 +135,11 @@ class LoraClassifier(TextClassifier):
                     target[row, width - len(a) :] = torch.tensor(a)  # loss on the answer only
                 ids, mask, target = ids.to(dev), mask.to(dev), target.to(dev)
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                with self.lm_._autocast():
-                    out = model(
-                        input_ids=ids, attention_mask=mask, position_ids=positions, labels=target
-                    )
+                # In the weights' own type: bf16 autocast over fp32 weights is emulated, and
+                # slow, on the CPUs that load fp32 weights (those without bf16 units).
+                out = model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, labels=target
+                )
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimiser.step()
