@@ -35,6 +35,7 @@ from naturelens.machine_cache import cache_dir, read_entries, write_entry
 from naturelens.models.precision import (
     MARGIN,
     MIN_COSINE,
+    best_rates,
     lowest_cosine,
     machine_key,
     sample_pixels,
@@ -48,7 +49,6 @@ COMPILE_MODES = ("auto", "on", "off")
 # A job shorter than this in eager mode is not worth a first, measured compile.
 MIN_JOB_SECONDS = 300.0
 CACHE_FILE = "compile.json"
-ROUNDS = 3
 
 
 @dataclass
@@ -236,10 +236,9 @@ def _measure(backbone: Backbone, chunk: int) -> tuple[CompiledEmbedder | None, C
     if agree < MIN_COSINE:
         why = f"disagrees with eager embedding (cosine {agree:.4f})"
         return compiled, CompileChoice(False, "measured", why, 0, 0, compile_s, agree)
-    eager = fast = 0.0
-    for _ in range(ROUNDS):
-        eager = max(eager, _rate(backbone.embed, sample, warm=False))
-        fast = max(fast, _rate(compiled.embed, sample, warm=False))
+    runs = {"eager": lambda: backbone.embed(sample), "compiled": lambda: compiled.embed(sample)}
+    rates = best_rates(runs, len(sample), backbone.device)
+    eager, fast = rates["eager"], rates["compiled"]
     faster = fast > MARGIN * eager
     why = f"{fast:.1f} photos/s compiled, {eager:.1f} eager, {compile_s:.0f} s to compile"
     if not faster:
@@ -282,9 +281,8 @@ def _sample(backbone: Backbone, photos: int) -> np.ndarray:
     return (values * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def _rate(embed: Callable[[np.ndarray], np.ndarray], x: np.ndarray, warm: bool = True) -> float:
-    if warm:
-        embed(x[:1])
+def _rate(embed: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> float:
+    embed(x[:1])  # warm-up
     started = time.perf_counter()
     embed(x)
     return len(x) / (time.perf_counter() - started)

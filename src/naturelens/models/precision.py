@@ -170,6 +170,18 @@ def _seconds(run: Callable[[], torch.Tensor], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
+def best_rates(
+    runs: dict[str, Callable[[], object]], photos: int, device: torch.device
+) -> dict[str, float]:
+    """Photos per second of each run, each its best of :data:`ROUNDS` interleaved rounds,
+    so that a busy moment slows every run alike instead of making one look slow."""
+    rates = dict.fromkeys(runs, 0.0)
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            rates[name] = max(rates[name], photos / _seconds(run, device))
+    return rates
+
+
 @torch.inference_mode()
 def measure(
     module: torch.nn.Module,
@@ -234,12 +246,9 @@ def measure(
         rates[name] = len(x) / one
         if cosine[name] >= MIN_COSINE and one <= 2 * GIVE_UP_SLOWER * fastest:
             runs[name] = lambda m=model, xi=xin: forward(m, xi)
-            rates[name] = 0.0  # from the rounds below
             fastest = min(fastest, one)
         del model
-    for _ in range(ROUNDS):
-        for name, run in runs.items():
-            rates[name] = max(rates[name], len(x) / _seconds(run, device))
+    rates.update(best_rates(runs, len(x), device))
     default = names[0]
     clearly_faster = [n for n in runs if rates[n] > MARGIN * rates[default]]
     best = max(clearly_faster, key=rates.__getitem__, default=default)
@@ -272,14 +281,11 @@ def measure_pair(
     width = reference.shape[-1]
     agree = lowest_cosine(got.reshape(-1, width), reference.reshape(-1, width))
     cosine = {"fp32": 1.0, "bf16": agree}
-    rates = {"fp32": 0.0, "bf16": photos / first}
+    rates = {"fp32": 0.0, "bf16": photos / first}  # bf16's: replaced by its rounds' if kept
     runs = {"fp32": fp32}
     if agree >= MIN_COSINE and first <= 2 * GIVE_UP_SLOWER * _seconds(fp32, device):
         runs["bf16"] = bf16
-        rates["bf16"] = 0.0  # from the rounds below
-    for _ in range(ROUNDS):
-        for name, run in runs.items():
-            rates[name] = max(rates[name], photos / _seconds(run, device))
+    rates.update(best_rates(runs, photos, device))
     faster = "bf16" in runs and rates["bf16"] > MARGIN * rates["fp32"]
     return PrecisionChoice("bf16" if faster else "fp32", "measured", rates, cosine)
 

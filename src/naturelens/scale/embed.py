@@ -144,8 +144,9 @@ def embed_on_ray(
             keep = first_rows(batch)
             if not keep:
                 continue
-            if int(batch[WORKER][0]) not in compiled:
-                compiled[int(batch[WORKER][0])] = str(batch["compiled"][0])
+            worker = int(batch[WORKER][0])
+            if worker not in compiled:
+                compiled[worker] = str(batch["compiled"][0])
                 emb.compiled = _compiled_line(list(compiled.values()))
             if writer is None:
                 spec = {**_spec(ws, model), "precision": str(batch["precision"][0])}

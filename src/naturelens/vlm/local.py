@@ -91,7 +91,7 @@ class LocalVLM(VisionLanguageModel):
     backend = "transformers"
 
     def __post_init__(self):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
         device = pick_device(self.device)
         self.device = str(device)
@@ -110,19 +110,15 @@ class LocalVLM(VisionLanguageModel):
             torch_dtype = DTYPES[self.precision.precision]
         else:
             torch_dtype = pick_dtype(self.dtype, device, self.card)
-        if self.autocast is None:
-            self.autocast = self.device == "cpu" and cpu_supports_bf16()
-        source = self.card.source
         try:
             if self.processor is None:
-                self.processor = AutoProcessor.from_pretrained(source)
-            if self.model is None:
-                self.model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype)
+                self.processor = AutoProcessor.from_pretrained(self.card.source)
         except (OSError, ValueError) as exc:
-            from naturelens.models.availability import load_failure
-
-            raise VLMError(load_failure(self.card, exc)) from exc
-        self.model.to(self.device).eval()
+            raise self._load_error(exc) from exc
+        if self.model is None:
+            self._load_weights(torch_dtype)
+        else:
+            self.model.to(self.device).eval()
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -142,6 +138,22 @@ class LocalVLM(VisionLanguageModel):
             self.precision = self._measure_precision(identity, device)
         if self.precision is not None:
             self.autocast = self.precision.precision == "bf16"
+        elif self.autocast is None:
+            self.autocast = self.device == "cpu" and cpu_supports_bf16()
+
+    def _load_weights(self, dtype: torch.dtype) -> None:
+        from transformers import AutoModelForImageTextToText
+
+        try:
+            self.model = AutoModelForImageTextToText.from_pretrained(self.card.source, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise self._load_error(exc) from exc
+        self.model.to(self.device).eval()
+
+    def _load_error(self, exc: BaseException) -> VLMError:
+        from naturelens.models.availability import load_failure
+
+        return VLMError(load_failure(self.card, exc))
 
     def _measure_precision(self, identity: str, device: torch.device) -> PrecisionChoice:
         """Time an fp32 copy against a bf16 copy on a sample request; keep the faster."""
@@ -180,13 +192,9 @@ class LocalVLM(VisionLanguageModel):
         remember(identity, device, choice)
         if choice.precision == "fp32" and loaded != torch.float32:
             # The fp32 copy was made from weights cast down at load: read them again.
-            from transformers import AutoModelForImageTextToText
-
             models.clear()
             self.model = None
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                self.card.source, dtype=torch.float32
-            ).eval()
+            self._load_weights(torch.float32)
         else:
             self.model = models[choice.precision]
         return choice
