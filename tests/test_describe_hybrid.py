@@ -8,6 +8,7 @@ remote language model is the real Gemma 3 270M behind llama.cpp's OpenAI-compati
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -270,11 +271,15 @@ def test_lora_trains_only_the_adapters_and_lowers_the_loss(tiny_root):
 def test_llm_zero_shot_scores_and_generates_locally_over_tagger_tags(ws, tiny_root):
     lm = tiny_model("causal-lm", tiny_root)
     # Default describer: the offline tagger, run on the fly for photos without tags.
-    hybrid(ws, "classifier=llm", f"text_model={lm}")
+    out = hybrid(ws, "classifier=llm", f"text_model={lm}")
+    # The language model's precision, and why, as measured on this machine.
+    said = re.search(r"precision: (\S+): (fp32|bf16) \(auto, measured", flat(out.output))
+    assert said, out.output
     run, preds, _ = latest(ws)
+    assert run["summary"]["precision"].startswith(f"{said[1]}: {said[2]} (auto, measured")
     assert len(preds) == 36
     assert all(p.status == "ok" and set(p.scores) == FLIPS for p in preds)
-    assert all(p.prompt_version == "imagenet-top5@1.0+classify_text@1.0" for p in preds)
+    assert all(p.prompt_version == "imagenet-top5@1.0+classify_text@2.0" for p in preds)
     with Workspace.open(ws) as w:
         tags = load_descriptions(w, "efficientnet-lite0-tagger")
         calls = w.db.execute(
@@ -304,6 +309,106 @@ def test_a_local_llm_computes_in_its_weights_type_on_the_cpu(tiny_root):
     scores, tokens = lm.score(["a photo of a lake", "people on a bridge"], ["nature", "sport"])
     assert scores.shape == (2, 2) and seen and not any(seen)
     assert np.isfinite(scores).all() and all(n > 0 for n in tokens)
+
+
+def test_a_local_llm_scores_each_answer_as_its_own_forward_pass_would(tiny_root):
+    import torch
+
+    from naturelens.text.llm import CausalLM
+
+    lm = CausalLM(str(tiny_model("causal-lm", tiny_root)), dtype="float32", device="cpu")
+    texts = ["a photo of a lake and hills", "people on a bridge", "a heron"]
+    # Answers of different lengths, some starting alike (packed, they share tokens).
+    answers = ["nature", "nature walk", "nature walks far", "sport", "x"]
+    scores, tokens = lm.score(texts, answers, batch_size=2)
+    tok = lm.tokenizer
+    for r, text in enumerate(texts):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tokens[r] == len(ids)
+        for c, answer in enumerate(answers):
+            extra = tok(answer, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = lm.model(input_ids=torch.tensor([ids + extra])).logits[0]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            expected = sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(extra))
+            assert scores[r, c] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_local_llm_runs_in_the_precision_measured_once(tiny_root, tmp_path, monkeypatch):
+    import psutil
+    import torch
+
+    from naturelens.models import precision
+    from naturelens.text import llm
+    from naturelens.text.llm import CausalLM
+
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "cache"))
+    source = str(tiny_model("causal-lm", tiny_root))
+    first = CausalLM(source, device="cpu")
+    choice = first.precision
+    assert choice.how == "measured" and set(choice.photos_per_s) == {"fp32", "bf16"}
+    assert choice.cosine["bf16"] > 0.9  # class probabilities compared, text by text
+    weights = {"fp32": torch.float32, "bf16": torch.bfloat16}[choice.precision]
+    assert first.model.dtype == weights
+    scores, _ = first.score(["a photo of a lake"], ["nature", "sport"])
+    assert np.isfinite(scores).all()
+    # Loaded again: the decision is remembered, the weights load in it directly.
+    again = CausalLM(source, device="cpu")
+    assert again.precision.how == "cached" and again.model.dtype == weights
+    # A caller's own choice is not measured.
+    assert CausalLM(source, dtype="float32", device="cpu").precision is None
+    # fp32 winning over weights loaded in bf16: they are read again, not cast back up.
+    exact = CausalLM(source, dtype="float32", device="cpu").model.model.embed_tokens.weight
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "fp32"))
+    monkeypatch.setattr(llm, "pick_dtype", lambda *a: torch.bfloat16)
+
+    def fp32_wins(fp32, bf16, device, photos):
+        fp32(), bf16()
+        return precision.PrecisionChoice("fp32", "measured", {"fp32": 2.0, "bf16": 1.0})
+
+    monkeypatch.setattr(precision, "measure_pair", fp32_wins)
+    reread = CausalLM(source, device="cpu")
+    assert reread.precision.precision == "fp32" and reread.model.dtype == torch.float32
+    assert torch.equal(reread.model.model.embed_tokens.weight, exact)
+    # Too little memory to hold both copies: not measured, nothing remembered.
+    monkeypatch.setenv("NATURELENS_CACHE", str(tmp_path / "tight"))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 1})())
+    tight = CausalLM(source, device="cpu")
+    assert tight.precision.how == "policy" and tight.model.dtype == torch.bfloat16
+    assert not (tmp_path / "tight" / "precision.json").exists()
+
+
+def test_a_local_llm_reads_the_class_list_once_and_scores_as_if_each_prompt_ran_whole(
+    tiny_root,
+):
+    from naturelens.prompts import load_prompt
+    from naturelens.text.llm import CausalLM, text_prompts
+
+    lm = CausalLM(str(tiny_model("causal-lm", tiny_root)), dtype="float32", device="cpu")
+    taxonomy = load_taxonomy("ces11")
+    texts = [
+        "a hiker on a ridge above the clouds",
+        "people swimming in a lake at sunset, #summer",
+        "a heron",
+        "a wooden church by the sea, old stone walls and a bell tower",
+        "children playing in the snow",
+    ]
+    prompts, shared = text_prompts(lm, load_prompt("classify_text"), taxonomy, texts)
+    # Everything before the photo's text is shared: the class list and its definitions.
+    assert all(p.startswith(shared) for p in prompts)
+    assert all(c.definition in shared for c in taxonomy.classes if c.definition)
+    assert not any(t in shared for t in texts)
+    answers = [f'{c}"}}' for c in taxonomy.all_ids]
+    whole, whole_tokens = lm.score(prompts, answers, batch_size=2)
+    assert lm.prefixes.fills == 0
+    cached, cached_tokens = lm.score(prompts, answers, batch_size=2, shared=shared)
+    assert lm.prefixes.fills == 1  # once for three batches
+    assert cached_tokens == whole_tokens
+    np.testing.assert_allclose(cached, whole, atol=1e-3, rtol=1e-4)
+    # Prompts that do not all start with the shared text run whole.
+    mixed, _ = lm.score([prompts[0], "another prompt"], answers, shared=shared)
+    np.testing.assert_allclose(mixed[0], whole[0], atol=1e-3, rtol=1e-4)
+    assert lm.prefixes.fills == 1
 
 
 def test_llm_through_a_server_sees_the_text_and_answers_within_the_schema(ws, monkeypatch):

@@ -48,6 +48,22 @@ def test_score_mode_with_a_cached_prefix_equals_running_each_request_whole(vlm, 
             assert a.log_likelihoods[cls] == pytest.approx(b.log_likelihoods[cls], abs=1e-3)
 
 
+def test_answers_packed_in_one_sequence_score_as_answers_run_one_by_one(vlm, monkeypatch):
+    from naturelens.vlm import local
+
+    assert local.can_pack_answers(vlm.model)  # torch's sdpa: the packed path runs
+    requests = _requests(4)
+    # Answers that start alike share their first tokens in the packed sequence.
+    answers = ["Fauna", "Fauna-Flora", "Fauna-Flora and more", "sport", "x"]
+    packed = vlm.score(requests, answers)
+    monkeypatch.setattr(local, "can_pack_answers", lambda model: False)
+    each = vlm.score(requests, answers)  # the KV cache repeated once per answer
+    for a, b in zip(packed, each, strict=True):
+        assert a.error is None and b.error is None
+        for answer in answers:
+            assert a.log_likelihoods[answer] == pytest.approx(b.log_likelihoods[answer], abs=1e-3)
+
+
 def test_the_prompt_text_comes_before_the_photo(vlm):
     rendered = vlm.processor.apply_chat_template(
         [vlm.conversation(_requests(1)[0])], add_generation_prompt=True, tokenize=False

@@ -212,6 +212,7 @@ class Hybrid(Method):
         if not self.needs_labels:
             self.text_classifier_.fit(ws.taxonomy)
             self.trained_on_ = 0
+            self.run_facts_ = self._facts()
             return self
         if labels is None or len(labels) != len(photos):
             raise MethodError(
@@ -230,7 +231,15 @@ class Hybrid(Method):
             )
         self.text_classifier_.fit(ws.taxonomy, [t for t, _ in pairs], [c for _, c in pairs])
         self.trained_on_ = len(pairs)
+        self.run_facts_ = self._facts()
         return self
+
+    def _facts(self) -> dict[str, str]:
+        """The local language model's precision, and why (for the run's summary)."""
+        clf = self.text_classifier_
+        lm = getattr(clf, "llm_", None) or getattr(clf, "lm_", None)
+        precision = getattr(lm, "precision", None)
+        return {"precision": f"{lm.name}: {precision.describe()}"} if precision else {}
 
     def predict_iter(self, photos: PhotoSet) -> Iterator[Prediction]:
         ws = photos.workspace

@@ -290,6 +290,48 @@ def measure_pair(
     return PrecisionChoice("bf16" if faster else "fp32", "measured", rates, cosine)
 
 
+def measure_copies(
+    model: torch.nn.Module,
+    run: Callable[[torch.nn.Module, str], torch.Tensor],
+    device: torch.device,
+    identity: str,
+    photos: int = 1,
+) -> tuple[PrecisionChoice, torch.nn.Module | None]:
+    """fp32 against bf16 for a loaded language model, on copies of it (see :func:`measure_pair`).
+
+    ``run(copy, name)`` runs the copy in precision ``name`` on the same fixed sample of
+    ``photos`` photos. The decision is remembered for ``identity`` on this machine.
+    Holding both copies needs memory: when that would take more than half of what is
+    free, nothing is measured or remembered and the model stays as loaded (``how`` is
+    ``policy``).
+
+    Returns
+    -------
+    (choice, model)
+        The decision and the copy in its precision; None when fp32 wins over weights
+        loaded in bf16, whose fp32 copy lost their precision at load: read them again.
+    """
+    import psutil
+
+    loaded = model.dtype
+    params = sum(p.numel() for p in model.parameters())
+    extra = params * (6 - loaded.itemsize)  # bytes to hold both copies at once
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    if loaded not in (torch.float32, torch.bfloat16) or extra > (
+        psutil.virtual_memory().available // 2
+    ):
+        return PrecisionChoice(names.get(loaded, "fp32"), "policy"), model
+    other = torch.bfloat16 if loaded == torch.float32 else torch.float32
+    copies = {names[loaded]: model, names[other]: copy.deepcopy(model).to(other)}
+    choice = measure_pair(
+        lambda: run(copies["fp32"], "fp32"), lambda: run(copies["bf16"], "bf16"), device, photos
+    )
+    remember(identity, device, choice)
+    if choice.precision == "fp32" and loaded != torch.float32:
+        return choice, None
+    return choice, copies[choice.precision]
+
+
 def cached_choice(
     identity: str, device: torch.device, cache: Path | None = None
 ) -> PrecisionChoice | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,10 +24,18 @@ from naturelens.models.device import pick_device, pick_dtype
 from naturelens.models.weights import resolve
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import TextClassifier, from_probabilities, softmax, text_prediction
+from naturelens.vlm.prefix import CachedPrefix, PrefixStore
 from naturelens.workspace.core import Prediction
 
 DEFAULT_LLM = "qwen2.5-0.5b-instruct"
 DEFAULT_PROMPT = "classify_text"
+# A local model's precision is measured scoring two photos' texts with the default prompt
+# over the Cultural Ecosystem Services classes.
+SAMPLE_TAXONOMY = "ces11"
+SAMPLE_TEXTS = (
+    "Two hikers walk along a rocky ridge above a sea of clouds at sunrise. Tags: #alps",
+    "A grey heron stands in shallow water among reeds. Title: Morning at the marsh",
+)
 
 
 def label_schema(class_ids: Sequence[str]) -> dict:
@@ -47,33 +56,86 @@ class CausalLM:
     name
         Card name, local folder or hub id.
     dtype
-        Weights type, computed in as it is (default on a GPU: the card's, else bfloat16; on
-        a CPU: bfloat16 where the CPU has bf16 units, else float32). fp32 weights are not
-        autocast to bf16 on a CPU: where it lacks bf16 units that ran 6x slower.
+        Weights type, computed in as it is. Default on a GPU: the card's, else bfloat16; on
+        a CPU: measured at first use on this machine (an fp32 against a bf16 copy scoring
+        the shipped hybrid prompt, class probabilities compared; see
+        :func:`naturelens.models.precision.measure_copies`) and remembered; the decision
+        is :attr:`precision`. fp32 weights are not autocast to bf16 on a CPU: where it
+        lacks bf16 units that ran 6x slower.
     """
 
     def __init__(self, name: str, dtype: str | None = None, device: str | None = None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from naturelens.models.precision import DTYPES, cached_choice
 
         self.card, self.source = resolve(name, kind="llm")
         self.name = self.card.name
         dev = pick_device(device)
         self.device = str(dev)
-        torch_dtype = pick_dtype(dtype, dev, self.card)
+        self._torch = torch
+        # On a CPU, bf16 or fp32 is decided by measurement unless the caller decided.
+        measured = dev.type == "cpu" and dtype in (None, "auto")
+        identity = f"llm|{self.card.name}|{self.source}"
+        self.precision = cached_choice(identity, dev) if measured else None
+        if self.precision is not None:
+            torch_dtype = DTYPES[self.precision.precision]
+        else:
+            torch_dtype = pick_dtype(None if dtype == "auto" else dtype, dev, self.card)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=torch_dtype)
         except OSError as exc:
             raise ModelLoadError(load_failure(self.card.with_source(self.source), exc)) from exc
-        self.model.to(self.device).eval()
+        self._load_weights(torch_dtype)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._torch = torch
         forward = inspect.signature(self.model.forward).parameters
         # The KV-cache argument was renamed from past_key_values to cache in transformers 5.
         self._cache_arg = "cache" if "cache" in forward else "past_key_values"
+        # A prompt's pass needs only the next-token logits (see naturelens.vlm.local).
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in forward else {}
+        if measured and self.precision is None:
+            self.precision = self._measure_precision(identity, dev)
+
+    def _load_weights(self, dtype) -> None:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype)
+        except OSError as exc:
+            raise ModelLoadError(load_failure(self.card.with_source(self.source), exc)) from exc
+        self.model.to(self.device).eval()
+        # Prompt prefixes' KV caches (see score): computed by these weights only.
+        self.prefixes = PrefixStore()
+
+    def _measure_precision(self, identity: str, device):
+        """Time an fp32 copy against a bf16 copy on the sample texts; keep the faster."""
+        from naturelens.models.precision import measure_copies
+        from naturelens.prompts import load_prompt
+        from naturelens.taxonomy import load_taxonomy
+
+        torch = self._torch
+        taxonomy = load_taxonomy(SAMPLE_TAXONOMY)
+        template = load_prompt(DEFAULT_PROMPT)
+        # The real score path on the real prompt (class definitions read once, then each
+        # text and the answers): a short sample would favour fp32 wrongly.
+        prompts, shared = text_prompts(self, template, taxonomy, SAMPLE_TEXTS)
+        answers = [f'{c}"}}' for c in taxonomy.all_ids]
+
+        def run(model, name: str):
+            self.model, self.prefixes = model, PrefixStore()
+            ll, _ = self.score(prompts, answers, shared=shared)
+            return torch.softmax(torch.from_numpy(ll), dim=-1)
+
+        choice, kept = measure_copies(self.model, run, device, identity, len(prompts))
+        self.model = None  # the copy not kept is freed before any weights are read again
+        if kept is None:
+            self._load_weights(torch.float32)
+        else:
+            self.model, self.prefixes = kept, PrefixStore()
+        return choice
 
     def chat_text(self, user: str) -> str:
         """``user`` as one user turn in the chat template, ready for the answer."""
@@ -90,58 +152,89 @@ class CausalLM:
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     def score(
-        self, texts: Sequence[str], choices: Sequence[str], batch_size: int = 8
+        self,
+        texts: Sequence[str],
+        choices: Sequence[str],
+        batch_size: int = 8,
+        shared: str = "",
     ) -> tuple[np.ndarray, list[int]]:
         """Log-likelihood of each choice as the continuation of each text.
 
-        The shared text runs once per row; its KV cache is then repeated once per choice
-        and all choices run in one more pass.
+        Each batch of texts runs once; its KV cache is then repeated once per choice and
+        all choices run in one more pass.
+
+        Parameters
+        ----------
+        shared
+            Text that every one of ``texts`` starts with (a prompt up to the photo's own
+            text). Its KV cache is computed once and kept, and each batch runs only over
+            the rest. A batch whose tokens would differ when cut there runs whole.
 
         Returns
         -------
         (log_likelihoods, tokens_in)
-            A (texts x choices) array, and each text's length in tokens.
+            A (texts x choices) array, and each text's length in tokens (shared part
+            included).
         """
-        from naturelens.vlm.local import answer_tensors
+        from naturelens.vlm.local import answer_log_likelihoods
 
         torch = self._torch
         choice_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices]
         if any(not ids for ids in choice_ids):
             raise ValueError(f"an answer among {list(choices)} tokenizes to nothing")
-        cont, cont_mask = answer_tensors(
-            choice_ids, self.tokenizer.pad_token_id, torch.long, self.device
-        )
-        n_choices, longest = cont.shape
         out_ll, out_tokens = [], []
         for start in range(0, len(texts), batch_size):
-            ids, mask = self._encode(texts[start : start + batch_size])
-            rows = ids.shape[0]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            chunk = texts[start : start + batch_size]
             with torch.inference_mode():
-                out = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+                prefix = self._shared_prefix(shared, chunk)
+                out, mask = self._prefill(chunk, shared, prefix)
+                ll = answer_log_likelihoods(
+                    self.model, out, mask, choice_ids, self.tokenizer.pad_token_id, self._cache_arg
                 )
-                ll = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[:, cont[:, 0]]
-                if longest > 1:
-                    cache = getattr(out, "cache", None) or out.past_key_values
-                    cache.batch_repeat_interleave(n_choices)
-                    tiled = cont.repeat(rows, 1)
-                    tiled_mask = cont_mask.repeat(rows, 1)
-                    full_mask = torch.cat([mask.repeat_interleave(n_choices, 0), tiled_mask], dim=1)
-                    first = mask.sum(-1).repeat_interleave(n_choices)[:, None]
-                    nxt = self.model(
-                        input_ids=tiled,
-                        attention_mask=full_mask,
-                        position_ids=first + torch.arange(longest, device=self.device),
-                        use_cache=True,
-                        **{self._cache_arg: cache},
-                    )
-                    logp = torch.log_softmax(nxt.logits[:, :-1, :].float(), dim=-1)
-                    tok_ll = logp.gather(-1, tiled[:, 1:, None])[..., 0] * tiled_mask[:, 1:]
-                    ll = ll + tok_ll.sum(-1).view(rows, n_choices)
-            out_ll.append(ll.float().cpu().numpy())
+            out_ll.append(ll.cpu().numpy())
             out_tokens.extend(int(n) for n in mask.sum(-1).tolist())
         return np.concatenate(out_ll), out_tokens
+
+    def _shared_prefix(self, shared: str, texts: Sequence[str]) -> CachedPrefix | None:
+        """The KV cache of ``shared`` when every text can run from it; else None."""
+        if not shared or not all(t.startswith(shared) for t in texts):
+            return None
+        tok = self.tokenizer
+        head = tok(shared, add_special_tokens=False)["input_ids"]
+        for text in texts:  # the cut must not change how a text tokenizes
+            tail = tok(text[len(shared) :], add_special_tokens=False)["input_ids"]
+            if head + tail != tok(text, add_special_tokens=False)["input_ids"]:
+                return None
+        found = self.prefixes.get(shared)
+        if found is False:
+            ids = self._torch.tensor([head], device=self.device)
+            with self._torch.inference_mode():
+                out = self.model(input_ids=ids, use_cache=True, **self._last_logits)
+            found = CachedPrefix(getattr(out, "cache", None) or out.past_key_values, len(head))
+            self.prefixes.put(shared, found)
+        return found
+
+    def _prefill(self, texts: Sequence[str], shared: str, prefix: CachedPrefix | None):
+        """Run ``texts`` up to their answers (from ``shared``'s cache when ``prefix`` is
+        given): the model output and the attention mask over everything in its cache."""
+        extra = {}
+        if prefix is None:
+            ids, mask = self._encode(texts)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        else:
+            ids, tail = self._encode([t[len(shared) :] for t in texts])
+            mask = self._torch.cat([tail.new_ones((len(ids), prefix.length)), tail], dim=1)
+            positions = (prefix.length + tail.cumsum(-1) - 1).clamp(min=0)
+            extra[self._cache_arg] = prefix.copy_for(len(ids))
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **extra,
+            **self._last_logits,
+        )
+        return out, mask
 
     def generate(
         self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8
@@ -167,6 +260,30 @@ class CausalLM:
                 text = self.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
                 results.append((text, int(mask[row].sum()), n))
         return results
+
+
+# Stands for a photo's text in a rendered prompt, to find where the photo's own part begins.
+_TEXT_MARK = "\x00the photo's text\x00"
+
+
+def text_prompts(
+    lm: CausalLM, template: Any, taxonomy: Taxonomy, texts: Sequence[str], mode: str = "score"
+) -> tuple[list[str], str]:
+    """Each photo text's whole prompt for ``lm``, and the text all of them start with.
+
+    In score mode a prompt ends with the template's ``score_prefix``, the start of the
+    answer. The shared start is the chat-templated prompt up to the photo's own text
+    (the class list and definitions, when the template puts them first); it is empty
+    when the template starts with the photo's text.
+    """
+    answer = template.score_prefix if mode == "score" else ""
+
+    def prompt(text: str) -> str:
+        return lm.chat_text(template.render(taxonomy, mode=mode, text=text)) + answer
+
+    marked = prompt(_TEXT_MARK)
+    shared = marked.split(_TEXT_MARK)[0] if _TEXT_MARK in marked else ""
+    return [prompt(t) for t in texts], shared
 
 
 class LLMClassifier(TextClassifier):
@@ -250,12 +367,10 @@ class LLMClassifier(TextClassifier):
 
     def _predict_local(self, texts: Sequence[str]) -> list[Prediction]:
         started = time.perf_counter()
-        prompts = [self.llm_.chat_text(self.request_text(t)) for t in texts]
+        prompts, shared = text_prompts(self.llm_, self.template_, self.taxonomy_, texts, self.mode_)
         if self.mode_ == "score":
-            prefix = self.template_.score_prefix
-            ll, tokens = self.llm_.score(
-                [p + prefix for p in prompts], [f'{c}"}}' for c in self.classes_], self.batch_size
-            )
+            answers = [f'{c}"}}' for c in self.classes_]
+            ll, tokens = self.llm_.score(prompts, answers, self.batch_size, shared)
             each = (time.perf_counter() - started) / max(1, len(texts))
             out = from_probabilities(softmax(ll), self.classes_)
             for p, n in zip(out, tokens, strict=True):

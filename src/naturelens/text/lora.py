@@ -19,7 +19,7 @@ from naturelens.text.base import (
     from_probabilities,
     softmax,
 )
-from naturelens.text.llm import DEFAULT_LLM, DEFAULT_PROMPT, CausalLM
+from naturelens.text.llm import DEFAULT_LLM, DEFAULT_PROMPT, CausalLM, text_prompts
 from naturelens.workspace.core import Prediction
 
 
@@ -88,17 +88,11 @@ class LoraClassifier(TextClassifier):
         )
         lm.model = get_peft_model(lm.model, config)
         self.lm_ = lm
-        prefix = self.template_.score_prefix
-        examples = [
-            (lm.chat_text(self._request(t)) + prefix, f'{label}"}}')
-            for t, label in zip(texts, labels, strict=True)
-        ]
+        prompts, _ = text_prompts(lm, self.template_, taxonomy, texts)
+        examples = [(p, f'{label}"}}') for p, label in zip(prompts, labels, strict=True)]
         self.losses_ = self._train(examples)
         lm.model.eval()
         return self
-
-    def _request(self, text: str) -> str:
-        return self.template_.render(self.taxonomy_, mode="score", text=text)
 
     def _train(self, examples: list[tuple[str, str]]) -> list[float]:
         """Train the adapters; returns the mean loss of each epoch."""
@@ -151,11 +145,9 @@ class LoraClassifier(TextClassifier):
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         started = time.perf_counter()
-        prefix = self.template_.score_prefix
-        prompts = [self.lm_.chat_text(self._request(t)) + prefix for t in texts]
-        ll, tokens = self.lm_.score(
-            prompts, [f'{c}"}}' for c in self.classes_], batch_size=self.batch_size
-        )
+        prompts, shared = text_prompts(self.lm_, self.template_, self.taxonomy_, texts)
+        answers = [f'{c}"}}' for c in self.classes_]
+        ll, tokens = self.lm_.score(prompts, answers, self.batch_size, shared)
         each = (time.perf_counter() - started) / max(1, len(texts))
         out = from_probabilities(softmax(ll), self.classes_)
         for p, n in zip(out, tokens, strict=True):
