@@ -288,13 +288,11 @@ def test_llm_zero_shot_scores_and_generates_locally_over_tagger_tags(ws, tiny_ro
         ).fetchone()[0]
     assert len(tags) == 36 and all(d.status == "ok" for d in tags.values())
     assert calls == 36
-    hybrid(ws, "classifier=llm", f"text_model={lm}", "mode=generate", "max_tokens=8")
+    hybrid(ws, "classifier=llm", f"text_model={lm}", "mode=generate", "max_tokens=32")
     _, preds, _ = latest(ws)
+    # Generation is kept on {"label": "<class id>"}: even a random model names a class.
     assert len(preds) == 36
-    for p in preds:  # a random model's words rarely name a class: kept raw, never guessed
-        assert (p.status == "ok" and p.class_id in FLIPS) or (
-            p.status == "unparsed" and p.class_id is None and p.detail
-        )
+    assert all(p.status == "ok" and p.class_id in FLIPS for p in preds)
 
 
 def test_a_local_llm_computes_in_its_weights_type_on_the_cpu(tiny_root):
@@ -409,6 +407,11 @@ def test_a_local_llm_reads_the_class_list_once_and_scores_as_if_each_prompt_ran_
     mixed, _ = lm.score([prompts[0], "another prompt"], answers, shared=shared)
     np.testing.assert_allclose(mixed[0], whole[0], atol=1e-3, rtol=1e-4)
     assert lm.prefixes.fills == 1
+    # Generation starts from the same cache, kept on a valid label.
+    written = lm.generate(prompts, 32, batch_size=2, shared=shared, labels=taxonomy.all_ids)
+    assert [n for _, n, _ in written] == whole_tokens and lm.prefixes.fills == 1
+    labels = [re.match(r'\{"label": "([^"]+)"', text) for text, _, _ in written]
+    assert all(m and m[1] in taxonomy.all_ids for m in labels), written
 
 
 def test_llm_through_a_server_sees_the_text_and_answers_within_the_schema(ws, monkeypatch):

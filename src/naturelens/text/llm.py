@@ -237,25 +237,45 @@ class CausalLM:
         return out, mask
 
     def generate(
-        self, texts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8
+        self,
+        texts: Sequence[str],
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        shared: str = "",
+        labels: Sequence[str] = (),
     ) -> list[tuple[str, int, int]]:
-        """Greedy answers: ``(text, tokens_in, tokens_out)`` per prompt text."""
-        torch = self._torch
+        """Greedy answers: ``(text, tokens_in, tokens_out)`` per prompt text.
+
+        ``shared``: as in :meth:`score`, the text every prompt starts with, computed once.
+        ``labels``: the class ids an answer may name; the answer is then kept on
+        ``{"label": "<one of them>"`` while the model writes it (as a server's JSON-schema
+        mode does), and writes the rest freely.
+        """
+        from naturelens.vlm.constrain import LabelConstraint, LabelPrefixTree
+        from naturelens.vlm.local import greedy_decode
+
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        constraint = None
+        if labels:
+            constraint = LabelConstraint(LabelPrefixTree(self.tokenizer, list(labels)))
         results = []
         for start in range(0, len(texts), batch_size):
-            ids, mask = self._encode(texts[start : start + batch_size])
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=self.tokenizer.pad_token_id,
+            chunk = texts[start : start + batch_size]
+            with self._torch.inference_mode():
+                prefix = self._shared_prefix(shared, chunk)
+                out, mask = self._prefill(chunk, shared, prefix)
+                answers = greedy_decode(
+                    self.model,
+                    out,
+                    mask,
+                    max_new_tokens,
+                    eos,
+                    constraint,
+                    self.tokenizer.pad_token_id,
+                    self._cache_arg,
                 )
-            for row in range(ids.shape[0]):
-                new = out[row, ids.shape[1] :].tolist()
+            for row, new in enumerate(answers):
                 n = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
                 text = self.tokenizer.decode(new[:n], skip_special_tokens=True).strip()
                 results.append((text, int(mask[row].sum()), n))
@@ -376,7 +396,9 @@ class LLMClassifier(TextClassifier):
             for p, n in zip(out, tokens, strict=True):
                 p.tokens_in, p.seconds = n, each
             return out
-        answers = self.llm_.generate(prompts, self.max_tokens, self.batch_size)
+        answers = self.llm_.generate(
+            prompts, self.max_tokens, self.batch_size, shared, labels=self.classes_
+        )
         each = (time.perf_counter() - started) / max(1, len(texts))
         return [self._parsed(text, tin, tout, each) for text, tin, tout in answers]
 

@@ -406,8 +406,15 @@ class LocalVLM(VisionLanguageModel):
             for rows, prefix, splits in self._groups(batch):
                 out, mask = self._prefill(batch, rows, prefix, splits)
                 steps = max(batch[r].max_tokens for r in rows)
-                new = self._decode(
-                    out, mask, steps, eos, self._constraint([batch[r] for r in rows])
+                new = greedy_decode(
+                    self.model,
+                    out,
+                    mask,
+                    steps,
+                    eos,
+                    self._constraint([batch[r] for r in rows]),
+                    self.tokenizer.pad_token_id,
+                    self._cache_arg,
                 )
                 for i, row in enumerate(rows):
                     answers[row] = new[i]
@@ -421,39 +428,6 @@ class LocalVLM(VisionLanguageModel):
     def _eos(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-    def _decode(
-        self, out: Any, mask: torch.Tensor, steps: int, eos: set[int], constraint
-    ) -> list[list[int]]:
-        """Greedy decoding from a prefilled cache; each row stops at its end token."""
-        cache = getattr(out, "cache", None) or out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        rows = logits.shape[0]
-        position = mask.long().sum(-1, keepdim=True)
-        tokens = torch.empty((rows, 0), dtype=torch.long, device=self.device)
-        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        stop = torch.tensor(sorted(eos), dtype=torch.long, device=self.device)
-        pad = self.tokenizer.pad_token_id
-        for step in range(steps):
-            if constraint is not None:
-                logits = constraint(tokens, logits)
-            nxt = torch.where(done, pad, logits.argmax(-1))
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            done |= torch.isin(nxt, stop)
-            if bool(done.all()) or step == steps - 1:
-                break
-            mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
-            out = self.model(
-                input_ids=nxt[:, None],
-                attention_mask=mask,
-                position_ids=position,
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-            cache = getattr(out, "cache", None) or out.past_key_values
-            position = position + 1
-            logits = out.logits[:, -1, :].float()
-        return tokens.tolist()
 
     def _reply(
         self, new: list[int], request: ChatRequest, tin: int, eos: set[int], seconds: float
@@ -552,6 +526,49 @@ class LocalVLM(VisionLanguageModel):
             self._cache_arg,
             positions=self._model_type not in _OWN_POSITIONS,
         )
+
+
+def greedy_decode(
+    model: Any,
+    out: Any,
+    mask: torch.Tensor,
+    steps: int,
+    eos: set[int],
+    constraint: Any,
+    pad: int,
+    cache_arg: str,
+) -> list[list[int]]:
+    """Greedy decoding from prefilled prompts (``out``: their last logits and KV cache;
+    ``mask``: the attention mask over that cache); each row stops at its end token.
+    ``constraint(tokens, logits)`` may mask the next token's logits (None: free)."""
+    device = mask.device
+    cache = getattr(out, "cache", None) or out.past_key_values
+    logits = out.logits[:, -1, :].float()
+    rows = logits.shape[0]
+    position = mask.long().sum(-1, keepdim=True)
+    tokens = torch.empty((rows, 0), dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    stop = torch.tensor(sorted(eos), dtype=torch.long, device=device)
+    for step in range(steps):
+        if constraint is not None:
+            logits = constraint(tokens, logits)
+        nxt = torch.where(done, pad, logits.argmax(-1))
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        done |= torch.isin(nxt, stop)
+        if bool(done.all()) or step == steps - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            use_cache=True,
+            **{cache_arg: cache},
+        )
+        cache = getattr(out, "cache", None) or out.past_key_values
+        position = position + 1
+        logits = out.logits[:, -1, :].float()
+    return tokens.tolist()
 
 
 def answer_log_likelihoods(
