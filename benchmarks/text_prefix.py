@@ -17,6 +17,10 @@ loaded through the same path as the hub checkpoint; its tokenizer is the tiny te
 which spends about 3 tokens per word where Qwen's spends about 1.3, so the token counts
 printed are longer than a real prompt's at the same text.
 
+Generation is timed too (``--answer-tokens``; a random model rarely stops early, so
+nearly every answer is that long): transformers' ``generate`` on every prompt whole, as
+before, against ours from the class list's cache, kept on ``{"label": "<class id>"``.
+
     python benchmarks/text_prefix.py [--texts 16] [--batch-size 8] [--rounds 3]
 """
 
@@ -32,15 +36,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from naturelens.prompts import load_prompt  # noqa: E402
 from naturelens.taxonomy import load_taxonomy  # noqa: E402
 from naturelens.testing.tiny_models import tiny_model  # noqa: E402
 from naturelens.text.base import softmax  # noqa: E402
 from naturelens.text.llm import CausalLM, text_prompts  # noqa: E402
-from naturelens.vlm import local  # noqa: E402
+from naturelens.vlm import local, parse_answer  # noqa: E402
 
 TODAY = "today: every prompt whole, logits at every position, a cache copy per answer"
+GENERATE_TODAY = "generate, today: transformers' generate on every prompt whole, free"
+GENERATE_OURS = "generate, ours: from the class list's cache, kept on a valid label"
 can_pack = local.can_pack_answers
 
 DESCRIPTIONS = [
@@ -91,6 +98,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--taxonomy", default="ces11")
     parser.add_argument("--vocab", type=int, default=151936)
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        default=24,
+        help="tokens generated per answer; 0: no generation",
+    )
     args = parser.parse_args()
 
     taxonomy = load_taxonomy(args.taxonomy)
@@ -109,11 +122,35 @@ def main() -> int:
 
             return go
 
+        def hf_generate():  # today's generation: transformers' generate, whole prompts
+            out = []
+            for start in range(0, len(prompts), args.batch_size):
+                ids, mask = lm._encode(prompts[start : start + args.batch_size])
+                with torch.inference_mode():
+                    new = lm.model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        max_new_tokens=args.answer_tokens,
+                        do_sample=False,
+                        pad_token_id=lm.tokenizer.pad_token_id,
+                    )[:, ids.shape[1] :]
+                out.extend(lm.tokenizer.batch_decode(new, skip_special_tokens=True))
+            return out
+
+        def generate():  # ours: from the class list's cache, kept on a valid label
+            written = lm.generate(
+                prompts, args.answer_tokens, args.batch_size, shared, taxonomy.all_ids
+            )
+            return [text for text, _, _ in written]
+
         cases = {
             TODAY: run("", False),
             "every prompt whole, last logits, answers packed": run("", True),
             "ours: class list read once, last logits, answers packed": run(shared, True),
         }
+        if args.answer_tokens:
+            cases[GENERATE_TODAY] = hf_generate
+            cases[GENERATE_OURS] = generate
         outputs = {name: fn() for name, fn in cases.items()}  # warm-up
         seconds: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.rounds):
@@ -138,14 +175,28 @@ def main() -> int:
             rates[name] = [args.texts / t for t in times]
             shown = " / ".join(f"{r:.2f}" for r in rates[name])
             print(f"{name}: {shown} texts/s")
-        today, whole_last, ours = rates.values()
+        today, whole_last, ours = list(rates.values())[:3]
         for label, other in (("today", today), ("whole prompts", whole_last)):
             ratios = " / ".join(f"{o / t:.2f}x" for o, t in zip(ours, other, strict=True))
-            print(f"ours over {label}, per round: {ratios}")
+            print(f"score, ours over {label}, per round: {ratios}")
         reference = softmax(outputs[TODAY][0])
-        for name, (ll, _) in outputs.items():
-            diff = float(np.abs(softmax(ll) - reference).max())
+        for name, output in list(outputs.items())[:3]:
+            diff = float(np.abs(softmax(output[0]) - reference).max())
             print(f"{name}: largest class-probability difference from today's {diff:.4f}")
+        if args.answer_tokens:
+            pairs = zip(rates[GENERATE_OURS], rates[GENERATE_TODAY], strict=True)
+            print(
+                "generate, ours over today, per round: "
+                + " / ".join(f"{o / t:.2f}x" for o, t in pairs)
+            )
+            pairs = zip(ours, rates[GENERATE_TODAY], strict=True)
+            print(
+                "score (ours) over generate (today), per round: "
+                + " / ".join(f"{o / t:.2f}x" for o, t in pairs)
+            )
+            for name in (GENERATE_TODAY, GENERATE_OURS):
+                named = sum(parse_answer(t, taxonomy).class_id is not None for t in outputs[name])
+                print(f"{name}: {named}/{len(texts)} answers name a class")
     return 0
 
 
