@@ -4,7 +4,9 @@ Locally, a transformers causal LM (a Qwen2.5 instruct model, say) reads the prom
 its own chat template. In ``score`` mode (the default) the answer is constrained to the
 JSON schema by construction: every allowed answer ``{"label": "<class id>"}`` is scored
 by its likelihood and the classes get a probability each, so the answer is always valid.
-In ``generate`` mode the model writes its answer, which is parsed.
+In ``generate`` mode the model writes its answer, kept on ``{"label": "<class id>"`` by a
+prefix tree over token ids, and the answer is parsed. Either way the prompt's shared part
+(the class list and definitions, before the photo's text) is computed once per run.
 
 Remotely (``base_url``, or a card with ``backend: openai``), any OpenAI-compatible server
 answers with JSON-schema constrained output, through :mod:`naturelens.vlm`.
@@ -319,8 +321,10 @@ class LLMClassifier(TextClassifier):
     prompt
         Prompt name or YAML file (variables: ``classes``, ``text``, ``mode``).
     mode
-        ``score`` (local only: rank every class by likelihood) or ``generate``.
-        Default: ``score`` locally, ``generate`` remotely.
+        ``score`` (local only: rank every class by likelihood) or ``generate`` (the model
+        writes its answer, kept on a valid class id: locally by a prefix tree over token
+        ids, remotely by the server's JSON-schema mode). Default: ``score`` locally,
+        ``generate`` remotely.
     """
 
     needs_labels = False
