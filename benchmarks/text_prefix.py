@@ -42,7 +42,7 @@ from naturelens.prompts import load_prompt  # noqa: E402
 from naturelens.taxonomy import load_taxonomy  # noqa: E402
 from naturelens.testing.tiny_models import tiny_model  # noqa: E402
 from naturelens.text.base import softmax  # noqa: E402
-from naturelens.text.llm import CausalLM, text_prompts  # noqa: E402
+from naturelens.text.llm import CausalLM, answer_text, text_prompts  # noqa: E402
 from naturelens.vlm import local, parse_answer  # noqa: E402
 
 TODAY = "today: every prompt whole, logits at every position, a cache copy per answer"
@@ -108,7 +108,7 @@ def main() -> int:
 
     taxonomy = load_taxonomy(args.taxonomy)
     texts = [f"{DESCRIPTIONS[i % len(DESCRIPTIONS)]} (photo {i})" for i in range(args.texts)]
-    answers = [f'{c}"}}' for c in taxonomy.all_ids]
+    answers = [answer_text(c) for c in taxonomy.all_ids]
     with tempfile.TemporaryDirectory() as tmp:
         lm = CausalLM(str(build_model(Path(tmp), args.vocab)))
         prompts, shared = text_prompts(lm, load_prompt("classify_text"), taxonomy, texts)

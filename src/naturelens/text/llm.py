@@ -84,7 +84,7 @@ class CausalLM:
         if self.precision is not None:
             torch_dtype = DTYPES[self.precision.precision]
         else:
-            torch_dtype = pick_dtype(None if dtype == "auto" else dtype, dev, self.card)
+            torch_dtype = pick_dtype(dtype, dev, self.card)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source)
         except OSError as exc:
@@ -124,10 +124,12 @@ class CausalLM:
         # The real score path on the real prompt (class definitions read once, then each
         # text and the answers): a short sample would favour fp32 wrongly.
         prompts, shared = text_prompts(self, template, taxonomy, SAMPLE_TEXTS)
-        answers = [f'{c}"}}' for c in taxonomy.all_ids]
+        answers = [answer_text(c) for c in taxonomy.all_ids]
+        # One store per copy: the class list is computed once per copy, as in real work.
+        stores = {"fp32": PrefixStore(), "bf16": PrefixStore()}
 
         def run(model, name: str):
-            self.model, self.prefixes = model, PrefixStore()
+            self.model, self.prefixes = model, stores[name]
             ll, _ = self.score(prompts, answers, shared=shared)
             return torch.softmax(torch.from_numpy(ll), dim=-1)
 
@@ -162,8 +164,8 @@ class CausalLM:
     ) -> tuple[np.ndarray, list[int]]:
         """Log-likelihood of each choice as the continuation of each text.
 
-        Each batch of texts runs once; its KV cache is then repeated once per choice and
-        all choices run in one more pass.
+        Each batch of texts runs once, then every choice in one more pass (see
+        :func:`naturelens.vlm.local.answer_log_likelihoods`).
 
         Parameters
         ----------
@@ -288,6 +290,12 @@ class CausalLM:
 _TEXT_MARK = "\x00the photo's text\x00"
 
 
+def answer_text(class_id: str) -> str:
+    """The rest of an answer naming ``class_id`` after a score-mode prompt, which ends with
+    its template's ``score_prefix`` (``{"label": "``)."""
+    return f'{class_id}"}}'
+
+
 def text_prompts(
     lm: CausalLM, template: Any, taxonomy: Taxonomy, texts: Sequence[str], mode: str = "score"
 ) -> tuple[list[str], str]:
@@ -306,6 +314,22 @@ def text_prompts(
     marked = prompt(_TEXT_MARK)
     shared = marked.split(_TEXT_MARK)[0] if _TEXT_MARK in marked else ""
     return [prompt(t) for t in texts], shared
+
+
+def score_texts(
+    lm: CausalLM, template: Any, taxonomy: Taxonomy, texts: Sequence[str], batch_size: int
+) -> list[Prediction]:
+    """Each photo text's class probabilities, from the likelihood of every class's answer
+    (score mode; the prompt's shared part computed once)."""
+    started = time.perf_counter()
+    prompts, shared = text_prompts(lm, template, taxonomy, texts)
+    answers = [answer_text(c) for c in taxonomy.all_ids]
+    ll, tokens = lm.score(prompts, answers, batch_size, shared)
+    each = (time.perf_counter() - started) / max(1, len(texts))
+    out = from_probabilities(softmax(ll), taxonomy.all_ids)
+    for p, n in zip(out, tokens, strict=True):
+        p.tokens_in, p.seconds = n, each
+    return out
 
 
 class LLMClassifier(TextClassifier):
@@ -390,16 +414,10 @@ class LLMClassifier(TextClassifier):
         return self._predict_remote(texts)
 
     def _predict_local(self, texts: Sequence[str]) -> list[Prediction]:
+        if self.mode_ == "score":
+            return score_texts(self.llm_, self.template_, self.taxonomy_, texts, self.batch_size)
         started = time.perf_counter()
         prompts, shared = text_prompts(self.llm_, self.template_, self.taxonomy_, texts, self.mode_)
-        if self.mode_ == "score":
-            answers = [f'{c}"}}' for c in self.classes_]
-            ll, tokens = self.llm_.score(prompts, answers, self.batch_size, shared)
-            each = (time.perf_counter() - started) / max(1, len(texts))
-            out = from_probabilities(softmax(ll), self.classes_)
-            for p, n in zip(out, tokens, strict=True):
-                p.tokens_in, p.seconds = n, each
-            return out
         answers = self.llm_.generate(
             prompts, self.max_tokens, self.batch_size, shared, labels=self.classes_
         )
@@ -536,7 +554,10 @@ __all__ = [
     "CausalLM",
     "LLMClassifier",
     "LocalTextChat",
+    "answer_text",
     "label_schema",
     "load_causal_lm",
     "load_chat_model",
+    "score_texts",
+    "text_prompts",
 ]

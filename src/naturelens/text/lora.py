@@ -9,17 +9,21 @@ Only the low-rank adapters train (peft), which keeps memory and time small.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Sequence
 
 from naturelens.taxonomy import Taxonomy
 from naturelens.text.base import (
     TextClassifier,
     check_training,
-    from_probabilities,
-    softmax,
 )
-from naturelens.text.llm import DEFAULT_LLM, DEFAULT_PROMPT, CausalLM, text_prompts
+from naturelens.text.llm import (
+    DEFAULT_LLM,
+    DEFAULT_PROMPT,
+    CausalLM,
+    answer_text,
+    score_texts,
+    text_prompts,
+)
 from naturelens.workspace.core import Prediction
 
 
@@ -89,7 +93,7 @@ class LoraClassifier(TextClassifier):
         lm.model = get_peft_model(lm.model, config)
         self.lm_ = lm
         prompts, _ = text_prompts(lm, self.template_, taxonomy, texts)
-        examples = [(p, f'{label}"}}') for p, label in zip(prompts, labels, strict=True)]
+        examples = [(p, answer_text(label)) for p, label in zip(prompts, labels, strict=True)]
         self.losses_ = self._train(examples)
         lm.model.eval()
         return self
@@ -144,15 +148,7 @@ class LoraClassifier(TextClassifier):
         return losses
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        started = time.perf_counter()
-        prompts, shared = text_prompts(self.lm_, self.template_, self.taxonomy_, texts)
-        answers = [f'{c}"}}' for c in self.classes_]
-        ll, tokens = self.lm_.score(prompts, answers, self.batch_size, shared)
-        each = (time.perf_counter() - started) / max(1, len(texts))
-        out = from_probabilities(softmax(ll), self.classes_)
-        for p, n in zip(out, tokens, strict=True):
-            p.tokens_in, p.seconds = n, each
-        return out
+        return score_texts(self.lm_, self.template_, self.taxonomy_, texts, self.batch_size)
 
 
 __all__ = ["LoraClassifier"]
