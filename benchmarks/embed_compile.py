@@ -14,9 +14,13 @@ in the same round:
   is reported apart; ``--no-compile`` leaves it out);
 - ``auto compiled``: ``auto`` through the engine's compiled path
   (:class:`naturelens.models.compiled.CompiledEmbedder`: ``torch.compile`` with frozen
-  weights, batches of ``--batch`` photos; ``--no-compile`` leaves it out).
+  weights, batches of ``--batch`` photos; ``--no-compile`` leaves it out);
+- ``auto compiled +``: the same on a private copy of the model, compiled with the inductor
+  options given by ``--inductor`` (e.g. ``max_autotune=1`` for inductor's own AMX matrix
+  products, ``cpp.enable_concat_linear=1`` to fuse the query, key and value products).
 
     python benchmarks/embed_compile.py [--batch 32] [--rounds 3] [--no-compile]
+        [--inductor KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -42,6 +46,27 @@ def photos_per_s(forward, x, reps: int = 3) -> float:
     return len(x) / best
 
 
+def with_options(backbone, args, x):
+    """The engine's compiled path on a copy of ``backbone``, compiled with ``--inductor``."""
+    import copy
+
+    import torch
+    from torch._inductor import config
+
+    from naturelens.models.compiled import CompiledEmbedder
+
+    flags = {"1": True, "true": True, "0": False, "false": False}
+    options = {k: flags.get(v.lower(), v) for k, v in (o.split("=", 1) for o in args.inductor)}
+    twin = copy.copy(backbone)
+    twin.module = copy.deepcopy(backbone.module)  # its own compiled graph
+    compiled = CompiledEmbedder(twin, args.batch)
+    started = time.perf_counter()
+    with config.patch(options), torch.inference_mode():
+        compiled.features(x.to(twin.dtype))
+    print(f"auto compiled + {options}: {time.perf_counter() - started:.0f} s to compile")
+    return lambda v: compiled.features(v.to(twin.dtype))
+
+
 def main() -> int:
     import tempfile
 
@@ -56,6 +81,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["NATURELENS_CACHE"] = str(Path(tmp) / "cache")  # auto measures afresh
@@ -85,6 +111,8 @@ def main() -> int:
                 frozen.features(x.to(auto.dtype))
             print(f"auto compiled: {time.perf_counter() - started:.0f} s to compile")
             ways["auto compiled"] = (auto.dtype, lambda v: frozen.features(v.to(auto.dtype)))
+            if args.inductor:
+                ways["auto compiled +"] = (auto.dtype, with_options(auto, args, x))
         dtypes = {dtype for dtype, _ in ways.values()}
         for r in range(args.rounds):
             roof = {dtype: matmul_flops(dtype) for dtype in dtypes}
