@@ -45,6 +45,29 @@ def test_manifest_without_ids_keeps_every_row_past_one_batch(tmp_path):
     assert report.skipped == 0
 
 
+def test_a_row_with_too_many_or_too_few_fields_fails_alone(tmp_path):
+    # A stray comma in one row must not cost the rest of the manifest, nor shift a label.
+    a = _photo(tmp_path / "a.jpg", (250, 0, 0))
+    b = _photo(tmp_path / "b.jpg", (0, 0, 250))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,path,label\n1,{a},nature\n2,{b},sport,extra\n3,{b}\n4,{b},sport\n")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    report = ws.ingest([manifest])
+    assert report.seen == 4
+    kept = ws.db.execute(
+        "SELECT manifest_id, path FROM refs WHERE failure IS NULL ORDER BY manifest_id"
+    ).fetchall()
+    assert kept == [("1", str(a)), ("4", str(b))]
+    failures = sorted(ws.failures(), key=lambda f: f["ref"])
+    assert [f["reason"] for f in failures] == ["bad row", "bad row"]
+    assert "line 3 has 4 fields where the header has 3" in failures[0]["detail"]
+    assert "line 4 has 2 fields" in failures[1]["detail"]
+    labels = dict(
+        ws.db.execute("SELECT path, class_id FROM refs JOIN labels USING (photo_id)").fetchall()
+    )
+    assert labels == {str(a): "nature", str(b): "sport"}
+
+
 @pytest.mark.parametrize("rule", ["first", "last"])
 def test_duplicate_ids_follow_the_rule_and_are_reported(tmp_path, rule):
     a = _photo(tmp_path / "a.jpg", (250, 0, 0))

@@ -270,6 +270,21 @@ def test_serve_beside_a_running_command_says_why_not(built, tmp_path):
         assert len(ws.labels()) == 12
 
 
+@pytest.mark.parametrize("port", [70000, -1])
+def test_a_port_out_of_range_is_one_line_not_a_traceback(tmp_path, port):
+    from typer.testing import CliRunner
+
+    from naturelens.app.server import ServeError, serve
+    from naturelens.cli import app as cli
+
+    Workspace.create(tmp_path / "ws", "flips").close()
+    with pytest.raises(ServeError, match="cannot listen"):
+        serve(tmp_path / "ws", port=port)
+    out = CliRunner().invoke(cli, ["serve", str(tmp_path / "ws"), "--port", str(port)])
+    assert out.exit_code == 2 and "--port" in out.output
+    assert not isinstance(out.exception, OverflowError)
+
+
 # ---------------------------------------------------------------------------- active learning
 
 

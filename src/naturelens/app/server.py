@@ -335,9 +335,9 @@ def serve(
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind((host, port))
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
         raise ServeError(
-            f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+            f"cannot listen on {host}:{port} ({getattr(exc, 'strerror', None) or exc})",
             "pick another --port or --host",
         ) from None
     ws = Workspace.open(workspace)

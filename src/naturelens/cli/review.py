@@ -15,7 +15,7 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1", help="Address to bind; beyond loopback a token is required."
     ),
-    port: int = typer.Option(8765, help="Port to listen on."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port to listen on."),
     token: str = typer.Option(
         None, envvar="NATURELENS_TOKEN", help="Access token (made up and printed when needed)."
     ),

@@ -154,18 +154,41 @@ def iter_folder(root: Path, labels_from_folders: bool = True) -> Iterator[PhotoR
             yield PhotoRef(ref=str(full), source="folder", path=str(full), label=label)
 
 
-def _read_table(path: Path) -> pa.Table:
+def _read_table(path: Path) -> tuple[pa.Table, list[PhotoRef]]:
+    """The manifest as text columns, and a failed reference for each row that cannot be
+    read as a row (more or fewer fields than the header): the other rows still count."""
+    malformed: list[PhotoRef] = []
+
+    def report(row) -> str:
+        where = f"line {row.number}" if row.number else "a line"
+        malformed.append(
+            PhotoRef(
+                ref=f"{path}#line{row.number or len(malformed) + 1}",
+                source="manifest",
+                problem=(
+                    f"bad row: {where} has {row.actual_columns} fields where the header has "
+                    f"{row.expected_columns}: {row.text[:80]!r}"
+                ),
+            )
+        )
+        return "skip"
+
     try:
         if path.suffix.lower() == ".parquet":
-            return pq.read_table(path)
-        opts = pacsv.ReadOptions(encoding="utf-8")
-        parse = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            return pq.read_table(path), malformed
+        # One thread, so each malformed row is reported with its line number.
+        opts = pacsv.ReadOptions(encoding="utf-8", use_threads=False)
+        parse = pacsv.ParseOptions(
+            delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+            invalid_row_handler=report,
+        )
         # Everything as text: values are validated row by row below.
         convert = pacsv.ConvertOptions(column_types={}, strings_can_be_null=True)
         table = pacsv.read_csv(
             path, read_options=opts, parse_options=parse, convert_options=convert
         )
-        return table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+        table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+        return table, malformed
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest: {exc}") from exc
 
@@ -219,7 +242,8 @@ def iter_manifest(path: Path, duplicates: str = "first") -> Iterator[PhotoRef]:
     Columns: ``id``, ``path`` or ``url`` (one is required per row), and optionally
     ``label``, ``lat``, ``lon``, ``owner``, ``taken_at``, ``title``, ``tags``.
     Relative paths are resolved against the manifest's folder. Rows without an id are
-    keyed by their row number in the whole file.
+    keyed by their row number among the file's well-formed rows; a row with more or fewer
+    fields than the header is reported as a failed row (by its line), the others read.
 
     Parameters
     ----------
@@ -231,11 +255,12 @@ def iter_manifest(path: Path, duplicates: str = "first") -> Iterator[PhotoRef]:
     if duplicates not in DUPLICATE_RULES:
         raise SourceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
     path = path.resolve()
-    table = _read_table(path)
+    table, malformed = _read_table(path)
     columns = set(table.column_names)
     if not ({"path", "url"} & columns):
         raise SourceError(f"{path}: a manifest needs a 'path' or a 'url' column")
     kept = _kept_rows(path, table, duplicates)
+    yield from malformed
     base = path.parent
     number = 0
     for batch in table.to_batches(max_chunksize=4096):
