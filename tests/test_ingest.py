@@ -250,6 +250,12 @@ def test_latest_run_is_the_latest_finished_one(labelled_workspace):
     ws.db.execute("UPDATE runs SET status = 'interrupted'")
     with pytest.raises(WorkspaceError, match="no finished run yet"):
         ws.run()
+    # An unknown id is answered with the runs `runs list` shows, not evaluation folds.
+    fold, _ = ws.start_run("probe", {"purpose": "evaluation", "fold": 0})
+    with pytest.raises(WorkspaceError, match="no run 'nope'") as exc:
+        ws.run("nope")
+    assert broken in str(exc.value) and fold not in str(exc.value)
+    assert "runs list" in exc.value.one_line()
 
 
 def test_symlinked_class_folders_are_followed_and_loops_reported(tmp_path):

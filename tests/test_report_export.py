@@ -305,6 +305,27 @@ def test_export_cli(geo_workspace, tmp_path):
     assert out.exit_code != 0 and "no run 'nope'" in out.output
 
 
+@pytest.mark.parametrize("name", ["e.csv", "e.parquet", "e.geojson", "pud.geojson", "r.html"])
+def test_an_output_that_cannot_be_written_is_one_line(geo_workspace, tmp_path, name):
+    # A folder in the way, and a file system that takes no new files (/proc): the user is
+    # told which path to change; the catalog is not blamed, nothing half-written is left.
+    ws = geo_workspace
+    store_runs(ws)
+    root = ws.root
+    ws.close()
+    command = {"r": ["report"], "pud": ["export", "--pud"]}.get(name.split(".")[0], ["export"])
+    (tmp_path / name).mkdir()
+    targets = [tmp_path / name]
+    if Path("/proc/self").is_dir():
+        targets.append(Path("/proc") / name)
+    for target in targets:
+        out = CliRunner().invoke(app, [*command, str(root), "-o", str(target)])
+        assert out.exit_code == 2, out.output
+        assert out.output.startswith(f"error: cannot write {target}")
+        assert "choose another --output" in " ".join(out.output.split())
+    assert (tmp_path / name).is_dir() and not list(tmp_path.glob("*.partial"))
+
+
 def test_map_points_show_offline_on_a_plain_background(tmp_path, chromium):
     """No tile server reachable: the points still draw, in their class colours, with a
     graticule, from the Leaflet inside the package."""

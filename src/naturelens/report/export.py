@@ -13,13 +13,16 @@ a null geometry, which GeoJSON allows.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+
+import duckdb
 
 from naturelens.errors import NaturelensError
 from naturelens.workspace import reports
@@ -35,16 +38,38 @@ class ExportError(NaturelensError, ValueError):
     """The export cannot be written as asked."""
 
 
+def check_writable(output: Path, error: type[NaturelensError] = ExportError) -> None:
+    """Raise ``error`` now, before any work, when ``output`` cannot be written (a folder,
+    no permission, a read-only file system); leaves nothing behind."""
+    partial = output.with_name(output.name + ".partial")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        partial.touch()
+        partial.unlink()
+    except OSError as exc:
+        raise _cannot_write(output, exc, error) from None
+
+
 @contextmanager
-def _written_whole(output: Path) -> Iterator[Path]:
-    """Write next to ``output`` and rename, so a failed export leaves no half file."""
-    output.parent.mkdir(parents=True, exist_ok=True)
+def written_whole(output: Path, error: type[NaturelensError] = ExportError) -> Iterator[Path]:
+    """Write next to ``output`` and rename, so a failed write leaves no half file; a path
+    that cannot be written (see :func:`check_writable`, or a full disk) raises ``error``."""
+    check_writable(output, error)
     partial = output.with_name(output.name + ".partial")
     try:
         yield partial
         os.replace(partial, output)
+    except OSError as exc:
+        raise _cannot_write(output, exc, error) from None
     finally:
-        partial.unlink(missing_ok=True)
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+
+
+def _cannot_write(output: Path, exc: OSError, error: type[NaturelensError]) -> NaturelensError:
+    return error(f"cannot write {output}: {exc.strerror or exc}", "choose another --output path")
 
 
 def export_run(
@@ -75,11 +100,14 @@ def export_run(
             f"{output}: unknown format {output.suffix!r}; use one of {', '.join(FORMATS)}"
         )
     run = ws.run(run_id)  # raises a clear error for an unknown run
-    with _written_whole(output) as partial:
+    with written_whole(output) as partial:
         if fmt == "geojson":
             rows = reports.iter_export(ws, run["run_id"], batch_size)
             return _write_features(partial, (_point_feature(row) for row in rows))
-        return int(reports.copy_export(ws, run["run_id"], str(partial), fmt))
+        try:
+            return int(reports.copy_export(ws, run["run_id"], str(partial), fmt))
+        except duckdb.IOException as exc:  # the file, not the catalog (a full disk)
+            raise OSError(str(exc)) from None
 
 
 def export_photo_user_days(
@@ -136,7 +164,7 @@ def export_photo_user_days(
                 "properties": props,
             }
 
-    with _written_whole(output) as partial:
+    with written_whole(output) as partial:
         return _write_features(partial, features())
 
 

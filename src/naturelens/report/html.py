@@ -39,7 +39,12 @@ from naturelens._version import __version__
 from naturelens.errors import NaturelensError
 from naturelens.evaluation.compare import format_accuracy, format_energy, latest_comparison
 from naturelens.evaluation.metrics import EvaluationError, evaluate_run
-from naturelens.report.export import KM_PER_DEG_LAT, KM_PER_DEG_LON
+from naturelens.report.export import (
+    KM_PER_DEG_LAT,
+    KM_PER_DEG_LON,
+    check_writable,
+    written_whole,
+)
 from naturelens.report.map import build_map
 from naturelens.sources.images import PhotoDecodeError, load_photo
 from naturelens.workspace import reports
@@ -382,7 +387,7 @@ def build_report(
     """
     opts = options or ReportOptions()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(output, ReportError)  # before minutes of thumbnails, not after
     if opts.page_size < 1 or opts.thumb_size < 16:
         raise ReportError("page size must be at least 1 and thumbnails at least 16 px")
     run = _choose_run(ws, opts.run_id)
@@ -497,7 +502,6 @@ def build_report(
         data=data,
         embed_thumbs=opts.embed_thumbs,
     )
-    partial = output.with_name(output.name + ".partial")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, output)
+    with written_whole(output, ReportError) as partial:
+        partial.write_text(page, encoding="utf-8")
     return output

@@ -817,13 +817,19 @@ class Workspace:
             )
         if found:
             return found[0]
-        rows = self.db.execute("SELECT run_id FROM runs ORDER BY started_at, run_id").fetchall()
+        # The runs a user sees in `runs list` (not evaluation folds), newest first.
+        rows = self.db.execute(
+            "SELECT run_id FROM runs WHERE coalesce(json_extract_string(params, '$.purpose'), "
+            "'') != 'evaluation' ORDER BY started_at DESC, run_id DESC"
+        ).fetchall()
         ids = [r[0] for r in rows]
         if not ids:
             raise WorkspaceError(f"{self.root}: no runs yet (run `naturelens classify` first)")
+        some = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        every = f"see them all with `naturelens runs list {self.root}`"
         if run_id is None:
-            raise WorkspaceError(f"{self.root}: no finished run yet; unfinished runs: {ids}")
-        raise WorkspaceError(f"no run {run_id!r}; runs: {ids}")
+            raise WorkspaceError(f"{self.root}: no finished run yet; unfinished: {some}", every)
+        raise WorkspaceError(f"no run {run_id!r}; the newest: {some}", every)
 
     def done_photo_ids(self, run_id: str) -> set[str]:
         """Photos that already have a prediction in ``run_id`` (for resuming)."""
