@@ -147,6 +147,13 @@ def test_holdout_protocol_and_failures_are_recorded(labelled_workspace, colour_m
     assert len(run["params"]["train"]) == 24 and run["params"]["predict"] == 24
     with pytest.raises(CompareError, match="needs more than 8"):
         compare(ws, specs, shots=8)
+    for bad, says in [({"shots": 0}, "--shots must be at least 1"),
+                      ({"shots": -3}, "--shots must be at least 1"),
+                      ({"test_fraction": 1.5}, "--test-fraction must be between 0 and 1")]:  # fmt: skip
+        with pytest.raises(CompareError, match=says):
+            compare(ws, specs, **bad)
+    out = CliRunner().invoke(app, ["classify", str(ws.root), "--method", "colour", "--shots", "0"])
+    assert out.exit_code == 2 and "--shots must be at least 1" in out.output
 
 
 def test_energy_is_measured_from_rapl_counters(tmp_path, monkeypatch):

@@ -73,6 +73,15 @@ def test_cli_refuses_a_missing_key_in_one_line(no_key, labelled_workspace):
     assert "no API key" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.org/v1", "notaurl"])
+def test_a_base_url_that_is_no_server_address_is_refused_before_the_run(labelled_workspace, url):
+    ws = labelled_workspace
+    method = make_method("prompt", model="gpt-4o-mini", base_url=url)
+    with pytest.raises(VLMError, match="not an http\\(s\\) address"):
+        run_method(ws, method, ws.photo_ids()[:3])
+    assert ws.runs() == []
+
+
 def test_refused_connections_stop_the_run_early_and_it_stays_resumable(
     monkeypatch, no_sleep, labelled_workspace
 ):

@@ -130,6 +130,17 @@ except WorkspaceError as exc:
 """
 
 
+def test_init_where_no_workspace_can_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for where, says in [
+        (tmp_path / "afile", "a file is in the way"),
+        (tmp_path / "afile" / "sub", "cannot make a workspace here"),
+    ]:
+        out = CliRunner().invoke(app, ["init", str(where), "--taxonomy", "flips"])
+        assert out.exit_code == 2 and out.output.startswith(f"error: {where}: {says}")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_two_inits_at_once_make_one_consistent_workspace(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     root = tmp_path / "ws"

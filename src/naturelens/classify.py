@@ -106,6 +106,8 @@ def classify_collection(
         coverage = check_coverage(coverage)
     if seeds is not None and seeds < 1:
         raise MethodError("--seeds must be at least 1")
+    if shots is not None and shots < 1:
+        raise MethodError("--shots must be at least 1 (leave it out to learn from every label)")
     method = make_method(method_name, **params)
     stores = False
     if ray is not None:

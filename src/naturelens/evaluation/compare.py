@@ -148,6 +148,10 @@ def make_splits(
     """
     if seeds < 1:
         raise CompareError("--seeds must be at least 1")
+    if shots is not None and shots < 1:
+        raise CompareError("--shots must be at least 1 (leave it out for a stratified holdout)")
+    if shots is None and not 0 < test_fraction < 1:
+        raise CompareError(f"--test-fraction must be between 0 and 1, not {test_fraction}")
     if len(labels) < 2:
         raise CompareError(
             "compare needs labelled photos: label some (folder names or a manifest 'label' column)"

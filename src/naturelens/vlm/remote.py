@@ -79,7 +79,14 @@ def needs_api_key(base_url: str | None) -> bool:
 def require_api_key(name: str, base_url: str | None, api_key: str | None = None) -> str:
     """The key to send to ``base_url``: ``api_key``, the environment's, or ``"none"`` for
     servers that take any key. Raises :class:`VLMError` before any call is made when a
-    hosted API would refuse every request."""
+    hosted API would refuse every request, or when ``base_url`` is not a server's address."""
+    if base_url is not None:
+        url = urlparse(base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise VLMError(
+                f"{name}: --base-url {base_url!r} is not an http(s) address",
+                "give the server's address, e.g. http://localhost:8000/v1",
+            )
     key = api_key or api_key_from_env()
     if key:
         return key

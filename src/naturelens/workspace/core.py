@@ -167,14 +167,21 @@ class Workspace:
         if (root / "workspace.yaml").exists():
             raise WorkspaceError(f"{root}: a workspace already exists here")
         tax = taxonomy if isinstance(taxonomy, Taxonomy) else load_taxonomy(taxonomy)
-        root.mkdir(parents=True, exist_ok=True)
+        if root.exists() and not root.is_dir():
+            raise WorkspaceError(f"{root}: a file is in the way", "choose a folder's path")
         # Claimed atomically: of two `init`s at once, exactly one makes the workspace.
         try:
+            root.mkdir(parents=True, exist_ok=True)
             claim = os.open(root / ".creating", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             raise WorkspaceError(
                 f"{root}: another `naturelens init` is making a workspace here",
                 f"if none is running, delete {root / '.creating'}",
+            ) from None
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise WorkspaceError(
+                f"{root}: cannot make a workspace here ({exc.strerror or exc})",
+                "choose a folder you can write to",
             ) from None
         os.close(claim)
         try:
