@@ -68,6 +68,30 @@ def test_a_row_with_too_many_or_too_few_fields_fails_alone(tmp_path):
     assert labels == {str(a): "nature", str(b): "sport"}
 
 
+def test_spreadsheet_manifests_semicolons_capitals_and_a_bom_are_read(tmp_path):
+    # As Excel writes them in many locales: semicolons, "ID;Path;Label", a UTF-8 BOM.
+    a = _photo(tmp_path / "a.jpg", (250, 0, 0))
+    b = _photo(tmp_path / "b.jpg", (0, 0, 250))
+    manifest = tmp_path / "m.csv"
+    text = f"ID;Path;Label;Title\n1;{a};Nature;Café, lake\n2;{b};sport;x\n"
+    manifest.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    report = ws.ingest([manifest])
+    assert (report.added, report.failed, report.labelled) == (2, 0, 2)
+    rows = ws.db.execute("SELECT manifest_id, title FROM refs ORDER BY 1").fetchall()
+    assert rows == [("1", "Café, lake"), ("2", "x")]
+
+
+def test_a_manifest_not_in_utf8_says_how_to_convert_it(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("id,path,title\n1,a.jpg,café\n".encode("cp1252"))
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    with pytest.raises(SourceError, match="not UTF-8") as exc:
+        ws.ingest([manifest])
+    assert "CSV UTF-8" in exc.value.one_line()
+    assert ws.db.execute("SELECT count(*) FROM refs").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("rule", ["first", "last"])
 def test_duplicate_ids_follow_the_rule_and_are_reported(tmp_path, rule):
     a = _photo(tmp_path / "a.jpg", (250, 0, 0))

@@ -119,6 +119,77 @@ def test_reingest_adds_only_what_is_new(tmp_path):
     assert (second.added, second.skipped) == (0, 12)
 
 
+def _rows(path, rows):
+    path.write_text("id,path,label,title\n" + "".join(",".join(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_corrected_manifest_row_is_taken_and_its_label_follows_the_rule(tmp_path):
+    a = tmp_path / "a.jpg"
+    b = tmp_path / "b.jpg"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(a)
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(b)
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    manifest = _rows(
+        tmp_path / "m.csv", [("1", str(a), "nature", "old"), ("2", str(b), "sport", "x")]
+    )
+    ws.ingest([manifest])
+    photo_a = ws.db.execute("SELECT photo_id FROM refs WHERE manifest_id = '1'").fetchone()[0]
+    photo_b = ws.db.execute("SELECT photo_id FROM refs WHERE manifest_id = '2'").fetchone()[0]
+
+    def title(mid):
+        return ws.db.execute("SELECT title FROM refs WHERE manifest_id = ?", [mid]).fetchone()[0]
+
+    # Row 1 corrected: a new title and another class. Under the default rule the photo's
+    # label stays and the new one is reported; the title is taken; row 2 is untouched.
+    _rows(manifest, [("1", str(a), "urban_rural", "new"), ("2", str(b), "sport", "x")])
+    report = ws.ingest([manifest])
+    assert (report.added, report.skipped, report.updated) == (0, 2, 1)
+    assert title("1") == "new" and ws.labels() == {photo_a: "nature", photo_b: "sport"}
+    assert "ignored" in report.label_problems[0] and "urban_rural" in report.label_problems[0]
+    again = ws.ingest([manifest])  # still in conflict: said again, not forgotten
+    assert again.updated == 1 and len(again.label_problems) == 1
+    # Asked for, the corrected label replaces the old one; then nothing is left to do.
+    last = ws.ingest([manifest], duplicates="last")
+    assert last.labelled == 1 and ws.labels() == {photo_a: "urban_rural", photo_b: "sport"}
+    assert ws.ingest([manifest]).updated == 0
+
+
+def test_an_unchanged_parquet_manifest_is_not_taken_as_changed(tmp_path):
+    # Typed values (floats, zoned timestamps, lists) read back equal to what was stored.
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(photo)
+    when = dt.datetime(2024, 5, 1, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    table = pa.table({"id": ["1"], "path": [str(photo)], "lat": [46.5], "lon": [7.25],
+                      "taken_at": [when], "tags": [["lake", "alps"]], "label": ["nature"]})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    assert ws.ingest([tmp_path / "m.parquet"]).added == 1
+    again = ws.ingest([tmp_path / "m.parquet"])
+    assert (again.skipped, again.updated) == (1, 0)
+    stored = ws.db.execute("SELECT taken_at, tags FROM refs").fetchone()
+    assert stored == (dt.datetime(2024, 5, 1, 9, 30), "lake, alps")
+
+
+def test_a_replaced_unreadable_file_is_read_again(tmp_path):
+    photo = tmp_path / "p" / "x.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(b"\xff\xd8 not really a jpeg")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    first = ws.ingest([tmp_path / "p"])
+    assert (first.added, first.failed) == (0, 1)
+    Image.new("RGB", (16, 16), (0, 120, 0)).save(photo)  # the user copies it again
+    second = ws.ingest([tmp_path / "p"])
+    assert (second.added, second.failed, second.skipped) == (1, 0, 0)
+    assert ws.status()["photos"] == 1 and ws.status()["failures"] == 0
+    assert ws.ingest([tmp_path / "p"]).skipped == 1  # and then it is done
+
+
 def test_urls_downloaded_cached_and_failures_recorded(tmp_path):
     served = tmp_path / "site"
     make_photo_set(served, "flips", per_class=1, size=32)

@@ -97,6 +97,7 @@ def ingest(
                     "added": report.added,
                     "duplicates": report.duplicates,
                     "skipped": report.skipped,
+                    "updated": report.updated,
                     "failed": report.failed,
                     "labelled": report.labelled,
                     "label_problems": report.label_problems,
@@ -104,7 +105,9 @@ def ingest(
             )
         console.print(
             f"{report.added} new photos, {report.duplicates} duplicates, "
-            f"{report.skipped} already ingested, {report.failed} failures, "
+            f"{report.skipped} already ingested"
+            + (f" ({report.updated} with new metadata or labels)" if report.updated else "")
+            + f", {report.failed} failures, "
             f"{report.labelled} labels."
             + (f" {report.duplicate_ids} rows repeat an id." if report.duplicate_ids else "")
         )

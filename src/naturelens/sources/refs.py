@@ -175,22 +175,47 @@ def _read_table(path: Path) -> tuple[pa.Table, list[PhotoRef]]:
 
     try:
         if path.suffix.lower() == ".parquet":
-            return pq.read_table(path), malformed
+            return _plain_names(path, pq.read_table(path)), malformed
         # One thread, so each malformed row is reported with its line number.
         opts = pacsv.ReadOptions(encoding="utf-8", use_threads=False)
-        parse = pacsv.ParseOptions(
-            delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
-            invalid_row_handler=report,
-        )
+        parse = pacsv.ParseOptions(delimiter=_delimiter(path), invalid_row_handler=report)
         # Everything as text: values are validated row by row below.
         convert = pacsv.ConvertOptions(column_types={}, strings_can_be_null=True)
         table = pacsv.read_csv(
             path, read_options=opts, parse_options=parse, convert_options=convert
         )
         table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
-        return table, malformed
-    except (pa.ArrowInvalid, OSError) as exc:
+        return _plain_names(path, table), malformed
+    except pa.ArrowInvalid as exc:
+        if "utf8" in str(exc).lower():
+            raise SourceError(
+                f"{path}: cannot read manifest: it is not UTF-8 text",
+                "save it as 'CSV UTF-8' (Excel), or convert it: iconv -f cp1252 -t utf-8",
+            ) from None
         raise SourceError(f"{path}: cannot read manifest: {exc}") from exc
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read manifest: {exc}") from exc
+
+
+def _delimiter(path: Path) -> str:
+    """Tab for ``.tsv``; otherwise the commonest of comma, semicolon and tab in the header
+    (spreadsheets in many locales write CSV with semicolons)."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline(65536)
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _plain_names(path: Path, table: pa.Table) -> pa.Table:
+    """Column names as the manifest's columns are documented: ``ID`` and `` Path `` too."""
+    names = [str(n).strip().lower() for n in table.column_names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SourceError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear twice")
+    return table.rename_columns(names)
 
 
 def _text(value) -> str | None:
@@ -220,8 +245,10 @@ def _coordinate(value, name: str, limit: float) -> float | None:
 
 
 def _time(value) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, datetime):  # the clock time as written, as for text below
+        return value.replace(tzinfo=None)
     text = _text(value)
     if text is None:
         return None

@@ -16,6 +16,7 @@ to the photo id, never to a position in a list.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,10 +123,19 @@ class IngestReport:
     added: int = 0
     duplicates: int = 0
     skipped: int = 0
+    updated: int = 0  # of the skipped: already read, their row's metadata or label changed
     failed: int = 0
     labelled: int = 0
     label_problems: list[str] = field(default_factory=list)
     duplicate_ids: int = 0
+
+
+# A reference's own metadata columns, in the order of :func:`_ref_meta`.
+_REF_META = ("r.label_raw", "r.lat", "r.lon", "r.owner", "r.taken_at", "r.title", "r.tags")
+
+
+def _ref_meta(ref: PhotoRef) -> tuple:
+    return (ref.label, ref.lat, ref.lon, ref.owner, ref.taken_at, ref.title, ref.tags)
 
 
 def _insert(db: duckdb.DuckDBPyConnection, verb: str, rows: list[tuple], tail: str = "") -> None:
@@ -134,15 +144,23 @@ def _insert(db: duckdb.DuckDBPyConnection, verb: str, rows: list[tuple], tail: s
     Through an Arrow table: ``executemany`` runs one statement per row, which made a
     100,000-row manifest take minutes.
     """
-    if not rows:
-        return
+    if rows:
+        with _registered(db, rows, [f"c{i}" for i in range(len(rows[0]))]) as name:
+            db.execute(f"{verb} SELECT * FROM {name} {tail}")
+
+
+@contextlib.contextmanager
+def _registered(db: duckdb.DuckDBPyConnection, rows: list[tuple], names: list[str]):
+    """``rows`` as a table the catalog's SQL can read, by the name yielded."""
     import pyarrow as pa
 
     columns = list(zip(*rows, strict=True))
-    table = pa.table({f"c{i}": pa.array(list(col)) for i, col in enumerate(columns)})
-    db.register("_ingest_rows", table)
+    db.register(
+        "_ingest_rows",
+        pa.table({n: pa.array(list(c)) for n, c in zip(names, columns, strict=True)}),
+    )
     try:
-        db.execute(f"{verb} SELECT * FROM _ingest_rows {tail}")
+        yield "_ingest_rows"
     finally:
         db.unregister("_ingest_rows")
 
@@ -392,7 +410,9 @@ class Workspace:
         """Add the photos of ``sources`` (folders, manifests, URL lists, URLs).
 
         Streams in batches, committing each, so memory stays flat and a killed ingest
-        run again skips what is done. References that failed before are tried again.
+        run again skips what is done. References that failed before, or whose photo could
+        not be read, are tried again; a row read before whose metadata or label changed
+        is updated (a new label follows ``duplicates``; see ``IngestReport.updated``).
 
         Parameters
         ----------
@@ -447,15 +467,11 @@ class Workspace:
         from naturelens.sources.ingest import read_files, ref_result
 
         report.seen += len(batch)
-        keys = [r.ref for r in batch]
-        done = {
-            row[0]
-            for row in self.db.execute(
-                "SELECT ref FROM refs WHERE ref IN (SELECT unnest(?)) AND failure IS NULL", [keys]
-            ).fetchall()
-        }
-        todo = [r for r in {r.ref: r for r in batch}.values() if r.ref not in done]
+        todo, edited = self._todo(batch)
         report.skipped += len(batch) - len(todo)
+        report.updated += len(edited)
+        if edited:
+            self._update_refs(edited, duplicates, report)
         if not todo:
             return
         urls = [r.url for r in todo if r.url and not r.path and not r.problem]
@@ -540,6 +556,77 @@ class Workspace:
             _insert(db, "INSERT OR REPLACE INTO refs", ref_rows)
             # Conflicts were settled above: these are the label events to keep.
             label_store.add_label_events(db, label_rows, stamp)
+            _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+
+    def _todo(self, batch: list[PhotoRef]) -> tuple[list[PhotoRef], list[tuple]]:
+        """The references of ``batch`` to read, and those already read whose row now says
+        something new (label, coordinates, owner, date, title or tags), with their photo.
+
+        A reference is read again when it failed, or its photo could not be read (the
+        file may have been replaced since). One already read from the same path or URL is
+        not: its file is not read twice.
+        """
+        rows = self.db.execute(
+            "SELECT r.ref, r.path, r.url, r.photo_id, " + ", ".join(_REF_META) + " FROM refs r "
+            "LEFT JOIN photos p USING (photo_id) WHERE r.ref IN (SELECT unnest(?)) "
+            "AND r.failure IS NULL AND p.failure IS NULL",
+            [[r.ref for r in batch]],
+        ).fetchall()
+        stored = {row[0]: row[1:] for row in rows}
+        todo, edited = [], []
+        for ref in {r.ref: r for r in batch}.values():
+            before = stored.get(ref.ref)
+            if before is None:
+                todo.append(ref)
+            elif before[:2] == (ref.path, ref.url) and before[3:] != _ref_meta(ref):
+                edited.append((ref, before[2], before[3]))  # its photo and stored label
+        return todo, edited
+
+    def _update_refs(
+        self, edited: list[tuple[PhotoRef, str, str | None]], duplicates: str, report
+    ) -> None:
+        """Store the new metadata of references already read; a new label follows the
+        ``duplicates`` rule against the photo's label, as labels of new rows do. A label
+        that loses is not stored as the row's, so a later ``--duplicates last`` sees it."""
+        candidates, problem_rows = [], []
+        for ref, photo_id, _ in edited:
+            if not ref.label:
+                continue  # a label left out of the row now is not taken as a removal
+            class_id = self.taxonomy.match(ref.label)
+            if class_id:
+                candidates.append((photo_id, class_id, ref.source, ref.ref, ref.label))
+            else:
+                problem = f"unknown class {ref.label!r}"
+                problem_rows.append((ref.ref, photo_id, ref.label, problem))
+                report.label_problems.append(f"{ref.ref}: {problem}")
+        label_rows = self._settle_labels(candidates, duplicates, problem_rows, report)
+        report.labelled += len(label_rows)
+        final = dict(
+            self.db.execute(
+                "SELECT photo_id, class_id FROM labels WHERE photo_id IN (SELECT unnest(?))",
+                [[c[0] for c in candidates]],
+            ).fetchall()
+        )
+        final.update({row[0]: row[1] for row in label_rows})
+        lost = {c[3] for c in candidates if final.get(c[0]) != c[1]}
+        rows = [
+            (ref.ref, old if ref.ref in lost else ref.label, *_ref_meta(ref)[1:])
+            for ref, _, old in edited
+        ]
+        columns = [c.removeprefix("r.") for c in _REF_META]
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            with _registered(db, rows, ["ref", *columns]) as name:
+                db.execute(
+                    "UPDATE refs SET " + ", ".join(f"{c} = e.{c}" for c in columns)
+                    + f" FROM {name} e WHERE refs.ref = e.ref"
+                )  # fmt: skip
+            label_store.add_label_events(db, label_rows, now())
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             db.execute("COMMIT")
         except Exception:
