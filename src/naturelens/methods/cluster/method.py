@@ -34,7 +34,9 @@ import numpy as np
 
 from naturelens.methods.base import Method, MethodError, PhotoSet, RunContext
 from naturelens.methods.cluster.algorithms import (
+    ALGORITHMS,
     NOISE,
+    REDUCERS,
     Reducer,
     cluster_embeddings,
     l2_normalise,
@@ -178,6 +180,14 @@ class Cluster(Method):
             raise MethodError(f"homogeneity must be in (0, 1], not {self.homogeneity}")
         if self.medoids < 1:
             raise MethodError(f"medoids must be at least 1, not {self.medoids}")
+        if self.algorithm not in ALGORITHMS:
+            raise MethodError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
+        if self.reduce not in REDUCERS:
+            raise MethodError(f"reduce must be one of {REDUCERS}, not {self.reduce!r}")
+        for name, least in (("k", 1), ("min_cluster_size", 2)):
+            value = getattr(self, name)
+            if value != "auto" and not (str(value).isdigit() and int(value) >= least):
+                raise MethodError(f"{name} must be 'auto' or an integer of at least {least}")
         ws = photos.workspace
         self.classes_ = ws.taxonomy.all_ids
         self.votes_ = self._votes(ws) if self.naming == "majority" else {}
