@@ -375,7 +375,7 @@ def test_cluster_parameters_are_checked(ws):
         (["naming=guess"], "naming must be one of"),
         (["naming=vlm"], "needs namer"),
         (["homogeneity=1.5"], "homogeneity"),
-        (["k=0"], "k must be 'auto' or an integer of at least 1"),
+        (["k=0"], "k must be a whole number of at least 1"),
         (["algorithm=dbscan"], "algorithm must be one of"),
         (["reduce=tsne"], "reduce must be one of"),
         (["min_cluster_size=1"], "min_cluster_size must be"),

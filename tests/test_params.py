@@ -33,3 +33,29 @@ def test_compare_specs_and_cli_read_params_the_same_way(labelled_workspace):
         result = CliRunner().invoke(app, [*args, "--param", bad])
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_values_no_method_takes_are_refused_before_any_work(labelled_workspace):
+    from naturelens.methods import make_method
+    from naturelens.methods.params import check_values
+
+    for method, params, says in [
+        ("probe", {"C": -1}, "C must be 'auto' or a number above 0"),
+        ("probe", {"classifier": "knn", "k": 0}, "k must be a whole number of at least 1"),
+        ("probe", {"batch_size": -5}, "batch_size must be a whole number of at least 1"),
+        ("probe", {"precision": "fp8"}, "precision must be one of"),
+        ("finetune", {"lr": -1}, "lr must be a number above 0"),
+        ("finetune", {"warmup": 1.5}, "warmup must be at least 0 and below 1"),
+        ("prompt", {"max_tokens": 0}, "max_tokens must be a whole number of at least 1"),
+        ("prompt", {"concurrency": True}, "concurrency must be a whole number"),
+    ]:
+        with pytest.raises(ParamError, match=says):
+            make_method(method, **params)
+    import numpy as np
+
+    check_values({"batch_size": np.int64(8), "lr": np.float32(1e-3), "C": "auto", "k": "auto"})
+    root = labelled_workspace.root
+    labelled_workspace.close()
+    args = ["classify", str(root), "--method", "probe", "--model", "dinov2-small"]
+    result = CliRunner().invoke(app, [*args, "--param", "C=-1"])
+    assert result.exit_code == 2 and result.output.startswith("error: C must be"), result.output

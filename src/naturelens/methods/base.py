@@ -101,7 +101,10 @@ class Method:
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
-        """Refuse parameter names the method does not have, listing the ones it has."""
+        """Refuse parameter names the method does not have, listing the ones it has, and
+        values no parameter of that name takes (:func:`~naturelens.methods.params.check_values`)."""
+        from naturelens.methods.params import check_values
+
         known = cls._param_names()
         unknown = sorted(set(params) - set(known))
         if unknown:
@@ -109,6 +112,7 @@ class Method:
                 f"method {cls.name!r} has no parameter(s) {', '.join(unknown)}",
                 f"its parameters are: {', '.join(known)}",
             )
+        check_values(params)
 
     def set_params(self, **params: Any) -> Method:
         """Change constructor arguments; unknown names are refused with the known ones."""

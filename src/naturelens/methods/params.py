@@ -6,6 +6,7 @@ the code takes."""
 from __future__ import annotations
 
 import inspect
+import numbers
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,6 +50,51 @@ def parse_param(text: str) -> tuple[str, Any]:
 def parse_params(pairs: Iterable[str]) -> dict[str, Any]:
     """Several ``KEY=VALUE`` strings -> a dict (a later key wins)."""
     return dict(parse_param(pair) for pair in pairs)
+
+
+# Parameters that mean the same in every method that has them, and the values they take
+# (None, where a default is None, means "chosen for you").
+COUNTS = {  # whole numbers of at least 1
+    "batch_size", "batch_chunk", "blocks", "concurrency", "description_tokens", "epochs",
+    "k_max", "lora_rank", "max_length", "max_photos", "max_side", "max_tokens", "medoids",
+    "patience", "projection_dim", "top_k",
+}  # fmt: skip
+CAN_BE_ZERO = {"max_retries", "min_steps", "seed", "shots", "workers"}
+POSITIVE = {"head_lr", "lora_alpha", "lr", "poll_seconds", "rpm", "temperature", "timeout", "tpm"}
+FRACTIONS = {"val_fraction", "warmup"}  # at least 0, below 1
+
+
+def check_values(params: dict[str, Any]) -> None:
+    """Refuse values a parameter can never take (``batch_size=0``, ``lr=-1``, ``C=-1``,
+    ``precision=fp8``) before any work, whichever method has the parameter.
+
+    Raises
+    ------
+    ParamError
+        Naming the parameter and what it takes.
+    """
+    for name, value in params.items():
+        if value is None:
+            continue
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if name in COUNTS and not (whole and value >= 1):
+            raise ParamError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if name in CAN_BE_ZERO and not (whole and value >= 0):
+            raise ParamError(f"{name} must be a whole number of at least 0, not {value!r}")
+        if name in POSITIVE and not (number and value > 0):
+            raise ParamError(f"{name} must be a number above 0, not {value!r}")
+        if name in FRACTIONS and not (number and 0 <= value < 1):
+            raise ParamError(f"{name} must be at least 0 and below 1, not {value!r}")
+        if name == "C" and value != "auto" and not (number and value > 0):
+            raise ParamError(f"C must be 'auto' or a number above 0, not {value!r}")
+        if name == "k" and value != "auto" and not (whole and value >= 1):
+            raise ParamError(f"k must be a whole number of at least 1, not {value!r}")
+        if name == "precision":
+            from naturelens.models.device import PRECISIONS
+
+            if value not in PRECISIONS:
+                raise ParamError(f"precision must be one of {', '.join(PRECISIONS)}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +160,7 @@ def method_summary(name: str) -> str:
 __all__ = [
     "Parameter",
     "ParamError",
+    "check_values",
     "method_parameters",
     "method_summary",
     "parse_param",

@@ -184,10 +184,9 @@ class Cluster(Method):
             raise MethodError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
         if self.reduce not in REDUCERS:
             raise MethodError(f"reduce must be one of {REDUCERS}, not {self.reduce!r}")
-        for name, least in (("k", 1), ("min_cluster_size", 2)):
-            value = getattr(self, name)
-            if value != "auto" and not (str(value).isdigit() and int(value) >= least):
-                raise MethodError(f"{name} must be 'auto' or an integer of at least {least}")
+        size = self.min_cluster_size  # (k is checked with every method's parameters)
+        if size != "auto" and not (str(size).isdigit() and int(size) >= 2):
+            raise MethodError("min_cluster_size must be 'auto' or an integer of at least 2")
         ws = photos.workspace
         self.classes_ = ws.taxonomy.all_ids
         self.votes_ = self._votes(ws) if self.naming == "majority" else {}
