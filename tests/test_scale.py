@@ -72,6 +72,24 @@ def test_ray_options_are_checked():
         RayOptions(window=0)
 
 
+def test_an_address_where_nothing_answers_fails_in_seconds_not_minutes():
+    import socket
+
+    from naturelens.scale.cluster import _check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}", "nohost.invalid:6379"):
+        with pytest.raises(ConnectionError, match="nothing answers"):
+            _check_reachable(address, seconds=2)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        _check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")  # something answers
+    _check_reachable("auto")  # Ray finds that one itself
+
+
 # --------------------------------------------------------------------------- on Ray
 
 ray = pytest.importorskip("ray")

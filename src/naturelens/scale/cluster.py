@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -87,6 +88,19 @@ def ray_module() -> ModuleType:
     return ray
 
 
+def _check_reachable(address: str, seconds: float = 5.0) -> None:
+    """Raise :class:`ConnectionError` when nothing answers at ``host:port`` (or
+    ``ray://host:port``): Ray itself would wait minutes for a cluster that is not there."""
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)/?", address)
+    if found is None:  # "auto": Ray finds the cluster itself, and says so when there is none
+        return
+    host, port = found[1], int(found[2])
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({exc.strerror or exc})") from None
+
+
 def connect(options: RayOptions) -> ModuleType:
     """Start a local Ray (``address="local"``) or join a cluster; returns ``ray``.
 
@@ -105,6 +119,7 @@ def connect(options: RayOptions) -> ModuleType:
                 os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(num_cpus=cpus, **quiet)
             else:
+                _check_reachable(options.address)
                 ray.init(address=options.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ScaleError(
