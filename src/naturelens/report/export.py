@@ -22,8 +22,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from naturelens.errors import NaturelensError
 from naturelens.workspace import reports
 from naturelens.workspace.core import Workspace
@@ -104,10 +102,7 @@ def export_run(
         if fmt == "geojson":
             rows = reports.iter_export(ws, run["run_id"], batch_size)
             return _write_features(partial, (_point_feature(row) for row in rows))
-        try:
-            return int(reports.copy_export(ws, run["run_id"], str(partial), fmt))
-        except duckdb.IOException as exc:  # the file, not the catalog (a full disk)
-            raise OSError(str(exc)) from None
+        return int(reports.copy_export(ws, run["run_id"], str(partial), fmt))
 
 
 def export_photo_user_days(

@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import duckdb
+
 from naturelens.workspace.core import Workspace
 
 # What a prediction counts as in the report: its class, the rejected bucket, or this.
@@ -307,7 +309,10 @@ def copy_export(ws: Workspace, run_id: str, path: str, fmt: str) -> int:
     sql, args = _export_sql(ws, run_id)
     if fmt == "csv":
         sql = _neutralised(sql)
-    ws.db.execute(f"COPY ({sql}) TO ? {options}", [*args, path])
+    try:
+        ws.db.execute(f"COPY ({sql}) TO ? {options}", [*args, path])
+    except duckdb.IOException as exc:  # the file written, not the catalog (a full disk)
+        raise OSError(" ".join(str(exc).split())) from None
     return ws.db.execute("SELECT count(*) FROM photo_view").fetchone()[0]
 
 
