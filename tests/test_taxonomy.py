@@ -36,6 +36,22 @@ def test_match_names_ids_and_synonyms(answer, expected):
     assert load_taxonomy("flips").match(answer) == expected
 
 
+def test_names_in_other_scripts_and_with_accents_match(tmp_path):
+    tax = tmp_path / "t.yaml"
+    tax.write_text(
+        "name: local\nversion: '1'\nclasses:\n"
+        "  - {id: nature, name: 自然, definition: 自然风光}\n"
+        "  - {id: city, name: 城市, definition: 城市景观}\n"
+        "  - {id: ecology, name: Écologie, definition: la vie sauvage}\n"
+        "  - {id: cafe, name: Café, definition: un café, synonyms: [Kaffeehaus]}\n",
+        encoding="utf-8",
+    )
+    t = load_taxonomy(tax)
+    assert [t.match(s) for s in ["自然", " 城市 ", "ECOLOGIE", "écologie", "Cafe", "kaffeehaus"]] == [
+        "nature", "city", "ecology", "ecology", "cafe", "cafe"]  # fmt: skip
+    assert t.match("自然风光") is None and t.match("Caf") is None and t.match("…") is None
+
+
 def test_ampersand_names_match():
     assert load_taxonomy("ces11").match("Sun & Beach") == "sun_beach"
     assert load_taxonomy("ces11").match("sun and beach") == "sun_beach"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,9 +73,10 @@ class Taxonomy:
     def match(self, text: str) -> str | None:
         """The class id that ``text`` names (id, display name or synonym), or None.
 
-        Matching ignores case, surrounding whitespace and punctuation, and treats
-        spaces, hyphens, underscores and ampersands alike, so "Fauna-Flora",
-        "fauna flora" and "FAUNA_FLORA" all name ``fauna_flora``.
+        Matching ignores case, accents, surrounding whitespace and punctuation, and
+        treats spaces, hyphens, underscores and ampersands alike, so "Fauna-Flora",
+        "fauna flora" and "FAUNA_FLORA" all name ``fauna_flora``; names in any script
+        match themselves.
         """
         key = _normalise(text)
         if not key:
@@ -91,8 +93,11 @@ class Taxonomy:
 
 
 def _normalise(text: str) -> str:
-    text = str(text).strip().lower().replace("&", " and ")
-    return re.sub(r"[^a-z0-9]+", " ", text).strip()
+    """Case, accents and punctuation left out, in any script: "Écologie" is "ecologie",
+    "自然" stays itself (it used to vanish, so no folder or answer could name it)."""
+    text = unicodedata.normalize("NFKD", str(text).casefold().replace("&", " and "))
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return re.sub(r"[\W_]+", " ", text).strip()
 
 
 def builtin_taxonomies() -> list[str]:
