@@ -189,6 +189,8 @@ def test_describe_errors_are_clear(ws):
     assert out.exit_code == 2 and "--model is required" in flat(out.output)
     out = cli("describe", ws, "--model", "no-such-model", ok=False)
     assert out.exit_code == 2 and "unknown model 'no-such-model'" in flat(out.output)
+    out = cli("describe", ws, "--model", "smolvlm", "--max-tokens", "0", ok=False)
+    assert out.exit_code == 2 and "max_tokens must be a whole number" in flat(out.output)
 
 
 # ----------------------------------------------------------------------------- hybrid

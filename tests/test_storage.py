@@ -267,6 +267,22 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_a_relative_storage_folder_is_kept_absolute(tmp_path, monkeypatch):
+    # Given from one folder, read from another: the store must be the same one.
+    from typer.testing import CliRunner
+
+    from naturelens.cli import app
+
+    Workspace.create(tmp_path / "ws", "flips").close()
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["storage", "ws", "--embeddings", "stores/emb"])
+    assert out.exit_code == 0, out.output
+    monkeypatch.chdir(tmp_path / "ws")
+    with Workspace.open(".") as ws:
+        assert ws.storage_location("embeddings") == str(tmp_path / "stores" / "emb")
+    assert (tmp_path / "stores" / "emb").is_dir()
+
+
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None

@@ -81,6 +81,9 @@ def describe(
             return
         if not model:
             fail("--model is required (a VLM card name, a local folder or a server's model)")
+        from naturelens.methods.params import check_values
+
+        check_values({"batch_size": batch_size, "max_tokens": max_tokens, "rpm": rpm, "tpm": tpm})
         from naturelens.models.cards import CardError
         from naturelens.prompts import PromptError, load_prompt
         from naturelens.text.describe import describe_photos

@@ -33,6 +33,7 @@ def storage(
         if local:
             ws.set_storage_location("photos", None)
             ws.set_storage_location("embeddings", None)
+        where = photos or embeddings
         try:
             if photos:
                 ids = ws.photo_ids()
@@ -43,10 +44,11 @@ def storage(
             if embeddings:
                 from naturelens.workspace.storage import folder
 
+                where = embeddings
                 folder(embeddings).mkdir(parents=True, exist_ok=True)
                 ws.set_storage_location("embeddings", embeddings)
         except (StorageError, OSError) as exc:
-            fail(f"cannot use object storage: {exc}")
+            fail(f"cannot use {where}: {exc}")
         for kind in ("photos", "embeddings"):
             where = ws.storage_location(kind) or "the workspace folder"
             console.print(f"{kind}: {where}")

@@ -374,7 +374,12 @@ class Workspace:
         return (meta.get("storage") or {}).get(kind)
 
     def set_storage_location(self, kind: str, location: str | None) -> None:
-        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder)."""
+        """Keep ``kind`` at ``location`` from now on (None: back in the workspace folder).
+        A local folder is kept as an absolute path: later commands may start elsewhere."""
+        from naturelens.workspace.storage import is_uri
+
+        if location and not is_uri(location):
+            location = str(Path(location).expanduser().absolute())
         path = self.root / "workspace.yaml"
         meta = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         storage = {**(meta.get("storage") or {}), kind: location}
