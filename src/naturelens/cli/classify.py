@@ -72,7 +72,7 @@ def classify(
         metavar="RUN",
         help="Send again only the photos that failed in run RUN (after an outage).",
     ),
-    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    max_failed: float = typer.Option(0.5, min=0.0, max=1.0, help=MAX_FAILED_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,

@@ -24,8 +24,8 @@ def cost(
     ),
     base_url: str = typer.Option(None, help="OpenAI-compatible server the model runs on."),
     detail: str = typer.Option("low", help="Image detail for the estimate: low or high."),
-    shots: int = typer.Option(1, help="For icl: example photos per class in every request."),
-    max_tokens: int = typer.Option(96, help="The longest answer allowed."),
+    shots: int = typer.Option(1, min=0, help="For icl: example photos per class in every request."),
+    max_tokens: int = typer.Option(96, min=1, help="The longest answer allowed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Summarise what model calls cost so far; with --model, estimate a run over all photos."""

@@ -52,7 +52,7 @@ def describe(
     prompt: str = typer.Option("describe", help="Prompt name or YAML file."),
     batch_size: int = typer.Option(8, help="Photos sent to the model at once."),
     max_tokens: int = typer.Option(160, help="Longest description, in tokens."),
-    show: int = typer.Option(0, help="Print this many descriptions afterwards."),
+    show: int = typer.Option(0, min=0, help="Print this many descriptions afterwards."),
     list_sets: bool = typer.Option(
         False, "--list", help="List the descriptions the workspace holds."
     ),
@@ -141,7 +141,7 @@ def tag(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
     top_k: int = typer.Option(5, help="ImageNet classes kept per photo."),
     batch_size: int = typer.Option(32, help="Photos per forward pass."),
-    show: int = typer.Option(0, help="Print this many photos' tags afterwards."),
+    show: int = typer.Option(0, min=0, help="Print this many photos' tags afterwards."),
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,
     ray_gpus: float = RAY_GPUS,

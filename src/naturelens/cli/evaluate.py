@@ -63,7 +63,7 @@ def evaluate(
         None, "--run", "-r", help="Run id or tag (default: the latest finished run)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
-    resamples: int = typer.Option(1000, help="Bootstrap resamples for the 95 % intervals."),
+    resamples: int = typer.Option(1000, min=0, help="Bootstrap resamples for the 95 % intervals."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
     agreement: bool = typer.Option(
         False,

@@ -38,7 +38,7 @@ def embed(
         help="auto (the fastest that agrees with fp32, measured once per model and machine), "
         "fp32, bf16 or fp16.",
     ),
-    workers: int = typer.Option(None, help="Photo-decoding threads (default: by device)."),
+    workers: int = typer.Option(None, min=0, help="Photo-decoding threads (default: by device)."),
     retry_failed: bool = typer.Option(False, help="Try photos that failed before again."),
     compile: str = typer.Option(
         "auto",
@@ -119,7 +119,7 @@ def predict(
     fresh: bool = typer.Option(
         False, help="Start a new run even if an identical one was interrupted."
     ),
-    max_failed: float = typer.Option(0.5, help=MAX_FAILED_HELP),
+    max_failed: float = typer.Option(0.5, min=0.0, max=1.0, help=MAX_FAILED_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary for scripts."),
 ) -> None:
     """Apply a saved probe, fine-tuned or contrastive model to the workspace's photos."""
