@@ -92,6 +92,21 @@ def test_a_manifest_not_in_utf8_says_how_to_convert_it(tmp_path):
     assert ws.db.execute("SELECT count(*) FROM refs").fetchone()[0] == 0
 
 
+def test_a_source_that_names_nothing_stops_ingest_before_any_source_is_read(tmp_path):
+    _photo(tmp_path / "photos" / "a.jpg")
+    os.mkfifo(tmp_path / "pipe")
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    for bad, says in [
+        (tmp_path / "fotos", "no such file or folder"),  # a typo, given last
+        (str(tmp_path / "photos" / "*.png"), "no file matches"),
+        (tmp_path / "pipe", "not a photo, a folder, a manifest nor a URL list"),
+    ]:
+        with pytest.raises(SourceError, match=says):
+            ws.ingest([tmp_path / "photos", bad])
+        assert ws.db.execute("SELECT count(*) FROM refs").fetchone()[0] == 0
+    assert ws.ingest([tmp_path / "photos"]).added == 1
+
+
 @pytest.mark.parametrize("rule", ["first", "last"])
 def test_duplicate_ids_follow_the_rule_and_are_reported(tmp_path, rule):
     a = _photo(tmp_path / "a.jpg", (250, 0, 0))

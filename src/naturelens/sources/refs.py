@@ -90,6 +90,7 @@ def iter_source(
     :func:`iter_manifest`).
     """
     text = str(source)
+    check_source(source)
     if text.startswith(("http://", "https://")):
         yield PhotoRef(ref=text, source="url", url=text)
         return
@@ -103,16 +104,28 @@ def iter_source(
     elif path.is_file():
         full = path.resolve()
         yield PhotoRef(ref=str(full), source="file", path=str(full))
-    elif _GLOB_CHARS & set(text):
-        matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
-        if not matches:
-            raise SourceError(f"{source}: no file matches this pattern")
-        for match in matches:
+    elif _GLOB_CHARS & set(text) and not path.exists():  # a glob, with matches
+        for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
             yield from iter_source(
                 match, labels_from_folders=labels_from_folders, duplicates=duplicates
             )
-    else:
+    else:  # a path with glob characters that is a pipe or a device
+        raise SourceError(f"{source}: not a photo, a folder, a manifest nor a URL list")
+
+
+def check_source(source: str | Path) -> None:
+    """Raise :class:`SourceError` when ``source`` names nothing (a typo in a path, a glob
+    without matches); ingest checks every source this way before it reads any."""
+    text = str(source)
+    path = Path(source)
+    if text.startswith(("http://", "https://")) or path.is_dir() or path.is_file():
+        return
+    if path.exists():  # a pipe or a device
+        raise SourceError(f"{source}: not a photo, a folder, a manifest nor a URL list")
+    if not _GLOB_CHARS & set(text):
         raise SourceError(f"{source}: no such file or folder")
+    if not glob.glob(os.path.expanduser(text), recursive=True):
+        raise SourceError(f"{source}: no file matches this pattern")
 
 
 def iter_folder(root: Path, labels_from_folders: bool = True) -> Iterator[PhotoRef]:

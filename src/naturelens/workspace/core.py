@@ -439,10 +439,13 @@ class Workspace:
         """
         from naturelens.sources.download import Downloader
         from naturelens.sources.ingest import PhotoReader, SeenFiles
-        from naturelens.sources.refs import DUPLICATE_RULES, iter_source
+        from naturelens.sources.refs import DUPLICATE_RULES, check_source, iter_source
 
         if duplicates not in DUPLICATE_RULES:
             raise WorkspaceError(f"duplicates must be one of {', '.join(DUPLICATE_RULES)}")
+        sources = list(sources)
+        for source in sources:  # a typo in the last source stops before the first is read
+            check_source(source)
         reader = PhotoReader(workers, memory_budget)  # a bad budget stops before any work
         self.backup_catalog()
         report = IngestReport()
