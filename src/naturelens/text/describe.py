@@ -240,11 +240,8 @@ def describe_photos(
     -------
     DescribeReport
     """
-    from naturelens.methods.params import check_values
     from naturelens.vlm import load_vlm
 
-    check_values({"batch_size": batch_size, "max_tokens": max_tokens, "max_side": max_side,
-                  **options})  # fmt: skip
     if vlm is None:
         vlm = load_vlm(model, base_url=base_url, api_key=api_key, **options)
     describer = VLMDescriber(vlm, prompt, ws.taxonomy, batch_size, max_tokens, max_side)
