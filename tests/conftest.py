@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -13,8 +14,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Per-machine decisions (precision=auto) go to a scratch folder, not the user's cache.
-os.environ.setdefault("NATURELENS_CACHE", tempfile.mkdtemp(prefix="naturelens-cache-"))
+# Per-machine decisions (precision=auto) go to a scratch folder, not the user's cache,
+# removed when the test run ends.
+if "NATURELENS_CACHE" not in os.environ:
+    os.environ["NATURELENS_CACHE"] = tempfile.mkdtemp(prefix="naturelens-cache-")
+    atexit.register(shutil.rmtree, os.environ["NATURELENS_CACHE"], ignore_errors=True)
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
