@@ -90,7 +90,6 @@ def iter_source(
     :func:`iter_manifest`).
     """
     text = str(source)
-    check_source(source)
     if text.startswith(("http://", "https://")):
         yield PhotoRef(ref=text, source="url", url=text)
         return
@@ -104,27 +103,27 @@ def iter_source(
     elif path.is_file():
         full = path.resolve()
         yield PhotoRef(ref=str(full), source="file", path=str(full))
-    elif _GLOB_CHARS & set(text) and not path.exists():  # a glob, with matches
+    else:
+        check_source(source)  # names nothing, or a pipe or a device: says which
         for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
             yield from iter_source(
                 match, labels_from_folders=labels_from_folders, duplicates=duplicates
             )
-    else:  # a path with glob characters that is a pipe or a device
-        raise SourceError(f"{source}: not a photo, a folder, a manifest nor a URL list")
 
 
 def check_source(source: str | Path) -> None:
     """Raise :class:`SourceError` when ``source`` names nothing (a typo in a path, a glob
-    without matches); ingest checks every source this way before it reads any."""
+    without matches) or a pipe or a device; ingest checks every source this way before it
+    reads any. Only a glob's first match is looked for: expanding it is the reading's job."""
     text = str(source)
     path = Path(source)
     if text.startswith(("http://", "https://")) or path.is_dir() or path.is_file():
         return
-    if path.exists():  # a pipe or a device
+    if path.exists():
         raise SourceError(f"{source}: not a photo, a folder, a manifest nor a URL list")
     if not _GLOB_CHARS & set(text):
         raise SourceError(f"{source}: no such file or folder")
-    if not glob.glob(os.path.expanduser(text), recursive=True):
+    if next(glob.iglob(os.path.expanduser(text), recursive=True), None) is None:
         raise SourceError(f"{source}: no file matches this pattern")
 
 

@@ -256,10 +256,9 @@ class CausalLM:
         mode does), and writes the rest freely.
         """
         from naturelens.vlm.constrain import LabelConstraint, LabelPrefixTree
-        from naturelens.vlm.local import greedy_decode
+        from naturelens.vlm.local import eos_ids, greedy_decode
 
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos = eos_ids(self.model)
         constraint = None
         if labels:
             constraint = LabelConstraint(LabelPrefixTree(self.tokenizer, list(labels)))

@@ -399,7 +399,7 @@ class LocalVLM(VisionLanguageModel):
         if self._model_type in _OWN_POSITIONS:
             return self._generate_whole(batch)
         started = time.perf_counter()
-        eos = self._eos()
+        eos = eos_ids(self.model)
         answers: dict[int, list[int]] = {}
         tokens_in: dict[int, int] = {}
         with self._context():
@@ -424,10 +424,6 @@ class LocalVLM(VisionLanguageModel):
             self._reply(answers[row], request, tokens_in[row], eos, seconds)
             for row, request in enumerate(batch)
         ]
-
-    def _eos(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
     def _reply(
         self, new: list[int], request: ChatRequest, tin: int, eos: set[int], seconds: float
@@ -459,7 +455,7 @@ class LocalVLM(VisionLanguageModel):
                 logits_processor=LogitsProcessorList([constraint] if constraint else []),
             )
         seconds = (time.perf_counter() - started) / len(batch)
-        eos = self._eos()
+        eos = eos_ids(self.model)
         return [
             self._reply(out[row, width:].tolist(), request, int(mask[row].sum()), eos, seconds)
             for row, request in enumerate(batch)
@@ -526,6 +522,12 @@ class LocalVLM(VisionLanguageModel):
             self._cache_arg,
             positions=self._model_type not in _OWN_POSITIONS,
         )
+
+
+def eos_ids(model: Any) -> set[int]:
+    """The token ids that end ``model``'s answers."""
+    eos = model.generation_config.eos_token_id
+    return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
 
 def greedy_decode(
