@@ -12,6 +12,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -79,13 +80,17 @@ class Taxonomy:
         match themselves.
         """
         key = _normalise(text)
-        if not key:
-            return None
+        return self._names.get(key) if key else None
+
+    @cached_property
+    def _names(self) -> dict[str, str]:
+        """Every normalised id, name and synonym -> its class id (the first class, in
+        file order, that has it): made once, as match runs for every label and answer."""
+        names: dict[str, str] = {}
         for c in self.all_classes:
-            names = [c.id, c.name, *c.synonyms]
-            if key in {_normalise(n) for n in names}:
-                return c.id
-        return None
+            for name in (c.id, c.name, *c.synonyms):
+                names.setdefault(_normalise(name), c.id)
+        return names
 
     @property
     def label(self) -> str:
