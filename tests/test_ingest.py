@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 from functools import partial
+from pathlib import Path
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -251,6 +252,19 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path):
     assert result.exit_code == 2 and "no such file or folder" in result.output
 
 
+def processes_in_group(group: int) -> list[int]:
+    """Live processes of a process group (zombies are dead: only a reaper is missing)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(stat_file.parent.name))
+    return found
+
+
 KILL_SCRIPT = """
 import sys
 from naturelens.workspace.core import Prediction, Workspace, WorkspaceError
@@ -263,7 +277,8 @@ def test_ingest_killed_with_sigkill_resumes_without_loss(tmp_path):
     make_photo_set(tmp_path / "p", "flips", per_class=60, size=48)
     Workspace.create(tmp_path / "ws", "flips").close()
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "ws"), str(tmp_path / "p")]
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "ws"), str(tmp_path / "p")],
+        start_new_session=True,  # its reader workers share its process group
     )
     # Kill once some batches are committed (the WAL or catalog grows), else soon after start.
     wal = tmp_path / "ws" / "catalog.duckdb.wal"
@@ -274,6 +289,12 @@ def test_ingest_killed_with_sigkill_resumes_without_loss(tmp_path):
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The reader's worker processes leave with it instead of waiting for work for ever.
+    for _ in range(600):
+        if not processes_in_group(proc.pid):
+            break
+        threading.Event().wait(0.1)
+    assert not processes_in_group(proc.pid), "worker processes outlived the killed ingest"
     ws = Workspace.open(tmp_path / "ws")
     before = ws.status()["photos"]
     assert before < 360, "the ingest finished before it could be killed"
@@ -283,6 +304,44 @@ def test_ingest_killed_with_sigkill_resumes_without_loss(tmp_path):
     assert status["photos"] == 360 and status["failures"] == 0
     assert status["labelled"] == 360
     assert report.added == 360 - before
+
+
+def test_ctrl_c_stops_a_parallel_ingest_in_one_line_and_it_resumes(tmp_path):
+    make_photo_set(tmp_path / "p", "flips", per_class=150, size=192)
+    Workspace.create(tmp_path / "ws", "flips").close()
+    cli = [sys.executable, "-c", "from naturelens.cli import main; main()"]
+    proc = subprocess.Popen(
+        [*cli, "ingest", str(tmp_path / "ws"), str(tmp_path / "p")],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    # Ctrl-C in a terminal reaches every process of the group: send it once batches are
+    # committed and the reader's workers wait for the next (the CLI, the forkserver, its
+    # resource tracker and the workers).
+    wal = tmp_path / "ws" / "catalog.duckdb.wal"
+    for _ in range(3000):
+        if proc.poll() is not None:
+            break
+        if wal.exists() and wal.stat().st_size > 20_000 and len(processes_in_group(proc.pid)) > 3:
+            break
+        threading.Event().wait(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "run the same command again to resume" in out
+    for _ in range(600):
+        if not processes_in_group(proc.pid):
+            break
+        threading.Event().wait(0.1)
+    assert not processes_in_group(proc.pid), "worker processes outlived the interrupted ingest"
+    ws = Workspace.open(tmp_path / "ws")
+    before = ws.status()["photos"]
+    report = ws.ingest([tmp_path / "p"])
+    assert report.skipped == before and report.added == 900 - before
+    assert ws.status()["photos"] == 900
 
 
 def test_api_keys_are_never_stored_with_a_run(labelled_workspace):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 import stat
 import threading
 from collections import OrderedDict
@@ -56,9 +57,23 @@ class PhotoFile:
 _WORKER_BUDGET: DecodeBudget | None = None
 
 
-def _use_budget(budget: DecodeBudget) -> None:
+def _start_worker(budget: DecodeBudget) -> None:
+    """Set up a worker process: the shared budget, and exit when the ingest dies."""
     global _WORKER_BUDGET
     _WORKER_BUDGET = budget
+    # Ctrl-C reaches the whole process group: the ingest stops the pool, and a worker
+    # interrupted on its own would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A killed ingest (SIGKILL, out of memory) cannot stop its pool, and an idle worker
+    # waits on its task queue for ever: watch the parent's sentinel instead.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent) -> None:
+    parent.join()
+    os._exit(1)
 
 
 def read_photo_file(
@@ -227,7 +242,7 @@ class PhotoReader:
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=context,
-                initializer=_use_budget,
+                initializer=_start_worker,
                 initargs=(self.budget,),
             )
         chunk = max(1, len(paths) // (4 * self.workers))
