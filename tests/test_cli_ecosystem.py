@@ -103,6 +103,9 @@ def test_models_lists_every_card_with_its_fetch_command():
     # The offline extra's weights are installed in the test environment.
     assert rows["efficientnet-lite0"]["weights"] == "installed"
     assert rows["minilm"]["weights"] == "installed"
+    # The table shows the state in colour, never as markup written out.
+    table = CliRunner().invoke(app, ["models"], terminal_width=200).stdout
+    assert "installed" in table and "[" not in table
 
 
 def test_a_model_that_is_not_here_fails_in_one_line_naming_the_fetch_command(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from naturelens.cli.app import ReportingGroup, app, console, fail, json_mode, print_json
 
@@ -58,7 +59,7 @@ def models(
         colour = "red" if r["weights"] == "missing" else "green"
         table.add_row(
             r["name"], r["kind"], r["params"] or "-", r["license"] or "-",
-            f"[{colour}]{r['weights']}", r["fetch"] or "-",
+            Text(r["weights"], style=colour), r["fetch"] or "-",
         )  # fmt: skip
     console.print(table)
     console.print(
