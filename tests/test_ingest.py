@@ -6,8 +6,8 @@ import subprocess
 import sys
 import threading
 from functools import partial
-from pathlib import Path
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -154,6 +154,46 @@ def test_a_corrected_manifest_row_is_taken_and_its_label_follows_the_rule(tmp_pa
     last = ws.ingest([manifest], duplicates="last")
     assert last.labelled == 1 and ws.labels() == {photo_a: "urban_rural", photo_b: "sport"}
     assert ws.ingest([manifest]).updated == 0
+
+
+def test_a_row_that_names_another_file_now_takes_that_photo_and_its_label(tmp_path):
+    a, b, c = (tmp_path / f"{n}.jpg" for n in "abc")
+    for path, colour in ((a, (200, 0, 0)), (b, (0, 0, 200)), (c, (0, 200, 0))):
+        Image.new("RGB", (16, 16), colour).save(path)
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    manifest = _rows(
+        tmp_path / "m.csv", [("1", str(a), "nature", "t"), ("2", str(c), "sport", "t")]
+    )
+    ws.ingest([manifest])
+
+    def photo_of(mid):
+        return ws.db.execute("SELECT photo_id FROM refs WHERE manifest_id = ?", [mid]).fetchone()[0]
+
+    photo_a, photo_c = photo_of("1"), photo_of("2")
+    # Row 1 named the wrong file: corrected, it is read again and its label goes with it;
+    # the wrong photo, named by no row now, leaves every list and count.
+    _rows(manifest, [("1", str(b), "nature", "t"), ("2", str(c), "sport", "t")])
+    report = ws.ingest([manifest])
+    assert (report.moved, report.added, report.skipped, report.labelled) == (1, 1, 1, 1)
+    photo_b = photo_of("1")
+    assert photo_b not in (photo_a, photo_c)
+    assert ws.labels() == {photo_b: "nature", photo_c: "sport"}
+    assert set(ws.photo_ids()) == {photo_b, photo_c}
+    status = ws.status()
+    assert (status["photos"], status["labelled"], status["failures"]) == (2, 2, 0)
+    assert ws.label_history([photo_a])[-1]["class_id"] is None  # withdrawn, history kept
+    assert ws.ingest([manifest]).skipped == 2  # settled: nothing is read again
+    # Pointed back, the first photo returns with the row's label.
+    _rows(manifest, [("1", str(a), "nature", "t"), ("2", str(c), "sport", "t")])
+    back = ws.ingest([manifest])
+    assert (back.moved, back.added) == (1, 1)
+    assert ws.labels() == {photo_a: "nature", photo_c: "sport"}
+    assert set(ws.photo_ids()) == {photo_a, photo_c}
+    # A photo another row still names stays: row 2 now names row 1's file too.
+    _rows(manifest, [("1", str(a), "nature", "t"), ("2", str(a), "nature", "t")])
+    both = ws.ingest([manifest])
+    assert (both.moved, both.duplicates) == (1, 1)
+    assert set(ws.photo_ids()) == {photo_a} and ws.labels() == {photo_a: "nature"}
 
 
 def test_an_unchanged_parquet_manifest_is_not_taken_as_changed(tmp_path):

@@ -98,6 +98,7 @@ def ingest(
                     "duplicates": report.duplicates,
                     "skipped": report.skipped,
                     "updated": report.updated,
+                    "moved": report.moved,
                     "failed": report.failed,
                     "labelled": report.labelled,
                     "label_problems": report.label_problems,
@@ -111,6 +112,11 @@ def ingest(
             f"{report.labelled} labels."
             + (f" {report.duplicate_ids} rows repeat an id." if report.duplicate_ids else "")
         )
+        if report.moved:
+            console.print(
+                f"{report.moved} rows name another file now and were read again; a photo "
+                "that no row names any more left the workspace (its label withdrawn)."
+            )
         for problem in report.label_problems[:20]:
             err.print(f"label: {problem}", highlight=False)
         if len(report.label_problems) > 20:

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 
 # ``noise`` and ``unnamed``: a cluster run's photos in HDBSCAN noise or in a cluster that
 # got no class; ``training``: an ensemble's photo that a member trained on (not scored).
+# The failure of a photo that no reference names any more (its manifest row now names
+# another file): it leaves every list, count and run, and comes back if a row names it again.
+LEFT = "no row names it"
+
 PREDICTION_STATUSES = ("ok", "rejected", "unparsed", "failed", "noise", "unnamed", "training")
 
 # Runs this process has started and not finished, with its claim on each. A run marked
@@ -124,6 +128,7 @@ class IngestReport:
     duplicates: int = 0
     skipped: int = 0
     updated: int = 0  # of the skipped: already read, their row's metadata or label changed
+    moved: int = 0  # read again: their row names another file now
     failed: int = 0
     labelled: int = 0
     label_problems: list[str] = field(default_factory=list)
@@ -475,8 +480,9 @@ class Workspace:
         from naturelens.sources.ingest import read_files, ref_result
 
         report.seen += len(batch)
-        todo, edited = self._todo(batch)
+        todo, edited, moved = self._todo(batch)
         report.skipped += len(batch) - len(todo)
+        report.moved += len(moved)
         report.updated += len(edited)
         if edited:
             self._update_refs(edited, duplicates, report)
@@ -489,19 +495,21 @@ class Workspace:
         found = read_files(reader, [res.path for res in reading], seen)
         for res, one in zip(reading, found, strict=True):
             res.add(one)
-        known = {
-            row[0]
-            for row in self.db.execute(
-                "SELECT photo_id FROM photos WHERE photo_id IN (SELECT unnest(?))",
+        known = dict(
+            self.db.execute(
+                "SELECT photo_id, failure FROM photos WHERE photo_id IN (SELECT unnest(?))",
                 [[res.photo_id for res in results if res.photo_id]],
             ).fetchall()
-        }
+        )
         stamp = now()
         photo_rows, ref_rows, label_rows, problem_rows = [], [], [], []
         for res in results:
             ref = res.ref
-            if res.photo_id and res.photo_id not in known:
-                known.add(res.photo_id)
+            if res.photo_id and known.get(res.photo_id, "") == LEFT:
+                known[res.photo_id] = None
+                report.added += 1  # a photo that left when its row moved comes back
+            elif res.photo_id and res.photo_id not in known:
+                known[res.photo_id] = res.photo_failure
                 info = res.info
                 photo_rows.append(
                     (
@@ -565,18 +573,53 @@ class Workspace:
             # Conflicts were settled above: these are the label events to keep.
             label_store.add_label_events(db, label_rows, stamp)
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
+            self._settle_moved(moved, {r.ref: r for r in todo}, stamp)
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
             raise
 
-    def _todo(self, batch: list[PhotoRef]) -> tuple[list[PhotoRef], list[tuple]]:
-        """The references of ``batch`` to read, and those already read whose row now says
-        something new (label, coordinates, owner, date, title or tags), with their photo.
+    def _settle_moved(self, moved: dict[str, str], refs: dict[str, PhotoRef], stamp) -> None:
+        """After a batch's references are written: a photo that no reference names any
+        more leaves the workspace (its label withdrawn, its history kept), and one that a
+        reference names again comes back. The caller owns the transaction."""
+        db = self.db
+        db.execute(
+            "UPDATE photos SET failure = NULL, failure_detail = NULL WHERE failure = ? AND "
+            "photo_id IN (SELECT photo_id FROM refs WHERE ref IN (SELECT unnest(?)))",
+            [LEFT, list(refs)],
+        )
+        if not moved:
+            return
+        left = db.execute(
+            "SELECT photo_id, l.class_id FROM photos LEFT JOIN labels l USING (photo_id) "
+            "WHERE photo_id IN (SELECT unnest(?)) AND failure IS NULL AND photo_id NOT IN "
+            "(SELECT photo_id FROM refs WHERE photo_id IS NOT NULL)",
+            [sorted(set(moved.values()))],
+        ).fetchall()
+        by_photo = {photo_id: ref for ref, photo_id in moved.items()}
+        rows = []
+        for photo_id, label in left:
+            ref = refs[by_photo[photo_id]]
+            detail = f"{ref.ref} now names {ref.path or ref.url}"
+            rows.append((photo_id, detail, ref.source, ref.ref, label))
+        if rows:
+            db.executemany(
+                "UPDATE photos SET failure = ?, failure_detail = ? WHERE photo_id = ?",
+                [(LEFT, detail, photo_id) for photo_id, detail, *_ in rows],
+            )
+        withdrawn = [(pid, None, origin, ref, None) for pid, _, origin, ref, label in rows if label]
+        label_store.add_label_events(db, withdrawn, stamp)
 
-        A reference is read again when it failed, or its photo could not be read (the
-        file may have been replaced since). One already read from the same path or URL is
-        not: its file is not read twice.
+    def _todo(self, batch: list[PhotoRef]) -> tuple[list[PhotoRef], list[tuple], dict[str, str]]:
+        """The references of ``batch`` to read; those already read whose row now says
+        something new (label, coordinates, owner, date, title or tags), with their photo;
+        and those read before whose row now names another file, with the photo they
+        named (reference -> photo id).
+
+        A reference is read again when it failed, its photo could not be read (the file
+        may have been replaced since), or its row now names another path or URL. One
+        already read from the same path or URL is not: its file is not read twice.
         """
         rows = self.db.execute(
             "SELECT r.ref, r.path, r.url, r.photo_id, " + ", ".join(_REF_META) + " FROM refs r "
@@ -585,14 +628,17 @@ class Workspace:
             [[r.ref for r in batch]],
         ).fetchall()
         stored = {row[0]: row[1:] for row in rows}
-        todo, edited = [], []
+        todo, edited, moved = [], [], {}
         for ref in {r.ref: r for r in batch}.values():
             before = stored.get(ref.ref)
             if before is None:
                 todo.append(ref)
-            elif before[:2] == (ref.path, ref.url) and before[3:] != _ref_meta(ref):
+            elif before[:2] != (ref.path, ref.url):
+                todo.append(ref)
+                moved[ref.ref] = before[2]
+            elif before[3:] != _ref_meta(ref):
                 edited.append((ref, before[2], before[3]))  # its photo and stored label
-        return todo, edited
+        return todo, edited, moved
 
     def _update_refs(
         self, edited: list[tuple[PhotoRef, str, str | None]], duplicates: str, report
