@@ -502,11 +502,12 @@ class Workspace:
             ).fetchall()
         )
         stamp = now()
-        photo_rows, ref_rows, label_rows, problem_rows = [], [], [], []
+        photo_rows, ref_rows, label_rows, problem_rows, returned = [], [], [], [], []
         for res in results:
             ref = res.ref
             if res.photo_id and known.get(res.photo_id, "") == LEFT:
                 known[res.photo_id] = None
+                returned.append(res.photo_id)
                 report.added += 1  # a photo that left when its row moved comes back
             elif res.photo_id and res.photo_id not in known:
                 known[res.photo_id] = res.photo_failure
@@ -573,22 +574,26 @@ class Workspace:
             # Conflicts were settled above: these are the label events to keep.
             label_store.add_label_events(db, label_rows, stamp)
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
-            self._settle_moved(moved, {r.ref: r for r in todo}, stamp)
+            self._settle_moved(moved, returned, {r.ref: r for r in todo}, stamp)
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
             raise
 
-    def _settle_moved(self, moved: dict[str, str], refs: dict[str, PhotoRef], stamp) -> None:
+    def _settle_moved(
+        self, moved: dict[str, str], returned: list[str], refs: dict[str, PhotoRef], stamp
+    ) -> None:
         """After a batch's references are written: a photo that no reference names any
-        more leaves the workspace (its label withdrawn, its history kept), and one that a
-        reference names again comes back. The caller owns the transaction."""
+        more leaves the workspace (its label withdrawn, its history kept), and one that
+        left and a reference names again (``returned``) comes back. The caller owns the
+        transaction."""
         db = self.db
-        db.execute(
-            "UPDATE photos SET failure = NULL, failure_detail = NULL WHERE failure = ? AND "
-            "photo_id IN (SELECT photo_id FROM refs WHERE ref IN (SELECT unnest(?)))",
-            [LEFT, list(refs)],
-        )
+        if returned:
+            db.execute(
+                "UPDATE photos SET failure = NULL, failure_detail = NULL "
+                "WHERE photo_id IN (SELECT unnest(?))",
+                [returned],
+            )
         if not moved:
             return
         left = db.execute(
