@@ -59,3 +59,21 @@ def test_values_no_method_takes_are_refused_before_any_work(labelled_workspace):
     args = ["classify", str(root), "--method", "probe", "--model", "dinov2-small"]
     result = CliRunner().invoke(app, [*args, "--param", "C=-1"])
     assert result.exit_code == 2 and result.output.startswith("error: C must be"), result.output
+
+
+def test_values_set_on_a_method_after_it_is_made_are_checked_when_it_learns(labelled_workspace):
+    from naturelens.methods import make_method
+    from naturelens.methods.base import PhotoSet
+
+    ws = labelled_workspace
+    ids = ws.photo_ids(labelled=True)
+    labels = [ws.labels()[i] for i in ids]
+    for method, name, value, says in [
+        ("probe", "C", -1, "C must be 'auto' or a number above 0"),
+        ("finetune", "warmup", 1.0, "warmup must be at least 0 and below 1"),
+        ("finetune", "epochs", 0, "epochs must be a whole number of at least 1"),
+    ]:
+        learner = make_method(method)
+        setattr(learner, name, value)
+        with pytest.raises(ParamError, match=says):
+            learner.fit(PhotoSet(ws, ids), labels)

@@ -159,14 +159,10 @@ class FineTune(Method):
         self.save_as = save_as
 
     def _check(self) -> None:
+        # Values set as attributes after construction are checked here, as --param's are.
+        self.check_params(self.get_params())
         if self.mode not in MODES:
             raise MethodError(f"mode must be one of {MODES}, not {self.mode!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise MethodError("epochs and batch_size must be at least 1")
-        if not 0 <= self.val_fraction < 1:
-            raise MethodError("val_fraction must be in [0, 1)")
-        if not 0 <= self.warmup < 1:
-            raise MethodError("warmup must be in [0, 1)")
         if self.head_init not in HEAD_INITS:
             raise MethodError(f"head_init must be one of {HEAD_INITS}, not {self.head_init!r}")
 

@@ -219,6 +219,7 @@ class Probe(Method):
         self.bind(context, photos)
         if labels is None:
             raise MethodError("probe needs labelled photos")
+        self.check_params(self.get_params())  # values set as attributes, as --param's are
         if self.classifier not in CLASSIFIERS:
             raise MethodError(f"classifier must be one of {CLASSIFIERS}, not {self.classifier!r}")
         ws = photos.workspace
@@ -232,8 +233,6 @@ class Probe(Method):
                 f"probe needs labelled photos of at least two classes; got {sorted(set(y))} "
                 f"({self.skipped_} training photos could not be embedded)"
             )
-        if self.C != "auto" and not isinstance(self.C, int | float):
-            raise MethodError(f"C must be a number or 'auto', not {self.C!r}")
         counts = np.unique(y, return_counts=True)[1]
         self.classifier_ = make_classifier(
             self.classifier,
