@@ -207,3 +207,23 @@ def test_completion_of_methods_cards_runs_and_taxonomies(labelled_workspace):
     assert completions(["init", "x", "--taxonomy"], "fl") == ["flips"]
     assert completions(["taxonomy", "show"], "ce") == ["ces11"]
     assert completions(["methods", "show"], "zero") == ["zeroshot"]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["tag", "{ws}", "--batch-size", "-1"], "--batch-size"),
+        (["tag", "{ws}", "--batch-size", "0"], "--batch-size"),
+        (["tag", "{ws}", "--top-k", "0"], "--top-k"),
+        (["embed", "{ws}", "--batch-size", "0"], "--batch-size"),
+        (["describe", "{ws}", "--batch-size", "0"], "--batch-size"),
+        (["report", "{ws}", "--gallery-limit", "-1"], "--gallery-limit"),
+        (["serve", "{ws}", "--port", "0"], "--port"),
+    ],
+)
+def test_an_impossible_number_is_refused_before_any_work(labelled_workspace, args, option):
+    ws = labelled_workspace
+    ws.close()
+    result = CliRunner().invoke(app, [a.format(ws=ws.root) for a in args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert option in result.output

@@ -50,7 +50,7 @@ def describe(
         None, help="OpenAI-compatible server: selects the remote back-end."
     ),
     prompt: str = typer.Option("describe", help="Prompt name or YAML file."),
-    batch_size: int = typer.Option(8, help="Photos sent to the model at once."),
+    batch_size: int = typer.Option(8, min=1, help="Photos sent to the model at once."),
     max_tokens: int = typer.Option(160, help="Longest description, in tokens."),
     show: int = typer.Option(0, min=0, help="Print this many descriptions afterwards."),
     list_sets: bool = typer.Option(
@@ -139,8 +139,8 @@ def describe(
 @app.command()
 def tag(
     workspace: Path = typer.Argument(..., help="Workspace folder."),
-    top_k: int = typer.Option(5, help="ImageNet classes kept per photo."),
-    batch_size: int = typer.Option(32, help="Photos per forward pass."),
+    top_k: int = typer.Option(5, min=1, max=1000, help="ImageNet classes kept per photo."),
+    batch_size: int = typer.Option(32, min=1, help="Photos per forward pass."),
     show: int = typer.Option(0, min=0, help="Print this many photos' tags afterwards."),
     ray: str = RAY,
     ray_workers: int = RAY_WORKERS,

@@ -316,7 +316,7 @@ def report(
     cell_km: float = typer.Option(1.0, help="Grid cell size for photo-user-days, in km."),
     title: str = typer.Option("naturelens report", help="Title of the page."),
     gallery_limit: int = typer.Option(
-        2000, help="Most photos per class in the galleries (0: all)."
+        2000, min=0, help="Most photos per class in the galleries (0: all)."
     ),
     page_size: int = typer.Option(48, help="Photos per gallery page."),
     thumb_size: int = typer.Option(160, help="Thumbnail size in pixels."),

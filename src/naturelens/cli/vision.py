@@ -29,7 +29,7 @@ def embed(
         "dinov2-small",
         help="Backbone card name, local folder or hub id (name@cls+mean for a pooling).",
     ),
-    batch_size: int = typer.Option(32, help="Photos per forward pass."),
+    batch_size: int = typer.Option(32, min=1, help="Photos per forward pass."),
     device: str = typer.Option(
         None, help="cpu, cuda, cuda:1 or mps (default: the best available)."
     ),

@@ -79,6 +79,8 @@ class Tagger:
 
         if not 1 <= top_k <= 1000:
             raise ValueError(f"top_k must be between 1 and 1000, not {top_k}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         from naturelens.models.vision.efficientnet import load_efficientnet_lite0
 
         self.card = get_card(model, kind="tagger")
