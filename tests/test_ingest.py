@@ -182,6 +182,8 @@ def test_a_row_that_names_another_file_now_takes_that_photo_and_its_label(tmp_pa
     status = ws.status()
     assert (status["photos"], status["labelled"], status["failures"]) == (2, 2, 0)
     assert ws.label_history([photo_a])[-1]["class_id"] is None  # withdrawn, history kept
+    with pytest.raises(WorkspaceError, match="no photo"):
+        ws.set_labels({photo_a: "sport"})  # nor can it be labelled while it is out
     assert ws.ingest([manifest]).skipped == 2  # settled: nothing is read again
     # Pointed back, the first photo returns with the row's label.
     _rows(manifest, [("1", str(a), "nature", "t"), ("2", str(c), "sport", "t")])

@@ -161,6 +161,7 @@ def test_grid_filters_and_detail(review_ws):
     assert conf == sorted(conf, reverse=True) and len(rows) == 5
     assert client.get("/api/photos", params={"sort": "1; DROP TABLE photos"}).status_code == 400
     assert client.get("/api/photos", params={"date_from": "yesterday"}).status_code == 400
+    assert client.get("/api/photos", params={"run": "nope"}).status_code == 400
 
     # Correct a prediction: give a class other than the run's; it shows as corrected.
     row = get(run=run_id, state="unlabelled", limit=1)["rows"][0]

@@ -764,7 +764,14 @@ class Workspace:
             raise WorkspaceError(f"unknown class id(s) {bad}; known: {self.taxonomy.all_ids}")
         if origin not in label_store.ORIGINS:
             raise WorkspaceError(f"label origin must be one of {label_store.ORIGINS}")
-        known = set(self.photo_paths(list(labels)))
+        known = {
+            row[0]
+            for row in self.db.execute(
+                "SELECT photo_id FROM photos WHERE failure IS NULL "
+                "AND photo_id IN (SELECT unnest(?))",
+                [list(labels)],
+            ).fetchall()
+        }
         missing = sorted(set(labels) - known)
         if missing:
             raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")

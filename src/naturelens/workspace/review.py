@@ -92,6 +92,8 @@ def _where(ws: Workspace, f: PhotoFilter) -> tuple[list[str], list[Any], bool]:
         raise ReviewQueryError(f"state must be one of {STATES}, not {f.state!r}")
     if f.sort not in SORTS:
         raise ReviewQueryError(f"sort must be one of {sorted(SORTS)}, not {f.sort!r}")
+    if f.run_id and not ws.db.execute("SELECT 1 FROM runs WHERE run_id = ?", [f.run_id]).fetchone():
+        raise ReviewQueryError(f"no run {f.run_id!r} in this workspace")
     where = ["p.failure IS NULL"]
     args: list[Any] = []
     needs_run = False
