@@ -217,7 +217,7 @@ def test_completion_of_methods_cards_runs_and_taxonomies(labelled_workspace):
         (["tag", "{ws}", "--top-k", "0"], "--top-k"),
         (["embed", "{ws}", "--batch-size", "0"], "--batch-size"),
         (["describe", "{ws}", "--batch-size", "0"], "--batch-size"),
-        (["report", "{ws}", "--gallery-limit", "-1"], "--gallery-limit"),
+        (["report", "{ws}", "--gallery-limit", "-1", "-o", "{ws}/r.html"], "--gallery-limit"),
         (["serve", "{ws}", "--port", "0"], "--port"),
     ],
 )
