@@ -383,7 +383,7 @@ def _cross_fit(X, y, classes, coverage) -> dict | None:
 
 
 def _run(ws, method, targets, train, extra, fresh, progress) -> str:
-    if progress is None:
+    if progress is None or not targets:  # no bar for a run that predicts nothing
         return run_method(ws, method, targets, train, extra_params=extra, resume=not fresh)
     with progress(method.name, len(targets)) as advance:
         return run_method(

@@ -133,10 +133,11 @@ def classify(
         if summary.get("precision"):
             console.print(f"precision: {summary['precision']}", highlight=False)
         counts = print_class_counts(ws, result.run_id)
-        console.print(
-            f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
-            + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
-        )
+        if counts:  # else a note says why the run predicts no photo
+            console.print(
+                f"{summary.get('photos', 0)} photos in {summary.get('wall_seconds', 0):.1f} s"
+                + (f", cost ${summary['cost']:.4f}" if summary.get("cost") else "")
+            )
         if result.estimate:
             print_estimate(method, shots, result.estimate)
         for note in result.notes:
@@ -221,6 +222,8 @@ def print_class_counts(ws, run_id: str) -> dict[str, int]:
     for p in ws.predictions(run_id):
         key = p.class_id if p.status == "ok" else f"({p.status})"
         counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return counts
     table = Table("class", "photos", title=f"run {run_id}")
     for cls, n in sorted(counts.items(), key=lambda kv: -kv[1]):
         table.add_row(cls, str(n))
