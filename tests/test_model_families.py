@@ -1,6 +1,8 @@
 """Vision architecture families: a ConvNeXt added as one module and a card runs through
 the same commands as every other backbone; shared weights are loaded once per process."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -155,6 +157,21 @@ def test_cards_are_typed_and_errors_name_file_and_card(tmp_path, monkeypatch):
         resolve("mine")
     path.write_text("- {name: mine, kind: vision, source: x/y, dim: 12}\n")
     assert resolve("mine").dim == 12
+
+
+def test_a_mistyped_model_says_what_it_is_not_and_what_was_meant(tmp_path, monkeypatch):
+    from naturelens.models.cards import CardError, resolve
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CardError, match=r"did you mean 'dinov2-small'\?"):
+        resolve("dinov2-smal", kind="vision")
+    # A path is never sent to the hub as a model id.
+    for path in ("/no/such/folder", "./models/dinov2", "models/dinov2/v2", "../x"):
+        with pytest.raises(CardError, match=f"no model folder '{re.escape(path)}'"):
+            resolve(path, kind="vision")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CardError, match="has no config.json"):
+        resolve("empty", kind="vision")
 
 
 def test_a_models_spec_is_remembered_until_its_config_changes(tmp_path, monkeypatch):

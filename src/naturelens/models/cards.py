@@ -23,8 +23,10 @@ Adding a model is adding a card; no code changes.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -345,6 +347,10 @@ def _hub_card(name: str, kind: str | None) -> ModelCard:
     )
 
 
+# A hub id is org/model: one slash, neither part a path's "." or "..".
+_HUB_ID = re.compile(r"(?!\.{1,2}/)[\w][\w.-]*/[\w][\w.-]*")
+
+
 @lru_cache(maxsize=256)
 def _resolve(name: str, kind: str | None, files: tuple, hub: bool, folder_stamp: int) -> ModelCard:
     cards = _registry(files)
@@ -352,15 +358,30 @@ def _resolve(name: str, kind: str | None, files: tuple, hub: bool, folder_stamp:
         card = cards[name]
     elif Path(name).is_dir():
         config = Path(name) / "config.json"
-        model_type = json.loads(config.read_text()).get("model_type", "") if config.exists() else ""
+        if not config.is_file():
+            raise CardError(
+                f"{name!r} has no config.json: not a model folder",
+                "give the folder that `save_pretrained` or `hf download --local-dir` made",
+            )
+        model_type = json.loads(config.read_text()).get("model_type", "")
         guessed = _MODEL_TYPES.get(model_type) or kind or "vision"
         card = make_card(Path(name).name, guessed, str(Path(name).resolve()), {}, "folder")
-    elif hub and "/" in name and not Path(name).exists():
+    elif hub and _HUB_ID.fullmatch(name) and not Path(name).exists():
         card = _hub_card(name, kind)
-    else:
-        known = ", ".join(sorted(n for n, c in cards.items() if _fits(c, kind)))
+    elif "/" in name or os.sep in name:
         raise CardError(
-            f"unknown model {name!r}: not a card name nor a local folder. Known: {known}"
+            f"no model folder {name!r}"
+            + (" (it is a file)" if Path(name).exists() else "")
+            + ": give the folder that holds the model's config.json, a card name"
+            + (" or a hub id (org/model)" if hub else "")
+        )
+    else:
+        fitting = sorted(n for n, c in cards.items() if _fits(c, kind))
+        close = difflib.get_close_matches(name, fitting, n=1)
+        raise CardError(
+            f"unknown model {name!r}: not a card name nor a local folder"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" Known: {', '.join(fitting)}"
         )
     if not _fits(card, kind):
         raise CardError(f"model {name!r} is a {card.kind} model, not a {kind} model")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import platform
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from naturelens.errors import NaturelensError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that need it: checking a --precision value (as every
+# method's parameters are checked) must not cost a command torch's start-up.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Cards and older options spell types as torch does.
 _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -50,6 +52,8 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
     DeviceError
         For an unknown device name or one this machine lacks.
     """
+    import torch
+
     if isinstance(requested, torch.device):
         return requested
     if requested:
@@ -90,16 +94,19 @@ def pick_dtype(precision: str | None, device: torch.device | str, card: Any = No
         With ``auto``: bf16 on GPUs that run it (else fp16) and on CPUs with bf16 units;
         fp32 on other CPUs and on mps, where it is the safe and the faster choice.
     """
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     name = _ALIASES.get(precision or "auto", precision or "auto")
     if name not in PRECISIONS:
         raise DeviceError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if name != "auto":
-        return _DTYPES[name]
+        return dtypes[name]
     dev = torch.device(device) if isinstance(device, str) else device
     if dev.type == "cuda":
         wanted = _ALIASES.get(str(getattr(card, "dtype", None) or ""), "")
-        if wanted in _DTYPES:
-            return _DTYPES[wanted]
+        if wanted in dtypes:
+            return dtypes[wanted]
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dev.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
