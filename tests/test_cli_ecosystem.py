@@ -227,3 +227,15 @@ def test_an_impossible_number_is_refused_before_any_work(labelled_workspace, arg
     result = CliRunner().invoke(app, [a.format(ws=ws.root) for a in args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert option in result.output
+
+
+def test_a_compare_table_names_a_model_folder_by_its_name():
+    from naturelens.cli.evaluate import _short
+
+    assert _short("probe:model=/home/ana/models/dinov2/:classifier=knn") == (
+        "probe:model=…/dinov2:classifier=knn"
+    )
+    assert _short("zeroshot:model=facebook/dinov2-small") == "zeroshot:model=facebook/dinov2-small"
+    assert _short("prompt:base_url=http://gpu:8000/v1:model=x") == (
+        "prompt:base_url=http://gpu:8000/v1:model=x"
+    )

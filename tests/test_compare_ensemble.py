@@ -187,6 +187,9 @@ def test_compare_cli(labelled_workspace, colour_method):
     )
     assert out.exit_code == 0, out.output
     assert "Saved to" in out.output and "energy:" in out.output and "colour" in out.output
+    # A narrow terminal gets the quality table, then speed and cost, each within its width.
+    assert "speed and cost" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
     out = runner.invoke(
         app,
         ["compare", str(root), "-m", "colour,ensemble", "--shots", "2", "--seeds", "2", "--json"],

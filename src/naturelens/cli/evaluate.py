@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -255,19 +256,16 @@ def compare(
     else:
         title = "no method learns: every labelled photo is a test photo"
     title += f", {p['test_photos'][0]} test photos"
-    table = Table(title=title)
-    table.add_column("method", overflow="fold")
-    for head in ("labels used", "accuracy", "macro-F1", "balanced acc.", "majority baseline",
-                 "photos/s", "wall time (s)", "tokens", "cost / 1,000 photos",
-                 "energy"):  # fmt: skip
-        table.add_column(head, justify="right")
+    quality = ("labels used", "accuracy", "macro-F1", "balanced acc.", "majority baseline")
+    cost = ("photos/s", "wall time (s)", "tokens", "cost / 1,000 photos", "energy")
+    num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
+    rows = []
     for row in result.table():
         if not row.get("seeds"):
-            table.add_row(row["method"], f"{row['error']}")
+            rows.append((_short(row["method"]), [str(row["error"])] + [""] * 9))
             continue
-        num = lambda v, d=1: "-" if v is None else f"{v:,.{d}f}"  # noqa: E731
-        table.add_row(
-            row["method"], str(row["labels_used"]),
+        rows.append((_short(row["method"]), [
+            str(row["labels_used"]),
             format_accuracy(row) if row["accuracy"] is not None or not row["cluster_accuracy"]
             else f"{format_accuracy(row, 'cluster_accuracy')} (clusters)",
             format_accuracy(row, "macro_f1"), format_accuracy(row, "balanced_accuracy"),
@@ -275,8 +273,20 @@ def compare(
             num(row["wall_seconds"]), num(row["tokens"], 0),
             "-" if row["cost_per_1000"] is None else f"${row['cost_per_1000']:.4f}",
             format_energy(row),
-        )  # fmt: skip
-    console.print(table)
+        ]))  # fmt: skip
+    # Eleven columns fit a wide terminal; a narrow one gets quality, then speed and cost.
+    if console.width >= 160:
+        parts = [(title, quality + cost, slice(0, 10))]
+    else:
+        parts = [(title, quality, slice(0, 5)), ("speed and cost", cost, slice(5, 10))]
+    for part_title, heads, columns in parts:
+        table = Table(title=part_title)
+        table.add_column("method", overflow="fold")
+        for head in heads:
+            table.add_column(head, justify="right")
+        for method, values in rows:
+            table.add_row(method, *values[columns])
+        console.print(table)
     for row in result.table():
         if row.get("note"):
             console.print(f"{row['method']}: {row['note']}", highlight=False)
@@ -296,6 +306,19 @@ def compare(
         console.print(f"{reused} run(s) reused from earlier identical runs.")
     console.print(f"Saved to {path}")
     _stop_if_all_failed(failed, len(result.table()))
+
+
+def _short(spec: str) -> str:
+    """A method spec as the table shows it: a model folder by its name, not its whole path
+    (the CSV and --json keep the spec as given)."""
+
+    def shorter(match: re.Match) -> str:
+        value = match.group(1)
+        if value.startswith(("/", ".", "~")) or value.rstrip("/").count("/") > 1:
+            return "=…/" + value.rstrip("/").rsplit("/", 1)[-1]
+        return match.group(0)  # a hub id (org/model) is short and says more whole
+
+    return re.sub(r"=([^:=]*/[^:=]*)(?=:[A-Za-z_][\w-]*=|$)", shorter, spec)
 
 
 def _stop_if_all_failed(failed: list[str], methods: int) -> None:
