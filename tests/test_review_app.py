@@ -475,11 +475,19 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
             page.keyboard.press("1")
             page.keyboard.press("z")
             _until(page, "document.getElementById('status').textContent.startsWith('undid')")
+            # Delete takes a label back out: the last photo labelled above.
+            page.keyboard.press("ArrowLeft")
+            page.keyboard.press("ArrowLeft")
+            assert page.get_attribute("#grid .card.cursor", "data-photo") == labelled[-1]
+            page.keyboard.press("Delete")
+            _until(page, "document.getElementById('status').textContent.startsWith('withdrew')")
+            expect(page.locator("#grid .card.cursor .gold")).to_have_text("unlabelled")
+            withdrawn = labelled.pop()
 
             # Correct a prediction in the detail view of a photo with a manifest label.
             page.select_option("select[name=state]", "gold")
             page.click("#filters button[type=submit]")
-            expect(page.locator("#grid .card")).to_have_count(32)
+            expect(page.locator("#grid .card")).to_have_count(31)  # 12 from the manifest, 19 above
             shown = page.eval_on_selector_all(
                 "#grid .card", "cards => cards.map(c => c.dataset.photo)"
             )
@@ -532,7 +540,9 @@ def test_browser_labels_corrects_and_finds_it_all_after_a_restart(built, tmp_pat
         assert gold[fixed] == wrong
         assert extra not in gold
         assert [e["class_id"] for e in ws.label_history([extra])] == ["cultural_religious", None]
-        assert len(gold) == 12 + 20
+        assert withdrawn not in gold
+        assert [e["class_id"] for e in ws.label_history([withdrawn])] == [truth[withdrawn], None]
+        assert len(gold) == 12 + 19
 
 
 def test_browser_lasso_on_the_embedding_map_labels_the_photos_inside(built, tmp_path):

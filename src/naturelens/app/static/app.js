@@ -65,7 +65,9 @@ function label(photoIds, classId, source) {
     const user = $("user").value.trim() || null;
     const out = await api("/api/labels", { body: { labels, user, source } });
     undoStack.push(out.previous);
-    status(`labelled ${photoIds.length} photo(s) ${className(classId)}`);
+    status(classId === null
+      ? `withdrew the label of ${photoIds.length} photo(s)`
+      : `labelled ${photoIds.length} photo(s) ${className(classId)}`);
     return out;
   });
 }
@@ -432,9 +434,11 @@ document.addEventListener("keydown", async (ev) => {
   if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) return;
   const grid = grids[tab];
   const k = KEYS.indexOf(ev.key);
-  if (k >= 0 && k < CLASSES.length && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
+  // A class key labels; Delete or Backspace withdraws the label (kept in the history).
+  const withdraw = (ev.key === "Delete" || ev.key === "Backspace") && tab !== "map";
+  if ((withdraw || (k >= 0 && k < CLASSES.length)) && !ev.ctrlKey && !ev.metaKey && !ev.altKey) {
     ev.preventDefault();
-    const classId = CLASSES[k].id;
+    const classId = withdraw ? null : CLASSES[k].id;
     if (tab === "map") { await labelMapSelection(classId, k); return; }
     if (!grid) return;
     if (detailOf) {
@@ -471,6 +475,6 @@ document.addEventListener("keydown", async (ev) => {
   if (done.length) runSel.value = done[done.length - 1].run_id;
   document.querySelectorAll(".class-select").forEach((s) => { for (const c of CLASSES) s.append(el("option", { value: c.id, text: c.name })); });
   $("keys").textContent = "Keys: " + CLASSES.map((c, i) => `${KEYS[i] || "-"} ${c.name}`).join(" · ") +
-    " · arrows move · space select · Enter details · Esc close · z undo";
+    " · Delete remove the label · arrows move · space select · Enter details · Esc close · z undo";
   loadPhotos();
 })();
