@@ -108,7 +108,9 @@ def connect(options: RayOptions) -> ModuleType:
     """
     ray = ray_module()
     if not ray.is_initialized():
-        quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        # Ray's warnings (its token setup, its own progress bars) are not the user's to act
+        # on: the command reports progress and errors itself.
+        quiet = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         try:
             if options.address == LOCAL:
                 # Logical CPUs: room for every worker plus the read and decode tasks,
@@ -129,5 +131,5 @@ def connect(options: RayOptions) -> ModuleType:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the command draws its own progress bar
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
