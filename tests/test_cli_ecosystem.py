@@ -180,6 +180,49 @@ def test_ctrl_c_ends_in_one_line_with_exit_code_130(labelled_workspace, monkeypa
         assert "Traceback" not in result.output and "RuntimeError" not in result.output
 
 
+def test_a_full_disk_or_a_forbidden_folder_ends_in_one_line(labelled_workspace, monkeypatch):
+    import errno
+
+    ws = labelled_workspace
+    ws.close()
+    wal = f"{ws.root}/catalog.duckdb.wal"
+    for error, code, says in [
+        (OSError(errno.ENOSPC, "No space left on device", wal), 3, "the disk is full"),
+        (
+            duckdb.TransactionException(
+                f'Failed to commit: Could not write file "{wal}": No space left on device'
+            ),
+            3,
+            "the disk is full",
+        ),
+        (PermissionError(errno.EACCES, "Permission denied", wal), 2, f"cannot write {wal}"),
+    ]:
+
+        def failing(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(Workspace, "ingest", failing)
+        result = CliRunner().invoke(app, ["ingest", str(ws.root), str(ws.root)])
+        assert result.exit_code == code, result.output
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+        assert says in line and "Traceback" not in result.output
+
+
+def test_a_commit_that_fails_raises_its_cause_not_the_rollbacks():
+    from naturelens.workspace.transaction import transaction
+
+    class FullDisk:
+        def execute(self, sql):
+            if sql == "COMMIT":
+                raise duckdb.IOException("Could not write file: No space left on device")
+            if sql == "ROLLBACK":
+                raise duckdb.TransactionException("cannot rollback - no transaction is active")
+
+    with pytest.raises(duckdb.IOException, match="No space left"):
+        with transaction(FullDisk()):
+            pass
+
+
 def completions(words: list[str], incomplete: str) -> list[str]:
     """What bash completion offers for ``naturelens WORDS INCOMPLETE<TAB>`` (the same
     environment variables the installed completion script sets)."""

@@ -11,6 +11,7 @@ Results go to stdout (JSON with ``--json``); progress, warnings and errors go to
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -28,6 +29,7 @@ console = Console(markup=False)
 err = Console(stderr=True, markup=False)
 
 DID_NOT_DO_ITS_JOB = 1
+STOPPED_PART_WAY = 3
 INTERRUPTED = 130
 
 
@@ -69,6 +71,23 @@ def check_failed(failed: int, total: int, max_failed: float, what: str = "photos
         )
 
 
+_NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A write that found no space: an OSError, or the catalog's database saying so."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return is_catalog_error(exc) and ("No space left" in text or "Disk quota" in text)
+
+
+def _short_cause(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror)
+    return " ".join(str(exc).split())[:200]
+
+
 def _interrupted(exc: BaseException) -> bool:
     if isinstance(exc, KeyboardInterrupt):
         return True
@@ -99,6 +118,19 @@ class ReportingGroup(typer.core.TyperGroup):
             fail(exc.one_line(), code=exc.exit_code)
         except (KeyboardInterrupt, Exception) as exc:
             if not _interrupted(exc):
+                if _disk_full(exc):
+                    fail(
+                        f"the disk is full ({_short_cause(exc)})",
+                        code=STOPPED_PART_WAY,
+                        hint="free some space, then run the same command again: the work "
+                        "finished so far is kept",
+                    )
+                if isinstance(exc, OSError) and exc.errno in _NOT_ALLOWED:
+                    fail(
+                        f"cannot write {exc.filename or 'a file'}: {exc.strerror}",
+                        hint="check the folder's permissions, or work on a copy in a "
+                        "writable folder",
+                    )
                 if not is_catalog_error(exc):
                     raise
                 # Found mid-command (opening checks what it can): the catalog is damaged.

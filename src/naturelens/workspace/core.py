@@ -40,6 +40,7 @@ from naturelens.workspace import live, schema
 from naturelens.workspace.embeddings import EMBEDDINGS as EMBEDDINGS_KIND
 from naturelens.workspace.embeddings import EmbeddingSet, open_set, stored_sets
 from naturelens.workspace.stamps import now
+from naturelens.workspace.transaction import transaction
 
 if TYPE_CHECKING:
     # Photo decoding (numpy, Pillow), downloads (httpx), manifests and the embedding
@@ -567,18 +568,13 @@ class Workspace:
         label_rows = self._settle_labels(label_rows, duplicates, problem_rows, report)
         report.labelled += len(label_rows)
         db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             _insert(db, "INSERT INTO photos", photo_rows, "ON CONFLICT DO NOTHING")
             _insert(db, "INSERT OR REPLACE INTO refs", ref_rows)
             # Conflicts were settled above: these are the label events to keep.
             label_store.add_label_events(db, label_rows, stamp)
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             self._settle_moved(moved, returned, {r.ref: r for r in todo}, stamp)
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
 
     def _settle_moved(
         self, moved: dict[str, str], returned: list[str], refs: dict[str, PhotoRef], stamp
@@ -678,8 +674,7 @@ class Workspace:
         ]
         columns = [c.removeprefix("r.") for c in _REF_META]
         db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             with _registered(db, rows, ["ref", *columns]) as name:
                 db.execute(
                     "UPDATE refs SET " + ", ".join(f"{c} = e.{c}" for c in columns)
@@ -687,10 +682,6 @@ class Workspace:
                 )  # fmt: skip
             label_store.add_label_events(db, label_rows, now())
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
 
     def _settle_labels(self, rows, duplicates: str, problem_rows, report: IngestReport):
         """The label rows to write, one per photo, after applying the ``duplicates`` rule
@@ -776,15 +767,10 @@ class Workspace:
         if missing:
             raise WorkspaceError(f"no photo {missing[0]!r} in {self.root}")
         db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             label_store.add_label_events(
                 db, [(p, c, origin, source, user) for p, c in labels.items()], now()
             )
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
 
     def label_history(self, photo_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Every label event (of ``photo_ids`` when given), oldest first.
@@ -1069,8 +1055,7 @@ class Workspace:
                 )
             )
         db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             db.execute(
                 "UPDATE predictions SET raw_scores = scores WHERE run_id = ? "
                 "AND raw_scores IS NULL AND status = 'ok'",
@@ -1082,10 +1067,6 @@ class Workspace:
                 "prediction_set = ? WHERE run_id = ? AND photo_id = ?",
                 updates,
             )
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------------ run management
     def run_tags(self) -> dict[str, list[str]]:
@@ -1119,15 +1100,10 @@ class Workspace:
                     "wait for it to finish, or stop it, then delete the run",
                 )
         n = db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", [run_id]).fetchone()
-        db.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(db):
             db.execute("DELETE FROM predictions WHERE run_id = ?", [run_id])
             db.execute("DELETE FROM run_tags WHERE run_id = ?", [run_id])
             db.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
-            db.execute("COMMIT")
-        except Exception:
-            db.execute("ROLLBACK")
-            raise
         self._unclaim(run_id)
         return {"predictions": int(n[0])}
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import duckdb
 
 from naturelens.workspace.stamps import now
+from naturelens.workspace.transaction import transaction
 
 SCHEMA_VERSION = 4
 KEEP_BACKUPS = 3
@@ -271,15 +272,10 @@ def catalog_version(db: duckdb.DuckDBPyConnection) -> int:
 def migrate(db: duckdb.DuckDBPyConnection, version: int) -> None:
     """Bring a catalog at ``version`` (0: empty) up to :data:`SCHEMA_VERSION`, in one
     transaction."""
-    db.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(db):
         for v in range(version, SCHEMA_VERSION):
             MIGRATIONS[v](db)
         _finish(db)
-        db.execute("COMMIT")
-    except Exception:
-        db.execute("ROLLBACK")
-        raise
 
 
 def _finish(db: duckdb.DuckDBPyConnection) -> None:
