@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,20 @@ C_GRID = tuple(float(c) for c in np.logspace(-1, 4, 11))
 FEW_SHOT_C = 10.0
 
 
+@cache
+def _current_logreg_cv_options() -> dict[str, Any]:
+    """The L2 penalty and the fitted attributes of scikit-learn from 1.8 on, said
+    explicitly where it has these options: left to their defaults, every fit warns that
+    they will change (and ``C_`` is read the same way either way)."""
+    names = LogisticRegressionCV().get_params()
+    options: dict[str, Any] = {}
+    if "l1_ratios" in names:
+        options["l1_ratios"] = (0.0,)
+    if "use_legacy_attributes" in names:
+        options["use_legacy_attributes"] = False
+    return options
+
+
 def make_classifier(
     kind: str,
     C: float | str = "auto",
@@ -113,6 +128,7 @@ def make_classifier(
                     scoring="neg_log_loss",
                     class_weight=class_weight,
                     max_iter=5000,
+                    **_current_logreg_cv_options(),
                 )
             )
         else:
