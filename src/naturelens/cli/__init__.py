@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 # Libraries' own progress bars and notices would mix with ours on stderr; ours say more.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -26,6 +28,11 @@ from naturelens.cli.app import app  # noqa: E402
 
 
 def main() -> None:
+    # Libraries' notices of their own coming changes are for developers (the tests show
+    # them), not for someone sorting photos; -W or PYTHONWARNINGS still decide when set.
+    if not sys.warnoptions:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     app()
 
 
