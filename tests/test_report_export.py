@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -315,7 +316,9 @@ def test_an_output_that_cannot_be_written_is_one_line(geo_workspace, tmp_path, n
     ws.close()
     command = {"r": ["report"], "pud": ["export", "--pud"]}.get(name.split(".")[0], ["export"])
     (tmp_path / name).mkdir()
-    targets = [tmp_path / name]
+    # A named pipe (a device alike) would be replaced by the file, not written into.
+    os.mkfifo(tmp_path / f"pipe-{name}")
+    targets = [tmp_path / name, tmp_path / f"pipe-{name}"]
     if Path("/proc/self").is_dir():
         targets.append(Path("/proc") / name)
     for target in targets:
@@ -324,6 +327,18 @@ def test_an_output_that_cannot_be_written_is_one_line(geo_workspace, tmp_path, n
         assert out.output.startswith(f"error: cannot write {target}")
         assert "choose another --output" in " ".join(out.output.split())
     assert (tmp_path / name).is_dir() and not list(tmp_path.glob("*.partial"))
+    assert stat.S_ISFIFO((tmp_path / f"pipe-{name}").stat().st_mode)
+
+
+def test_an_output_through_a_link_is_written_to_the_linked_file(geo_workspace, tmp_path):
+    ws = geo_workspace
+    store_runs(ws)
+    root = ws.root
+    ws.close()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    out = CliRunner().invoke(app, ["export", str(root), "-o", str(tmp_path / "link.csv")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "real.csv").stat().st_size > 0
 
 
 def test_map_points_show_offline_on_a_plain_background(tmp_path, chromium):

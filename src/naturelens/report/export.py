@@ -38,12 +38,17 @@ class ExportError(NaturelensError, ValueError):
 
 def check_writable(output: Path, error: type[NaturelensError] = ExportError) -> None:
     """Raise ``error`` now, before any work, when ``output`` cannot be written (a folder,
-    no permission, a read-only file system); leaves nothing behind."""
-    partial = output.with_name(output.name + ".partial")
+    a device or pipe, no permission, a read-only file system); leaves nothing behind."""
+    target = Path(os.path.realpath(output))
+    partial = target.with_name(target.name + ".partial")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
             raise IsADirectoryError(errno.EISDIR, "it is a folder")
+        if target.exists() and not target.is_file():
+            # The file is written beside it and renamed over it: that would replace a
+            # device or a pipe itself, not write into it.
+            raise OSError(errno.EINVAL, "it is not a regular file (a device, pipe or socket)")
         partial.touch()
         partial.unlink()
     except OSError as exc:
@@ -53,12 +58,14 @@ def check_writable(output: Path, error: type[NaturelensError] = ExportError) -> 
 @contextmanager
 def written_whole(output: Path, error: type[NaturelensError] = ExportError) -> Iterator[Path]:
     """Write next to ``output`` and rename, so a failed write leaves no half file; a path
-    that cannot be written (see :func:`check_writable`, or a full disk) raises ``error``."""
+    that cannot be written (see :func:`check_writable`, or a full disk) raises ``error``.
+    A link is written through, to its file."""
     check_writable(output, error)
-    partial = output.with_name(output.name + ".partial")
+    target = Path(os.path.realpath(output))
+    partial = target.with_name(target.name + ".partial")
     try:
         yield partial
-        os.replace(partial, output)
+        os.replace(partial, target)
     except OSError as exc:
         raise _cannot_write(output, exc, error) from None
     finally:
