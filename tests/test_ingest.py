@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,24 @@ def test_a_row_that_names_another_file_now_takes_that_photo_and_its_label(tmp_pa
     both = ws.ingest([manifest])
     assert (both.moved, both.duplicates) == (1, 1)
     assert set(ws.photo_ids()) == {photo_a} and ws.labels() == {photo_a: "nature"}
+
+
+def test_photos_whose_folder_moved_are_found_again_by_ingesting_it_there(tmp_path):
+    make_photo_set(tmp_path / "p", "flips", per_class=2, size=32)
+    ws = Workspace.create(tmp_path / "ws", "flips")
+    ws.ingest([tmp_path / "p"])
+    ids = ws.photo_ids()
+    (tmp_path / "p").rename(tmp_path / "moved")
+    with pytest.raises(PhotoDecodeError):
+        ws.open_image(ids[0])
+    report = ws.ingest([tmp_path / "moved"])
+    assert (report.relocated, report.added, report.failed) == (12, 0, 0)
+    assert ws.photo_ids() == ids and all(ws.open_image(i).size == (32, 32) for i in ids)
+    assert all(str(p).startswith(str(tmp_path / "moved")) for p in ws.photo_paths(ids).values())
+    # A copy read while the first file is still there changes nothing.
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    assert ws.ingest([tmp_path / "copy"]).relocated == 0
+    assert all(str(p).startswith(str(tmp_path / "moved")) for p in ws.photo_paths(ids).values())
 
 
 def test_an_unchanged_parquet_manifest_is_not_taken_as_changed(tmp_path):

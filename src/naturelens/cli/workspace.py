@@ -99,6 +99,7 @@ def ingest(
                     "skipped": report.skipped,
                     "updated": report.updated,
                     "moved": report.moved,
+                    "relocated": report.relocated,
                     "failed": report.failed,
                     "labelled": report.labelled,
                     "label_problems": report.label_problems,
@@ -112,6 +113,11 @@ def ingest(
             f"{report.labelled} labels."
             + (f" {report.duplicate_ids} rows repeat an id." if report.duplicate_ids else "")
         )
+        if report.relocated:
+            console.print(
+                f"{report.relocated} photos whose files were gone were found at a new path "
+                "and will be read from there."
+            )
         if report.moved:
             console.print(
                 f"{report.moved} rows name another file now and were read again; a photo "

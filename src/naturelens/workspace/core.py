@@ -130,6 +130,7 @@ class IngestReport:
     skipped: int = 0
     updated: int = 0  # of the skipped: already read, their row's metadata or label changed
     moved: int = 0  # read again: their row names another file now
+    relocated: int = 0  # photos whose file was gone, found again at another path
     failed: int = 0
     labelled: int = 0
     label_problems: list[str] = field(default_factory=list)
@@ -496,12 +497,20 @@ class Workspace:
         found = read_files(reader, [res.path for res in reading], seen)
         for res, one in zip(reading, found, strict=True):
             res.add(one)
-        known = dict(
-            self.db.execute(
-                "SELECT photo_id, failure FROM photos WHERE photo_id IN (SELECT unnest(?))",
-                [[res.photo_id for res in results if res.photo_id]],
-            ).fetchall()
-        )
+        stored = self.db.execute(
+            "SELECT photo_id, failure, path FROM photos WHERE photo_id IN (SELECT unnest(?))",
+            [[res.photo_id for res in results if res.photo_id]],
+        ).fetchall()
+        known = {photo_id: failure for photo_id, failure, _ in stored}
+        # A photo whose file is gone, read again from another path (its folder moved to
+        # another disk), is opened from there from now on.
+        found_at = {res.photo_id: res.path for res in results if res.photo_id and res.path}
+        moved_files = [
+            (found_at[photo_id], photo_id)
+            for photo_id, _, path in stored
+            if photo_id in found_at and found_at[photo_id] != path and not Path(path).exists()
+        ]
+        report.relocated += len(moved_files)
         stamp = now()
         photo_rows, ref_rows, label_rows, problem_rows, returned = [], [], [], [], []
         for res in results:
@@ -575,6 +584,8 @@ class Workspace:
             label_store.add_label_events(db, label_rows, stamp)
             _insert(db, "INSERT OR REPLACE INTO label_problems", problem_rows)
             self._settle_moved(moved, returned, {r.ref: r for r in todo}, stamp)
+            if moved_files:
+                db.executemany("UPDATE photos SET path = ? WHERE photo_id = ?", moved_files)
 
     def _settle_moved(
         self, moved: dict[str, str], returned: list[str], refs: dict[str, PhotoRef], stamp
