@@ -138,6 +138,12 @@ def test_failed_photos_are_recorded_and_shift_nothing(private_workspace, tiny_ro
     assert missing_photo_ids(ws, model) == []
     again = embed_photos(ws, model, retry_failed=True, precision="fp32")
     assert again.failed == 3 and again.computed == 0
+    # A file that is back is tried again by itself; the broken ones still wait to be asked.
+    paths[ids[11]].write_bytes(paths[ids[12]].read_bytes())
+    assert missing_photo_ids(ws, model) == []  # what the model has not seen at all
+    back = embed_photos(ws, model, precision="fp32")
+    assert (back.computed, back.failed) == (1, 0)
+    assert set(back.failures()) == {ids[3], ids[10]}
 
 
 def test_interrupted_run_resumes_without_redoing_or_losing_work(labelled_workspace, tiny_root):

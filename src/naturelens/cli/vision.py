@@ -53,13 +53,11 @@ def embed(
     """Compute and store the embeddings of the workspace's photos (only the missing ones)."""
     from naturelens.models.backbones import BackboneError
     from naturelens.models.cards import CardError
-    from naturelens.models.embedding import embed_photos, embedding_set, missing_photo_ids
+    from naturelens.models.embedding import embed_photos, embedding_set, photos_to_embed
 
     with open_workspace(workspace) as ws:
         try:
-            total = len(missing_photo_ids(ws, model))
-            if retry_failed:
-                total += len(embedding_set(ws, model).failures(ws.photo_ids()))
+            total = len(photos_to_embed(ws, embedding_set(ws, model), None, retry_failed))
             cluster = ray_options(ray, ray_workers, ray_gpus, batch_size, ray_window)
             with photo_progress(f"embed {model}", total) as advance:
                 if cluster is not None:
@@ -107,6 +105,10 @@ def embed(
             for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
                 table.add_row(reason, str(n))
             console.print(table)
+            console.print(
+                "A photo whose file is back (or found at a new path by `naturelens ingest`) "
+                "is tried again by the next embed; others only with --retry-failed."
+            )
 
 
 @app.command()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from naturelens.models.specs import BackboneError, model_spec
-from naturelens.sources.images import PhotoDecodeError
+from naturelens.sources.images import UNREADABLE, PhotoDecodeError
 from naturelens.workspace.core import Workspace
 from naturelens.workspace.embeddings import EmbeddingSet, cache_key
 
@@ -80,7 +80,7 @@ def decode_for(
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            raise PhotoDecodeError("file not readable", str(exc)) from exc
+            raise PhotoDecodeError(UNREADABLE, str(exc)) from exc
     return backbone.preprocessing.decode(data)
 
 
@@ -163,7 +163,7 @@ def _decode_job(
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return None, "file not readable", str(exc)
+        return None, UNREADABLE, str(exc)
     try:
         return decode(data), None, None
     except PhotoDecodeError as exc:
@@ -395,11 +395,18 @@ def photos_to_embed(
     retry_failed: bool = False,
 ) -> list[str]:
     """Photos of ``photo_ids`` (default: all readable) that ``emb`` has no record of yet,
-    plus, with ``retry_failed``, those that failed before; each once, in order."""
+    plus those that failed before: with ``retry_failed`` all of them, else those whose
+    file could not be read and can be now (put back, or found at a new path by ingest);
+    each once, in order."""
     ids = list(dict.fromkeys(ws.photo_ids() if photo_ids is None else photo_ids))
     done = emb.recorded_ids()
-    if retry_failed and done:
-        done -= set(emb.failures(ids))
+    if done:
+        failed = emb.failures(ids)
+        if retry_failed:
+            done -= set(failed)
+        else:
+            gone = [pid for pid, why in failed.items() if why.startswith(UNREADABLE)]
+            done -= {pid for pid, path in ws.photo_paths(gone).items() if path.is_file()}
     return [pid for pid in ids if pid not in done]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from naturelens.scale.cluster import RayOptions, ScaleError, connect
-from naturelens.sources.images import PhotoDecodeError
+from naturelens.sources.images import UNREADABLE, PhotoDecodeError
 from naturelens.workspace.core import Workspace
 from naturelens.workspace.storage import photo_location, read_bytes
 
@@ -74,7 +74,7 @@ def read_photos(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             try:
                 got = read_bytes(str(location))
             except (OSError, ValueError) as exc:
-                reason, more = "file not readable", f"{location}: {exc}"
+                reason, more = UNREADABLE, f"{location}: {exc}"
         data.append(got)
         failure.append(reason)
         detail.append(more)

@@ -41,6 +41,11 @@ except ImportError:  # pragma: no cover - optional
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"}
 
 
+# The reason recorded when a photo's file could not be read at all (gone, no permission):
+# unlike a broken image, it may read once the file is back.
+UNREADABLE = "file not readable"
+
+
 class PhotoDecodeError(PhotoError):
     """A photo cannot be decoded."""
 
@@ -308,5 +313,5 @@ def load_photo(path: str | Path, max_side: int | None = None) -> Image.Image:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise PhotoDecodeError("file not readable", str(exc)) from exc
+        raise PhotoDecodeError(UNREADABLE, str(exc)) from exc
     return decode_photo(data, max_side=max_side)

@@ -24,7 +24,7 @@ from typing import Any
 
 from naturelens.sources.budget import DecodeBudget, default_budget, parse_size
 from naturelens.sources.download import DownloadError
-from naturelens.sources.images import PhotoDecodeError, PhotoInfo, inspect_photo
+from naturelens.sources.images import UNREADABLE, PhotoDecodeError, PhotoInfo, inspect_photo
 from naturelens.sources.refs import PhotoRef
 
 # Larger files are refused before they are read: no photo of a collection is this big,
@@ -94,7 +94,7 @@ def read_photo_file(
         found.failure, found.failure_detail = "file not found", path
         return found
     except OSError as exc:
-        found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+        found.failure, found.failure_detail = UNREADABLE, f"{path}: {exc}"
         return found
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fh.fileno())
@@ -108,7 +108,7 @@ def read_photo_file(
         try:
             data = fh.read(max_bytes + 1)
         except OSError as exc:
-            found.failure, found.failure_detail = "file not readable", f"{path}: {exc}"
+            found.failure, found.failure_detail = UNREADABLE, f"{path}: {exc}"
             return found
     if len(data) > max_bytes:
         found.failure, found.failure_detail = "file too large", f"{path}: grew while read"

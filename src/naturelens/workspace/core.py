@@ -830,13 +830,13 @@ class Workspace:
         PhotoDecodeError
             If the file has changed or vanished since ingest.
         """
-        from naturelens.sources.images import PhotoDecodeError, decode_photo
+        from naturelens.sources.images import UNREADABLE, PhotoDecodeError, decode_photo
 
         path = self.photo_path(photo_id)
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise PhotoDecodeError("file not readable", str(exc)) from exc
+            raise PhotoDecodeError(UNREADABLE, str(exc)) from exc
         return decode_photo(data, max_side=max_side)
 
     # ------------------------------------------------------------------ runs
